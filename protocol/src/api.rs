@@ -1,0 +1,397 @@
+//! The publisher and admin REST API: request and response bodies, scopes and the API key
+//! format.
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `POST /v1/publishers/events/publish` | [`PublishRequest`] | 200 [`PublishResponse`] |
+//! | `POST /v1/publishers/sign` | [`SignRequest`] | 200 [`SignResponse`] |
+//! | `POST /v1/admin/projects` | [`CreateProjectRequest`] | 201 [`Project`] |
+//! | `GET /v1/admin/projects` | | 200 `[`[`Project`]`]` |
+//! | `GET /v1/admin/projects/{id}` | | 200 [`Project`] |
+//! | `DELETE /v1/admin/projects/{id}` | | 204 |
+//! | `POST /v1/admin/projects/{id}/rotate-secret` | | 204 |
+//! | `POST /v1/admin/projects/{id}/api-keys` | [`CreateApiKeyRequest`] | 201 [`CreatedApiKey`] |
+//! | `GET /v1/admin/projects/{id}/api-keys` | | 200 `[`[`ApiKeyInfo`]`]` |
+//! | `DELETE /v1/admin/projects/{id}/api-keys/{keyId}` | | 204 |
+//!
+//! Every error is an [`ErrorBody`](crate::ErrorBody).
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+
+use crate::error::{ErrorCode, Refusal};
+use crate::messages::channel_field;
+use crate::names::{ChannelName, NameError, ProjectId};
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeyScope {
+    /// `POST /v1/publishers/events/publish`.
+    PublishEvent,
+    /// `POST /v1/publishers/sign`: sign private-channel tokens.
+    SignToken,
+}
+
+impl ApiKeyScope {
+    /// The scope's wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiKeyScope::PublishEvent => "publish_event",
+            ApiKeyScope::SignToken => "sign_token",
+        }
+    }
+}
+
+impl fmt::Display for ApiKeyScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ApiKeyScope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "publish_event" => Ok(ApiKeyScope::PublishEvent),
+            "sign_token" => Ok(ApiKeyScope::SignToken),
+            other => Err(format!(
+                "unknown scope {other:?}; expected publish_event or sign_token"
+            )),
+        }
+    }
+}
+
+/// Length of an API key id in hex characters (64 random bits).
+pub const API_KEY_ID_HEX_LEN: usize = 16;
+/// Length of an API key secret in hex characters (256 random bits).
+pub const API_KEY_SECRET_HEX_LEN: usize = 64;
+/// Prefix of every API key string, so leaked keys are easy to grep for.
+pub const API_KEY_PREFIX: &str = "hk_";
+
+/// The public id of an API key: 16 lowercase hex characters. Safe to log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ApiKeyId(String);
+
+impl ApiKeyId {
+    /// Validates an API key id.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        if is_lower_hex(s, API_KEY_ID_HEX_LEN) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NameError::InvalidApiKeyId)
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ApiKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ApiKeyId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A full API key as a publisher sends it: `hk_{id}_{secret}`, where `id` is an [`ApiKeyId`]
+/// and `secret` is 64 lowercase hex characters. Only a hash of the secret is stored.
+///
+/// Its `Debug` output never shows the secret.
+///
+/// ```
+/// use herald_protocol::ApiKeyToken;
+/// let key = format!("hk_0123456789abcdef_{}", "ab".repeat(32));
+/// let token = ApiKeyToken::parse(&key).expect("well-formed");
+/// assert_eq!(token.id().as_str(), "0123456789abcdef");
+/// assert!(!format!("{token:?}").contains("abab"));
+/// assert!(ApiKeyToken::parse("hk_nope").is_none());
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKeyToken {
+    id: ApiKeyId,
+    secret: String,
+}
+
+impl ApiKeyToken {
+    /// Splits a key string into id and secret; `None` when it is not shaped like a key.
+    pub fn parse(s: &str) -> Option<Self> {
+        let rest = s.strip_prefix(API_KEY_PREFIX)?;
+        let (id, secret) = rest.split_once('_')?;
+        let id = ApiKeyId::parse(id).ok()?;
+        is_lower_hex(secret, API_KEY_SECRET_HEX_LEN).then(|| Self {
+            id,
+            secret: secret.to_owned(),
+        })
+    }
+
+    /// Assembles a key from its parts (the server does this once, at creation).
+    pub fn new(id: ApiKeyId, secret_hex: String) -> Option<Self> {
+        is_lower_hex(&secret_hex, API_KEY_SECRET_HEX_LEN).then_some(Self {
+            id,
+            secret: secret_hex,
+        })
+    }
+
+    /// The key's public id.
+    pub fn id(&self) -> &ApiKeyId {
+        &self.id
+    }
+
+    /// The secret part. Handle with care: never log it.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The full key string, `hk_{id}_{secret}`.
+    pub fn expose(&self) -> String {
+        format!("{API_KEY_PREFIX}{}_{}", self.id, self.secret)
+    }
+}
+
+impl fmt::Debug for ApiKeyToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKeyToken({API_KEY_PREFIX}{}_***)", self.id)
+    }
+}
+
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// `POST /v1/publishers/events/publish`: `{ "channelName", "payload" }`.
+///
+/// The project is never in the body: it is the project of the API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishRequest<P = serde_json::Value> {
+    /// Where to publish.
+    pub channel_name: ChannelName,
+    /// Any JSON; delivered to subscribers byte for byte.
+    pub payload: P,
+}
+
+impl PublishRequest<Box<RawValue>> {
+    /// Parses an untrusted request body, keeping the payload as the raw JSON the publisher
+    /// sent. `max_payload` bounds the payload's JSON size in bytes.
+    pub fn parse(body: &[u8], max_payload: usize) -> Result<Self, Refusal> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire {
+            channel_name: serde_json::Value,
+            payload: Box<RawValue>,
+        }
+        let wire: Wire = serde_json::from_slice(body).map_err(|e| {
+            Refusal::new(
+                ErrorCode::InvalidBody,
+                format!("expected {{ \"channelName\": string, \"payload\": any JSON }}: {e}"),
+            )
+        })?;
+        let channel_name = channel_field(&serde_json::json!({ "channelName": wire.channel_name }))?;
+        let payload = wire.payload;
+        check_payload_size(payload.get().len(), max_payload)?;
+        Ok(Self {
+            channel_name,
+            payload,
+        })
+    }
+}
+
+/// Refuses a payload larger than `max_payload` bytes.
+pub fn check_payload_size(len: usize, max_payload: usize) -> Result<(), Refusal> {
+    if len > max_payload {
+        return Err(Refusal::new(
+            ErrorCode::PayloadTooLarge,
+            format!("payload is {len} bytes; the limit is {max_payload}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Answer to a publish: the message id (a UUIDv7, also sent to subscribers as `event.id`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishResponse {
+    /// The message id.
+    pub id: String,
+}
+
+/// `POST /v1/publishers/sign`: `{ "channelName": "private-..." }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignRequest {
+    /// The private channel the token opens.
+    pub channel_name: ChannelName,
+}
+
+impl SignRequest {
+    /// Parses an untrusted request body.
+    pub fn parse(body: &[u8]) -> Result<Self, Refusal> {
+        let v: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| Refusal::new(ErrorCode::InvalidBody, format!("invalid JSON: {e}")))?;
+        Ok(Self {
+            channel_name: channel_field(&v)?,
+        })
+    }
+}
+
+/// Answer to a sign call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignResponse {
+    /// The channel token (a JWT); hand it to the one client that may listen.
+    pub token: String,
+    /// When the token stops opening the channel.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `POST /v1/admin/projects`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateProjectRequest {
+    /// The id; generated when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<ProjectId>,
+    /// Display name.
+    pub name: String,
+}
+
+/// A project (tenant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Project {
+    /// The project id clients put in their handshake.
+    pub id: ProjectId,
+    /// Display name.
+    pub name: String,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `POST /v1/admin/projects/{id}/api-keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateApiKeyRequest {
+    /// Display name (which service holds the key).
+    pub name: String,
+    /// What the key may do; at least one.
+    pub scopes: Vec<ApiKeyScope>,
+    /// When the key stops working; never when absent.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// An API key as listed: everything but the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyInfo {
+    /// Public id.
+    pub id: ApiKeyId,
+    /// The project the key publishes into.
+    pub project_id: ProjectId,
+    /// Display name.
+    pub name: String,
+    /// What the key may do.
+    pub scopes: Vec<ApiKeyScope>,
+    /// Creation time.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Expiry, if any.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Answer to creating a key: its info and, this once, the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedApiKey {
+    /// Everything but the secret.
+    #[serde(flatten)]
+    pub info: ApiKeyInfo,
+    /// The full key (`hk_{id}_{secret}`). Shown once; Herald keeps only a hash.
+    pub key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 64 * 1024;
+
+    #[test]
+    fn publish_parse_keeps_raw_payload() {
+        let req = PublishRequest::parse(
+            br#"{"channelName":"orders","payload":{"a": 1,"b":[true]}}"#,
+            MAX,
+        )
+        .expect("valid");
+        assert_eq!(req.channel_name.as_str(), "orders");
+        assert_eq!(req.payload.get(), r#"{"a": 1,"b":[true]}"#);
+    }
+
+    #[test]
+    fn publish_parse_refusals() {
+        let code = |b: &[u8]| PublishRequest::parse(b, 16).map(|_| ()).map_err(|e| e.code);
+        assert_eq!(code(b"not json"), Err(ErrorCode::InvalidBody));
+        assert_eq!(code(br#"{"payload":1}"#), Err(ErrorCode::InvalidBody));
+        assert_eq!(
+            code(br#"{"channelName":"orders"}"#),
+            Err(ErrorCode::InvalidBody)
+        );
+        assert_eq!(
+            code(br#"{"channelName":"a b","payload":1}"#),
+            Err(ErrorCode::InvalidChannelName)
+        );
+        assert_eq!(
+            code(br#"{"channelName":"privateer","payload":1}"#),
+            Err(ErrorCode::AmbiguousChannelName)
+        );
+        assert_eq!(
+            code(br#"{"channelName":"a","payload":"0123456789abcdefg"}"#),
+            Err(ErrorCode::PayloadTooLarge)
+        );
+        assert_eq!(code(br#"{"channelName":"a","payload":null}"#), Ok(()));
+    }
+
+    #[test]
+    fn api_key_token_format() {
+        let secret = "0f".repeat(32);
+        let key = format!("hk_00000000000000aa_{secret}");
+        let t = ApiKeyToken::parse(&key).expect("valid");
+        assert_eq!(t.expose(), key);
+        assert!(ApiKeyToken::parse(&key.to_uppercase()).is_none());
+        assert!(ApiKeyToken::parse(&format!("hk_00000000000000aa_{}", "0f".repeat(31))).is_none());
+        assert!(ApiKeyToken::parse(&format!("xx_00000000000000aa_{secret}")).is_none());
+        assert!(!format!("{t:?}").contains(&secret));
+    }
+
+    #[test]
+    fn scopes_wire() {
+        assert_eq!(
+            serde_json::to_value(ApiKeyScope::SignToken).expect("ser"),
+            "sign_token"
+        );
+        assert_eq!(
+            "publish_event".parse::<ApiKeyScope>(),
+            Ok(ApiKeyScope::PublishEvent)
+        );
+        assert!("admin".parse::<ApiKeyScope>().is_err());
+    }
+}

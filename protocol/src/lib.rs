@@ -1,0 +1,40 @@
+//! # herald-protocol
+//!
+//! The one source of truth for Herald's wire contract. The server, the Rust SDK, the browser
+//! client and the mobile bindings all use these types; none of them re-states a rule.
+//!
+//! * [`names`]: validated [`ProjectId`], [`ChannelName`] (public or private) and [`RoomName`].
+//! * [`messages`]: what travels over the Socket.IO connection (`listen`, `remove`, `event`,
+//!   `system_message`, acks, handshake auth).
+//! * [`api`]: the publisher and admin REST bodies, [`ApiKeyScope`] and the API key format.
+//! * [`claims`]: the claims of a private-channel token.
+//! * [`error`]: every [`ErrorCode`] Herald answers with, and its HTTP status.
+//! * [`limits`]: default limits shared by server and clients.
+//!
+//! ```
+//! use herald_protocol::{ChannelName, ChannelKind, ProjectId, RoomName};
+//!
+//! let project = ProjectId::parse("acme")?;
+//! let channel = ChannelName::parse("private-user-42")?;
+//! assert_eq!(channel.kind(), ChannelKind::Private);
+//! assert_eq!(RoomName::channel(&project, &channel).as_str(), "acme:private-user-42");
+//! assert!(ChannelName::parse("privateer").is_err()); // ambiguous: looks private, is not
+//! # Ok::<(), herald_protocol::NameError>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod claims;
+pub mod error;
+pub mod limits;
+pub mod messages;
+pub mod names;
+
+pub use api::{ApiKeyId, ApiKeyScope, ApiKeyToken};
+pub use claims::ChannelTokenClaims;
+pub use error::{ErrorBody, ErrorCode, ErrorDetail, Refusal};
+pub use messages::{
+    Ack, ChannelEvent, ClientEvent, HandshakeAuth, ListenRequest, RemoveRequest, SystemMessage,
+    SystemMessageCode,
+};
+pub use names::{ChannelKind, ChannelName, NameError, ProjectId, RoomName};

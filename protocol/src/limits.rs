@@ -1,0 +1,28 @@
+//! Default limits. The server makes each one configurable; clients use them to fail early.
+
+/// Largest event payload (the JSON `payload` value, in bytes) the publisher API and the socket
+/// accept by default: 64 KiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// Extra room allowed on top of the payload for the envelope around it (`channelName`, keys,
+/// framing). Body and frame limits are `max payload + ENVELOPE_ALLOWANCE_BYTES`.
+pub const ENVELOPE_ALLOWANCE_BYTES: usize = 1024;
+
+/// How many channels one socket may listen to at once by default.
+pub const DEFAULT_MAX_CHANNELS_PER_SOCKET: usize = 128;
+
+/// Seconds a socket may stay connected at the Engine.IO level without joining the namespace
+/// (sending the Socket.IO CONNECT packet) before it is closed.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// Default lifetime of a private-channel token: 10 minutes.
+pub const DEFAULT_CHANNEL_TOKEN_TTL_SECS: u64 = 600;
+
+/// Default `aud` claim of private-channel tokens.
+pub const DEFAULT_CHANNEL_AUTH_AUDIENCE: &str = "herald-channel";
+
+/// Clock skew tolerated when checking `exp` and `nbf` of a channel token, in seconds.
+pub const CHANNEL_TOKEN_LEEWAY_SECS: u64 = 5;
+
+/// Longest accepted API key or project display name, in bytes.
+pub const MAX_DISPLAY_NAME_BYTES: usize = 200;

@@ -1,0 +1,430 @@
+//! Validated names: projects, channels and the Socket.IO rooms built from them.
+//!
+//! A value of these types is always valid; the only ways to get one are the `parse`
+//! constructors (or `Deserialize`, which calls them). Room names are built here and nowhere
+//! else, so the `{projectId}:{channelName}` layout that keeps tenants apart has one home.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::error::ErrorCode;
+
+/// The prefix that makes a channel private.
+pub const PRIVATE_PREFIX: &str = "private-";
+
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_NAME_BYTES: usize = 164;
+
+/// Longest project id, in bytes.
+pub const MAX_PROJECT_ID_BYTES: usize = 63;
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The project id does not match `[a-z0-9][a-z0-9-]{0,62}`.
+    #[error(
+        "invalid project id {0:?}: expected 1 to 63 characters of a-z, 0-9 and '-', not starting with '-'"
+    )]
+    InvalidProjectId(String),
+    /// The channel name is empty.
+    #[error("channel name is empty")]
+    EmptyChannelName,
+    /// The channel name is longer than [`MAX_CHANNEL_NAME_BYTES`].
+    #[error("channel name is {0} bytes long; the limit is 164")]
+    ChannelNameTooLong(usize),
+    /// The channel name holds a character outside `A-Z a-z 0-9 _ - = @ , . ;`.
+    #[error("channel name holds {0:?}; allowed are A-Z a-z 0-9 and _ - = @ , . ;")]
+    InvalidChannelChar(char),
+    /// The name starts like a private channel (`private`, any case) but not with exactly
+    /// `private-`, or is `private-` with nothing after it.
+    #[error(
+        "channel name {0:?} is ambiguous: private channels start with exactly \"private-\" followed by a name; other names must not start with \"private\""
+    )]
+    AmbiguousChannelName(String),
+    /// A room name that is not `{projectId}:{channelName}`.
+    #[error("invalid room name {0:?}")]
+    InvalidRoomName(String),
+    /// An API key id that is not 16 lowercase hex characters.
+    #[error("invalid API key id: expected 16 lowercase hex characters")]
+    InvalidApiKeyId,
+}
+
+impl NameError {
+    /// The protocol error code this refusal is answered with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            NameError::InvalidProjectId(_) => ErrorCode::InvalidProjectId,
+            NameError::InvalidApiKeyId => ErrorCode::ApiKeyNotFound,
+            NameError::AmbiguousChannelName(_) => ErrorCode::AmbiguousChannelName,
+            NameError::EmptyChannelName
+            | NameError::ChannelNameTooLong(_)
+            | NameError::InvalidChannelChar(_)
+            | NameError::InvalidRoomName(_) => ErrorCode::InvalidChannelName,
+        }
+    }
+}
+
+/// A project (tenant) id: `[a-z0-9][a-z0-9-]{0,62}`.
+///
+/// ```
+/// use herald_protocol::ProjectId;
+/// assert!(ProjectId::parse("acme-prod").is_ok());
+/// assert!(ProjectId::parse("-acme").is_err());
+/// assert!(ProjectId::parse("Acme").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ProjectId(String);
+
+impl ProjectId {
+    /// Validates `s` as a project id.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let bytes = s.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= MAX_PROJECT_ID_BYTES
+            && matches!(bytes[0], b'a'..=b'z' | b'0'..=b'9')
+            && bytes
+                .iter()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NameError::InvalidProjectId(truncate_for_error(s)))
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Whether a channel needs a token to listen to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    /// Anyone connected to the project may listen.
+    Public,
+    /// Listening needs a channel token signed by the project (name starts with `private-`).
+    Private,
+}
+
+/// A channel name: 1 to 164 bytes of `A-Z a-z 0-9 _ - = @ , . ;`, never containing `:`.
+///
+/// Names starting with `private-` are private. Any other name whose start reads as "private"
+/// in any letter case (`private`, `privateer`, `Private-x`, `PRIVATE_x`) is refused as
+/// ambiguous, so a typo can never turn a private channel into a public one.
+///
+/// ```
+/// use herald_protocol::{ChannelKind, ChannelName};
+/// assert_eq!(ChannelName::parse("orders")?.kind(), ChannelKind::Public);
+/// assert_eq!(ChannelName::parse("private-u1")?.kind(), ChannelKind::Private);
+/// assert!(ChannelName::parse("acme:orders").is_err());
+/// # Ok::<(), herald_protocol::NameError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ChannelName(String);
+
+impl ChannelName {
+    /// Validates `s` as a channel name.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        if s.is_empty() {
+            return Err(NameError::EmptyChannelName);
+        }
+        if s.len() > MAX_CHANNEL_NAME_BYTES {
+            return Err(NameError::ChannelNameTooLong(s.len()));
+        }
+        if let Some(c) = s.chars().find(|c| !is_channel_char(*c)) {
+            return Err(NameError::InvalidChannelChar(c));
+        }
+        let starts_like_private = s
+            .get(..7)
+            .is_some_and(|head| head.eq_ignore_ascii_case("private"));
+        if starts_like_private
+            && (!s.starts_with(PRIVATE_PREFIX) || s.len() == PRIVATE_PREFIX.len())
+        {
+            return Err(NameError::AmbiguousChannelName(s.to_owned()));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Public or private.
+    pub fn kind(&self) -> ChannelKind {
+        if self.0.starts_with(PRIVATE_PREFIX) {
+            ChannelKind::Private
+        } else {
+            ChannelKind::Public
+        }
+    }
+
+    /// Shorthand for `kind() == ChannelKind::Private`.
+    pub fn is_private(&self) -> bool {
+        self.kind() == ChannelKind::Private
+    }
+
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The characters a channel name may hold.
+pub fn is_channel_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '=' | '@' | ',' | '.' | ';')
+}
+
+/// A Socket.IO room name. Built only by this crate.
+///
+/// * [`RoomName::channel`]: `{projectId}:{channelName}`, the room of one channel of one project.
+/// * [`RoomName::project`]: `{projectId}`, a room every socket of the project joins, used to
+///   disconnect a deleted project's clients. It holds no `:`, so it can never equal a channel
+///   room.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RoomName(String);
+
+impl RoomName {
+    /// The room of `channel` in `project`.
+    pub fn channel(project: &ProjectId, channel: &ChannelName) -> Self {
+        Self(format!("{}:{}", project.as_str(), channel.as_str()))
+    }
+
+    /// The room every socket of `project` is in.
+    pub fn project(project: &ProjectId) -> Self {
+        Self(project.as_str().to_owned())
+    }
+
+    /// Parses a channel room name back into its project and channel.
+    pub fn parse_channel(s: &str) -> Result<(ProjectId, ChannelName), NameError> {
+        let (project, channel) = s
+            .split_once(':')
+            .ok_or_else(|| NameError::InvalidRoomName(truncate_for_error(s)))?;
+        Ok((ProjectId::parse(project)?, ChannelName::parse(channel)?))
+    }
+
+    /// The room name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The room name as an owned string (what Socket.IO adapters take).
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+macro_rules! string_newtype_impls {
+    ($($ty:ident),*) => {$(
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+        impl From<$ty> for String {
+            fn from(v: $ty) -> String {
+                v.0
+            }
+        }
+    )*};
+}
+string_newtype_impls!(ProjectId, ChannelName, RoomName);
+
+impl std::str::FromStr for ProjectId {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl std::str::FromStr for ChannelName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProjectId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChannelName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Keeps error messages short when a client sends a huge name.
+fn truncate_for_error(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s.to_owned();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn project_ids() {
+        for ok in ["a", "0", "acme", "acme-prod-2", &"a".repeat(63)] {
+            assert!(ProjectId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "A",
+            "acme_prod",
+            "acme:x",
+            "ac me",
+            &"a".repeat(64),
+            "é",
+        ] {
+            assert_eq!(
+                ProjectId::parse(bad).map_err(|e| e.code()),
+                Err(ErrorCode::InvalidProjectId),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn channel_names() {
+        for ok in [
+            "orders",
+            "a",
+            "A-Z_a=z@0,9.;",
+            "private-u1",
+            "priv",
+            "privat",
+            "pri-vate",
+        ] {
+            assert!(ChannelName::parse(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(164);
+        assert!(ChannelName::parse(&long).is_ok());
+        assert_eq!(
+            ChannelName::parse(&"x".repeat(165)),
+            Err(NameError::ChannelNameTooLong(165))
+        );
+        assert_eq!(ChannelName::parse(""), Err(NameError::EmptyChannelName));
+        assert_eq!(
+            ChannelName::parse("acme:orders"),
+            Err(NameError::InvalidChannelChar(':'))
+        );
+        for bad in ["a b", "a/b", "é", "a\n", "a*"] {
+            assert_eq!(
+                ChannelName::parse(bad).map_err(|e| e.code()),
+                Err(ErrorCode::InvalidChannelName),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ambiguous_private_names() {
+        for bad in [
+            "private",
+            "privateer",
+            "private_x",
+            "Private-x",
+            "PRIVATE-x",
+            "private-",
+            "privatE",
+        ] {
+            assert_eq!(
+                ChannelName::parse(bad).map_err(|e| e.code()),
+                Err(ErrorCode::AmbiguousChannelName),
+                "{bad}"
+            );
+        }
+        assert!(ChannelName::parse("private-x").is_ok_and(|c| c.is_private()));
+        assert!(ChannelName::parse("x-private-x").is_ok_and(|c| !c.is_private()));
+    }
+
+    #[test]
+    fn rooms() {
+        let p = ProjectId::parse("acme").expect("valid");
+        let c = ChannelName::parse("orders").expect("valid");
+        let room = RoomName::channel(&p, &c);
+        assert_eq!(room.as_str(), "acme:orders");
+        assert_eq!(RoomName::parse_channel(room.as_str()), Ok((p.clone(), c)));
+        assert_eq!(RoomName::project(&p).as_str(), "acme");
+        assert!(RoomName::parse_channel("acme").is_err());
+    }
+
+    #[test]
+    fn deserialize_validates() {
+        assert!(serde_json::from_str::<ChannelName>("\"orders\"").is_ok());
+        assert!(serde_json::from_str::<ChannelName>("\"or ders\"").is_err());
+        assert!(serde_json::from_str::<ProjectId>("\"ACME\"").is_err());
+    }
+
+    proptest! {
+        /// Every string over the allowed alphabet within the length bound is accepted unless it
+        /// reads as "private" without being a proper `private-` name.
+        #[test]
+        fn allowed_alphabet_is_accepted(s in "[A-Za-z0-9_=@,.;-]{1,164}") {
+            let looks_private = s.len() >= 7 && s[..7].eq_ignore_ascii_case("private");
+            let proper_private = s.starts_with("private-") && s.len() > 8;
+            let parsed = ChannelName::parse(&s);
+            if looks_private && !proper_private {
+                prop_assert_eq!(parsed.map_err(|e| e.code()), Err(ErrorCode::AmbiguousChannelName));
+            } else {
+                let name = parsed.expect("valid by construction");
+                prop_assert_eq!(name.is_private(), proper_private);
+                prop_assert_eq!(name.as_str(), s.as_str());
+            }
+        }
+
+        /// Any string holding a character outside the alphabet is refused, whatever its length.
+        #[test]
+        fn foreign_characters_are_refused(prefix in "[a-z]{0,20}", bad in "[^A-Za-z0-9_=@,.;-]", suffix in "[a-z]{0,20}") {
+            let s = format!("{prefix}{bad}{suffix}");
+            prop_assert!(ChannelName::parse(&s).is_err());
+        }
+
+        /// Longer than 164 bytes is always refused.
+        #[test]
+        fn overlong_is_refused(s in "[a-z]{165,300}") {
+            prop_assert_eq!(ChannelName::parse(&s), Err(NameError::ChannelNameTooLong(s.len())));
+        }
+
+        /// A room built from valid parts parses back to the same parts: no two (project, channel)
+        /// pairs share a room.
+        #[test]
+        fn room_roundtrip(p in "[a-z0-9][a-z0-9-]{0,62}", c in "[a-oq-z0-9][A-Za-z0-9_=@,.;-]{0,163}") {
+            let project = ProjectId::parse(&p).expect("valid");
+            let channel = ChannelName::parse(&c).expect("valid");
+            let room = RoomName::channel(&project, &channel);
+            prop_assert_eq!(RoomName::parse_channel(room.as_str()), Ok((project, channel)));
+        }
+
+        #[test]
+        fn project_id_rule(s in "[a-z0-9A-Z_-]{0,70}|\\PC{0,10}") {
+            let b = s.as_bytes();
+            let expected = !b.is_empty()
+                && b.len() <= 63
+                && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+                && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+            prop_assert_eq!(ProjectId::parse(&s).is_ok(), expected);
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Private-channel tokens: signing (`POST /v1/publishers/sign`) and the checks a `listen`
+//! must pass before a socket joins a private room.
+//!
+//! Checks run in a fixed order and each refusal has its own [`ErrorCode`]:
+//!
+//! 1. token present (`token_missing`);
+//! 2. three base64url parts with a JSON header (`token_malformed`);
+//! 3. header `alg` exactly `HS256` (`token_bad_algorithm`);
+//! 4. HMAC-SHA256 signature with the project's current secret (`token_bad_signature`);
+//! 5. `aud` equals the configured audience (`token_wrong_audience`);
+//! 6. `exp` / `nbf` with 5 s leeway (`token_expired`);
+//! 7. `channelName` claim equals the requested channel (`token_channel_mismatch`);
+//! 8. `projectId` claim equals the socket's project (`token_project_mismatch`);
+//! 9. the signing API key still exists (`token_key_revoked`), has not expired
+//!    (`token_key_expired`) and still has `sign_token` (`token_key_scope`).
+//!
+//! The algorithm is checked before the signature: the header is read only to refuse anything
+//! but HS256 (`none`, RS/HS confusion); the key and algorithm used to verify are always
+//! Herald's own, never the token's. jsonwebtoken verifies the signature and requires `exp` and
+//! `aud`; Herald compares `aud` and the times itself so the order above is stable.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use base64::Engine;
+use herald_protocol::claims::{CHANNEL_TOKEN_ISSUER, ChannelTokenClaims};
+use herald_protocol::limits::CHANNEL_TOKEN_LEEWAY_SECS;
+use herald_protocol::{ApiKeyId, ApiKeyScope, ChannelName, ErrorCode, ProjectId, Refusal};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use time::OffsetDateTime;
+
+use crate::store::{ApiKeyRecord, ProjectRecord, SigningSecret, Store, StoreError};
+
+/// Signs and verifies channel tokens with the server's audience and lifetime.
+#[derive(Debug, Clone)]
+pub struct ChannelTokens {
+    audience: String,
+    ttl: Duration,
+}
+
+/// Why signing failed (never a client mistake).
+#[derive(Debug, thiserror::Error)]
+#[error("signing a channel token failed: {0}")]
+pub struct SignError(String);
+
+impl ChannelTokens {
+    /// Tokens with `aud = audience` living `ttl`.
+    pub fn new(audience: impl Into<String>, ttl: Duration) -> Self {
+        Self {
+            audience: audience.into(),
+            ttl,
+        }
+    }
+
+    /// Signs a token for `channel` of `project`, on behalf of `key`.
+    pub fn sign(
+        &self,
+        project: &ProjectRecord,
+        key: &ApiKeyId,
+        channel: &ChannelName,
+        now: OffsetDateTime,
+    ) -> Result<(String, OffsetDateTime), SignError> {
+        let iat = unix(now);
+        let exp = iat.saturating_add(self.ttl.as_secs());
+        let claims = ChannelTokenClaims {
+            aud: self.audience.clone(),
+            iss: CHANNEL_TOKEN_ISSUER.to_owned(),
+            iat,
+            nbf: None,
+            exp,
+            channel_name: channel.clone(),
+            project_id: project.id.clone(),
+            api_key_id: key.clone(),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&project.signing_secret.0),
+        )
+        .map_err(|e| SignError(e.to_string()))?;
+        let expires_at = OffsetDateTime::from_unix_timestamp(exp as i64)
+            .map_err(|e| SignError(e.to_string()))?;
+        Ok((token, expires_at))
+    }
+
+    /// Steps 2 to 6: shape, algorithm, signature, audience, time.
+    pub fn verify(
+        &self,
+        token: &str,
+        secret: &SigningSecret,
+        now: OffsetDateTime,
+    ) -> Result<ChannelTokenClaims, Refusal> {
+        let malformed = |why: &str| {
+            Refusal::new(
+                ErrorCode::TokenMalformed,
+                format!("authToken is not a valid channel token: {why}"),
+            )
+        };
+        let mut parts = token.split('.');
+        let (Some(header), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed("expected three dot-separated parts"));
+        };
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| malformed("header is not base64url"))?;
+        let header: serde_json::Value =
+            serde_json::from_slice(&header).map_err(|_| malformed("header is not JSON"))?;
+        let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
+        if alg != "HS256" {
+            return Err(Refusal::new(
+                ErrorCode::TokenBadAlgorithm,
+                format!("token algorithm {alg:?} is not accepted; channel tokens are HS256"),
+            ));
+        }
+
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "aud".to_owned()]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.leeway = CHANNEL_TOKEN_LEEWAY_SECS;
+        let claims = jsonwebtoken::decode::<ChannelTokenClaims>(
+            token,
+            &DecodingKey::from_secret(&secret.0),
+            &validation,
+        )
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => Refusal::new(
+                ErrorCode::TokenBadSignature,
+                "token signature does not verify with the project's current secret",
+            ),
+            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
+                Refusal::new(ErrorCode::TokenBadAlgorithm, "channel tokens are HS256")
+            }
+            other => malformed(&format!("{other:?}")),
+        })?
+        .claims;
+
+        if claims.aud != self.audience {
+            return Err(Refusal::new(
+                ErrorCode::TokenWrongAudience,
+                "token audience is not this server's channel audience",
+            ));
+        }
+        let now = unix(now);
+        if claims.exp.saturating_add(CHANNEL_TOKEN_LEEWAY_SECS) <= now {
+            return Err(Refusal::new(ErrorCode::TokenExpired, "token has expired"));
+        }
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(CHANNEL_TOKEN_LEEWAY_SECS))
+        {
+            return Err(Refusal::new(
+                ErrorCode::TokenExpired,
+                "token is not valid yet",
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// All nine steps for a `listen` on `channel` by a socket of `project`. Returns the id of
+    /// the key that signed, for connection tracking.
+    pub async fn authorize_listen(
+        &self,
+        store: &dyn Store,
+        project: &ProjectId,
+        channel: &ChannelName,
+        token: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<ApiKeyId, Refusal> {
+        let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
+            Refusal::new(
+                ErrorCode::TokenMissing,
+                format!("channel {channel} is private: listen needs an authToken"),
+            )
+        })?;
+        let record = store
+            .project(project)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| Refusal::new(ErrorCode::UnknownProject, "project no longer exists"))?;
+        let claims = self.verify(token, &record.signing_secret, now)?;
+        if &claims.channel_name != channel {
+            return Err(Refusal::new(
+                ErrorCode::TokenChannelMismatch,
+                format!("token opens channel {}, not {channel}", claims.channel_name),
+            ));
+        }
+        if &claims.project_id != project {
+            return Err(Refusal::new(
+                ErrorCode::TokenProjectMismatch,
+                "token was signed for another project",
+            ));
+        }
+        let key = store
+            .api_key(&claims.api_key_id)
+            .await
+            .map_err(store_refusal)?
+            .filter(|k| &k.project_id == project);
+        check_signing_key(key.as_ref(), now)?;
+        Ok(claims.api_key_id)
+    }
+}
+
+/// Step 9: the signing key must exist, be unexpired and keep `sign_token`.
+pub fn check_signing_key(key: Option<&ApiKeyRecord>, now: OffsetDateTime) -> Result<(), Refusal> {
+    let key = key.ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::TokenKeyRevoked,
+            "the API key that signed this token has been deleted",
+        )
+    })?;
+    if key.is_expired_at(now) {
+        return Err(Refusal::new(
+            ErrorCode::TokenKeyExpired,
+            "the API key that signed this token has expired",
+        ));
+    }
+    if !key.has_scope(ApiKeyScope::SignToken) {
+        return Err(Refusal::new(
+            ErrorCode::TokenKeyScope,
+            "the API key that signed this token no longer has the sign_token scope",
+        ));
+    }
+    Ok(())
+}
+
+/// Maps a storage failure to the refusal a client sees.
+pub fn store_refusal(e: StoreError) -> Refusal {
+    match e {
+        StoreError::Unavailable(_) => Refusal::new(
+            ErrorCode::Unavailable,
+            "storage is unavailable, try again shortly",
+        ),
+        _ => Refusal::new(ErrorCode::Internal, "internal storage error"),
+    }
+}
+
+fn unix(t: OffsetDateTime) -> u64 {
+    u64::try_from(t.unix_timestamp()).unwrap_or(0)
+}

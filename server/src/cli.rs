@@ -1,0 +1,292 @@
+//! `herald admin …` and `herald publish …`: a small client of a running server's REST API, so
+//! nobody needs hand-written curl. Prints the JSON answer on stdout; on an error prints the
+//! server's code and message on stderr and exits non-zero.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use herald_protocol::{ApiKeyScope, ErrorBody};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::keys::ADMIN_TOKEN_FILE;
+
+/// Where the server is.
+#[derive(Debug, Clone, Args)]
+pub struct ServerUrl {
+    /// Base URL of the Herald server.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+}
+
+/// `herald admin`.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    server: ServerUrl,
+    /// Admin token; when unset, read from `<data-dir>/admin-token`.
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Data dir of a local server, to find a generated admin token.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+/// Admin operations.
+#[derive(Debug, Clone, Subcommand)]
+enum AdminCommand {
+    /// Projects (tenants).
+    #[command(subcommand)]
+    Project(ProjectCommand),
+    /// API keys of a project.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum ProjectCommand {
+    /// Create a project.
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// Project id (`[a-z0-9][a-z0-9-]{0,62}`); generated when absent.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// List projects.
+    List,
+    /// Delete a project, its keys, and disconnect its clients.
+    Delete {
+        /// Project id.
+        id: String,
+    },
+    /// Replace the project's token signing secret (outstanding channel tokens stop working).
+    RotateSecret {
+        /// Project id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum KeyCommand {
+    /// Create an API key; prints the key once.
+    Create {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+        /// Display name (who holds the key).
+        #[arg(long)]
+        name: String,
+        /// Scopes (repeat or comma-separate): publish_event, sign_token.
+        #[arg(long = "scope", value_delimiter = ',', default_values = ["publish_event", "sign_token"])]
+        scopes: Vec<ApiKeyScope>,
+        /// Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List a project's keys (no secrets).
+    List {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+    },
+    /// Delete (revoke) a key.
+    Delete {
+        /// Project id.
+        #[arg(long)]
+        project: String,
+        /// Key id.
+        key_id: String,
+    },
+}
+
+/// `herald publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    server: ServerUrl,
+    /// API key with the publish_event scope.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Channel to publish to.
+    #[arg(long)]
+    channel: String,
+    /// Payload, as JSON (a bare word is sent as a JSON string).
+    #[arg(long)]
+    payload: String,
+}
+
+/// `herald sign`.
+#[derive(Debug, Clone, Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    server: ServerUrl,
+    /// API key with the sign_token scope.
+    #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Private channel (`private-…`) the token opens.
+    #[arg(long)]
+    channel: String,
+}
+
+async fn call(
+    url: &str,
+    method: Method,
+    path: &str,
+    bearer: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let client = reqwest::Client::new();
+    let mut req = client
+        .request(method, format!("{}{path}", url.trim_end_matches('/')))
+        .bearer_auth(bearer);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    if status.is_success() {
+        if text.is_empty() {
+            return Ok(json!({ "status": status.as_u16() }));
+        }
+        return Ok(serde_json::from_str(&text)?);
+    }
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(e) => bail!(
+            "{} ({}): {}",
+            e.error.code,
+            status.as_u16(),
+            e.error.message
+        ),
+        Err(_) => bail!("HTTP {}: {text}", status.as_u16()),
+    }
+}
+
+fn print(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Runs `herald admin …`.
+pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    let token = match args.admin_token.filter(|t| !t.is_empty()) {
+        Some(t) => t,
+        None => {
+            let path = args.data_dir.join(ADMIN_TOKEN_FILE);
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("no --admin-token and cannot read {}", path.display()))?
+                .trim()
+                .to_owned()
+        }
+    };
+    let url = &args.server.url;
+    let v = match args.command {
+        AdminCommand::Project(ProjectCommand::Create { name, id }) => {
+            let mut body = json!({ "name": name });
+            if let Some(id) = id {
+                body["id"] = json!(id);
+            }
+            call(url, Method::POST, "/v1/admin/projects", &token, Some(body)).await?
+        }
+        AdminCommand::Project(ProjectCommand::List) => {
+            call(url, Method::GET, "/v1/admin/projects", &token, None).await?
+        }
+        AdminCommand::Project(ProjectCommand::Delete { id }) => {
+            call(
+                url,
+                Method::DELETE,
+                &format!("/v1/admin/projects/{id}"),
+                &token,
+                None,
+            )
+            .await?
+        }
+        AdminCommand::Project(ProjectCommand::RotateSecret { id }) => {
+            call(
+                url,
+                Method::POST,
+                &format!("/v1/admin/projects/{id}/rotate-secret"),
+                &token,
+                None,
+            )
+            .await?
+        }
+        AdminCommand::Key(KeyCommand::Create {
+            project,
+            name,
+            scopes,
+            expires_at,
+        }) => {
+            let mut body = json!({ "name": name, "scopes": scopes });
+            if let Some(e) = expires_at {
+                body["expiresAt"] = json!(e);
+            }
+            call(
+                url,
+                Method::POST,
+                &format!("/v1/admin/projects/{project}/api-keys"),
+                &token,
+                Some(body),
+            )
+            .await?
+        }
+        AdminCommand::Key(KeyCommand::List { project }) => {
+            call(
+                url,
+                Method::GET,
+                &format!("/v1/admin/projects/{project}/api-keys"),
+                &token,
+                None,
+            )
+            .await?
+        }
+        AdminCommand::Key(KeyCommand::Delete { project, key_id }) => {
+            call(
+                url,
+                Method::DELETE,
+                &format!("/v1/admin/projects/{project}/api-keys/{key_id}"),
+                &token,
+                None,
+            )
+            .await?
+        }
+    };
+    print(&v)
+}
+
+/// Runs `herald publish`.
+pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let payload: Value = serde_json::from_str(&args.payload).unwrap_or(Value::String(args.payload));
+    let body = json!({ "channelName": args.channel, "payload": payload });
+    let v = call(
+        &args.server.url,
+        Method::POST,
+        "/v1/publishers/events/publish",
+        &args.api_key,
+        Some(body),
+    )
+    .await?;
+    print(&v)
+}
+
+/// Runs `herald sign`.
+pub async fn sign(args: SignArgs) -> anyhow::Result<()> {
+    let body = json!({ "channelName": args.channel });
+    let v = call(
+        &args.server.url,
+        Method::POST,
+        "/v1/publishers/sign",
+        &args.api_key,
+        Some(body),
+    )
+    .await?;
+    print(&v)
+}

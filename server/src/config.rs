@@ -1,0 +1,85 @@
+//! `herald serve` settings: every flag is also a `HERALD_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use herald_protocol::limits;
+
+/// Settings of `herald serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on (REST API, Socket.IO and health). Port 0 picks a free port.
+    #[arg(long, env = "HERALD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// Directory for the embedded database and the generated admin token.
+    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    pub data_dir: PathBuf,
+
+    /// Admin API token. When unset, one is generated on first start and stored in
+    /// `<data-dir>/admin-token` (mode 0600).
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Origins allowed to use the REST API and open sockets (comma-separated, exact match
+    /// such as `https://app.example.com`). Empty allows any origin (without credentials).
+    #[arg(long, env = "HERALD_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest event payload in bytes, on REST and on the socket. WebSocket messages and HTTP
+    /// bodies may be 1 KiB larger, for the envelope.
+    #[arg(long, env = "HERALD_MAX_PAYLOAD_BYTES", default_value_t = limits::DEFAULT_MAX_PAYLOAD_BYTES)]
+    pub max_payload_bytes: usize,
+
+    /// How many channels one socket may listen to at once.
+    #[arg(long, env = "HERALD_MAX_CHANNELS_PER_SOCKET", default_value_t = limits::DEFAULT_MAX_CHANNELS_PER_SOCKET)]
+    pub max_channels_per_socket: usize,
+
+    /// Seconds a connection may stay without joining the namespace before it is closed.
+    #[arg(long, env = "HERALD_CONNECT_TIMEOUT_SECS", default_value_t = limits::DEFAULT_CONNECT_TIMEOUT_SECS)]
+    pub connect_timeout_secs: u64,
+
+    /// Packets buffered per socket before the socket counts as a slow consumer.
+    #[arg(long, env = "HERALD_SOCKET_BUFFER", default_value_t = 1024)]
+    pub socket_buffer: usize,
+
+    /// `aud` claim of private-channel tokens.
+    #[arg(long, env = "HERALD_CHANNEL_AUTH_AUDIENCE", default_value = limits::DEFAULT_CHANNEL_AUTH_AUDIENCE)]
+    pub channel_auth_audience: String,
+
+    /// Lifetime of private-channel tokens, in seconds.
+    #[arg(long, env = "HERALD_CHANNEL_TOKEN_TTL_SECS", default_value_t = limits::DEFAULT_CHANNEL_TOKEN_TTL_SECS)]
+    pub channel_token_ttl_secs: u64,
+
+    /// Seconds to wait for connections to close on shutdown.
+    #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Log output format.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written (to stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+impl ServeConfig {
+    /// Largest accepted HTTP body or WebSocket message: payload limit plus the envelope.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_payload_bytes
+            .saturating_add(limits::ENVELOPE_ALLOWANCE_BYTES)
+    }
+
+    /// Connect timeout as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}

@@ -1,0 +1,339 @@
+//! The client gateway: Socket.IO handlers for the default namespace.
+//!
+//! * handshake: `auth.projectId` must name an existing project ([`authenticate`]);
+//! * `listen` / `remove`: join or leave `{projectId}:{channelName}` rooms, private ones only
+//!   with a valid channel token ([`ChannelTokens::authorize_listen`]);
+//! * `event` from a client: relayed to the other members of a private channel it joined;
+//! * any other event: refused with `unknown_event`;
+//! * disconnect: connection-tracking entries removed.
+//!
+//! Every request is answered: through the ack when the client asked for one, and always with
+//! a `system_message` (`Success` or `Error` with the error code).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use herald_protocol::messages::event_names::{EVENT, LISTEN, REMOVE, SYSTEM_MESSAGE};
+use herald_protocol::{
+    Ack, ChannelEvent, ChannelKind, ChannelName, ClientEvent, ErrorCode, HandshakeAuth,
+    ListenRequest, ProjectId, Refusal, RemoveRequest, RoomName, SystemMessage,
+};
+use parking_lot::Mutex;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::socket::DisconnectReason;
+use time::OffsetDateTime;
+
+use crate::channel_token::{ChannelTokens, store_refusal};
+use crate::store::Store;
+use crate::tracking::ConnectionTracker;
+
+/// What the gateway handlers share.
+#[derive(Clone)]
+pub struct Gateway(Arc<GatewayInner>);
+
+/// Contents of [`Gateway`].
+pub struct GatewayInner {
+    /// Projects and keys.
+    pub store: Arc<dyn Store>,
+    /// Socket ↔ (room, key) index.
+    pub tracker: Arc<dyn ConnectionTracker>,
+    /// Channel token checks.
+    pub tokens: ChannelTokens,
+    /// Channels per socket.
+    pub max_channels_per_socket: usize,
+    /// Largest client event payload.
+    pub max_payload_bytes: usize,
+}
+
+impl Gateway {
+    /// Wraps the shared parts.
+    pub fn new(inner: GatewayInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewayInner;
+    fn deref(&self) -> &GatewayInner {
+        &self.0
+    }
+}
+
+/// Per-socket state, kept in the socket's extensions.
+#[derive(Debug)]
+pub struct Session {
+    /// The project from the handshake.
+    pub project: ProjectId,
+    /// Channels this socket listens to.
+    channels: Mutex<HashMap<ChannelName, ChannelKind>>,
+}
+
+/// A refused handshake; its `Display` is the `message` of the client's `connect_error`:
+/// `"{code}: {message}"`.
+#[derive(Debug)]
+pub struct ConnectRefusal(pub Refusal);
+
+impl std::fmt::Display for ConnectRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0.code, self.0.message)
+    }
+}
+
+/// Registers the gateway on the default namespace of `io`.
+pub fn register(io: &SocketIo) {
+    io.ns("/", on_connect.with(authenticate));
+}
+
+/// Connect middleware: the handshake must name an existing project.
+async fn authenticate(
+    s: SocketRef,
+    TryData(auth): TryData<Value>,
+    State(gw): State<Gateway>,
+) -> Result<(), ConnectRefusal> {
+    let auth = HandshakeAuth::parse(auth.ok().as_ref()).map_err(ConnectRefusal)?;
+    match gw.store.project(&auth.project_id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            tracing::debug!(socket_id = %s.id, project_id = %auth.project_id, "handshake refused: unknown project");
+            return Err(ConnectRefusal(Refusal::new(
+                ErrorCode::UnknownProject,
+                format!("project {} does not exist", auth.project_id),
+            )));
+        }
+        Err(e) => {
+            tracing::warn!(socket_id = %s.id, error = %e, "handshake failed: store error");
+            return Err(ConnectRefusal(store_refusal(e)));
+        }
+    }
+    s.extensions.insert(Arc::new(Session {
+        project: auth.project_id,
+        channels: Mutex::new(HashMap::new()),
+    }));
+    Ok(())
+}
+
+async fn on_connect(s: SocketRef) {
+    let Some(session) = s.extensions.get::<Arc<Session>>() else {
+        // Unreachable: the middleware inserted it. Refuse rather than run without a project.
+        let _ = s.disconnect();
+        return;
+    };
+    tracing::debug!(socket_id = %s.id, project_id = %session.project, transport = ?s.transport_type(), "socket connected");
+    s.join(RoomName::project(&session.project).into_string());
+    s.on(LISTEN, on_listen);
+    s.on(REMOVE, on_remove);
+    s.on(EVENT, on_client_event);
+    s.on_fallback(on_unknown_event);
+    s.on_disconnect(on_disconnect);
+}
+
+fn session(s: &SocketRef) -> Option<Arc<Session>> {
+    s.extensions.get::<Arc<Session>>()
+}
+
+/// Answers a request through the ack (if asked) and a `system_message`.
+fn reply(
+    s: &SocketRef,
+    ack: AckSender,
+    result: Result<SystemMessage, (Refusal, Option<ChannelName>)>,
+) {
+    let (ack_body, message) = match result {
+        Ok(message) => (Ack::Ok, message),
+        Err((refusal, channel)) => {
+            let message = SystemMessage::error(&refusal, channel.as_ref());
+            (Ack::Refused(refusal), message)
+        }
+    };
+    if let Err(e) = ack.send(&ack_body) {
+        tracing::debug!(socket_id = %s.id, error = %e, "ack not delivered");
+    }
+    if let Err(e) = s.emit(SYSTEM_MESSAGE, &message) {
+        tracing::debug!(socket_id = %s.id, error = %e, "system message not delivered");
+    }
+}
+
+async fn on_listen(
+    s: SocketRef,
+    TryData(body): TryData<Value>,
+    ack: AckSender,
+    State(gw): State<Gateway>,
+) {
+    let result = listen(&s, &gw, body.ok()).await;
+    reply(&s, ack, result);
+}
+
+async fn listen(
+    s: &SocketRef,
+    gw: &Gateway,
+    body: Option<Value>,
+) -> Result<SystemMessage, (Refusal, Option<ChannelName>)> {
+    let session = session(s).ok_or_else(|| (not_connected(), None))?;
+    let req = ListenRequest::parse(&body.unwrap_or(Value::Null)).map_err(|r| (r, None))?;
+    let channel = req.channel_name;
+    let fail = |r: Refusal| (r, Some(channel.clone()));
+    let room = RoomName::channel(&session.project, &channel);
+
+    let signing_key = match channel.kind() {
+        ChannelKind::Public => None,
+        ChannelKind::Private => Some(
+            gw.tokens
+                .authorize_listen(
+                    gw.store.as_ref(),
+                    &session.project,
+                    &channel,
+                    req.auth_token.as_deref(),
+                    OffsetDateTime::now_utc(),
+                )
+                .await
+                .map_err(|r| {
+                    tracing::info!(socket_id = %s.id, project_id = %session.project, channel = %channel, code = %r.code, "private listen refused");
+                    fail(r)
+                })?,
+        ),
+    };
+
+    {
+        let mut channels = session.channels.lock();
+        if !channels.contains_key(&channel) && channels.len() >= gw.max_channels_per_socket {
+            return Err(fail(Refusal::new(
+                ErrorCode::TooManyChannels,
+                format!(
+                    "this socket already listens to {} channels, the limit",
+                    gw.max_channels_per_socket
+                ),
+            )));
+        }
+        channels.insert(channel.clone(), channel.kind());
+        s.join(room.clone().into_string());
+    }
+
+    if let Some(key) = &signing_key {
+        let sid = s.id.to_string();
+        if let Err(e) = gw.tracker.add(&sid, &room, key).await {
+            // Without a tracking entry the key's revocation could not find this socket:
+            // refuse the join instead of leaving an untracked member.
+            tracing::warn!(socket_id = %sid, error = %e, "tracking failed; listen undone");
+            leave(s, &session, &channel, &room);
+            return Err(fail(Refusal::new(
+                ErrorCode::Unavailable,
+                "connection tracking is unavailable, try again shortly",
+            )));
+        }
+        if !s.connected() {
+            // The socket went away while we were checking; its disconnect clean-up may have
+            // run before our entry existed.
+            let _ = gw.tracker.remove(&sid, &room).await;
+        }
+    }
+    tracing::debug!(socket_id = %s.id, project_id = %session.project, channel = %channel, "listening");
+    Ok(SystemMessage::success(
+        format!("listening to {channel}"),
+        &channel,
+    ))
+}
+
+fn leave(s: &SocketRef, session: &Session, channel: &ChannelName, room: &RoomName) {
+    session.channels.lock().remove(channel);
+    s.leave(room.as_str().to_owned());
+}
+
+async fn on_remove(
+    s: SocketRef,
+    TryData(body): TryData<Value>,
+    ack: AckSender,
+    State(gw): State<Gateway>,
+) {
+    let result = async {
+        let session = session(&s).ok_or_else(|| (not_connected(), None))?;
+        let req = RemoveRequest::parse(&body.ok().unwrap_or(Value::Null)).map_err(|r| (r, None))?;
+        let channel = req.channel_name;
+        let room = RoomName::channel(&session.project, &channel);
+        leave(&s, &session, &channel, &room);
+        if channel.is_private()
+            && let Err(e) = gw.tracker.remove(&s.id.to_string(), &room).await
+        {
+            tracing::warn!(socket_id = %s.id, error = %e, "tracking clean-up on remove failed");
+        }
+        Ok(SystemMessage::success(
+            format!("removed from {channel}"),
+            &channel,
+        ))
+    }
+    .await;
+    reply(&s, ack, result);
+}
+
+async fn on_client_event(
+    s: SocketRef,
+    TryData(body): TryData<Value>,
+    ack: AckSender,
+    State(gw): State<Gateway>,
+) {
+    let result = async {
+        let session = session(&s).ok_or_else(|| (not_connected(), None))?;
+        let ev = ClientEvent::parse(&body.ok().unwrap_or(Value::Null)).map_err(|r| (r, None))?;
+        let channel = ev.channel_name;
+        let fail = |r: Refusal| (r, Some(channel.clone()));
+        if !channel.is_private() {
+            return Err(fail(Refusal::new(
+                ErrorCode::ClientEventNotAllowed,
+                "clients may send events only to private channels they joined",
+            )));
+        }
+        if !session.channels.lock().contains_key(&channel) {
+            return Err(fail(Refusal::new(
+                ErrorCode::NotJoined,
+                format!("this socket does not listen to {channel}"),
+            )));
+        }
+        let size = serde_json::to_string(&ev.payload)
+            .map(|s| s.len())
+            .unwrap_or(usize::MAX);
+        herald_protocol::api::check_payload_size(size, gw.max_payload_bytes).map_err(fail)?;
+        let room = RoomName::channel(&session.project, &channel);
+        let event = ChannelEvent {
+            id: None,
+            channel_name: channel.clone(),
+            payload: ev.payload,
+        };
+        if let Err(e) = s.to(room.into_string()).emit(EVENT, &event).await {
+            tracing::warn!(socket_id = %s.id, error = %e, "client event relay incomplete");
+        }
+        Ok(SystemMessage::success(
+            format!("event sent to {channel}"),
+            &channel,
+        ))
+    }
+    .await;
+    reply(&s, ack, result);
+}
+
+async fn on_unknown_event(s: SocketRef, Event(event): Event, ack: AckSender) {
+    let refusal = Refusal::new(
+        ErrorCode::UnknownEvent,
+        format!(
+            "unknown event {:?}; clients send listen, remove or event",
+            event.chars().take(64).collect::<String>()
+        ),
+    );
+    reply(&s, ack, Err((refusal, None)));
+}
+
+async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(gw): State<Gateway>) {
+    let sid = s.id.to_string();
+    match gw.tracker.remove_socket(&sid).await {
+        Ok(removed) => {
+            tracing::debug!(socket_id = %sid, ?reason, tracked = removed.len(), "socket disconnected")
+        }
+        Err(e) => {
+            tracing::warn!(socket_id = %sid, error = %e, "tracking clean-up on disconnect failed")
+        }
+    }
+}
+
+fn not_connected() -> Refusal {
+    Refusal::new(ErrorCode::Internal, "socket has no session")
+}

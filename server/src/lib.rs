@@ -1,0 +1,86 @@
+//! # herald-server
+//!
+//! The Herald gateway: backend services publish events to channels over REST; clients hold a
+//! Socket.IO connection and receive the events of the channels they listen to.
+//!
+//! * [`app`]: state, router, serve loop; [`gateway`]: Socket.IO handlers;
+//!   [`rest`]: publisher and admin endpoints;
+//! * [`store`]: projects and keys behind the [`store::Store`] trait;
+//!   [`tracking`]: socket ↔ (room, key) index behind [`tracking::ConnectionTracker`];
+//! * [`channel_token`]: private-channel tokens; [`keys`]: API key and admin token secrets;
+//! * [`config`]: `herald serve` flags; [`cli`]: the `herald admin` / `herald publish` client.
+//!
+//! The wire contract lives in `herald-protocol`; see `docs/PROTOCOL.md`.
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod channel_token;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod keys;
+pub mod rest;
+pub mod store;
+pub mod tracking;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::app::Backends;
+use crate::config::ServeConfig;
+use crate::keys::{AdminToken, AdminTokenSource};
+use crate::store::embedded::EmbeddedStore;
+use crate::tracking::memory::MemoryTracker;
+
+/// Runs `herald serve` until ctrl-c or SIGTERM. Prints `herald listening on http://ADDR` on
+/// stdout once the socket is bound (tests and scripts wait for that line).
+pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
+    let (admin, source) =
+        AdminToken::load_or_generate(config.admin_token.as_deref(), &config.data_dir)
+            .with_context(|| {
+                format!(
+                    "reading or writing the admin token in {}",
+                    config.data_dir.display()
+                )
+            })?;
+    match &source {
+        AdminTokenSource::Configured => {
+            tracing::info!("admin token: from --admin-token / HERALD_ADMIN_TOKEN")
+        }
+        AdminTokenSource::File(p) => {
+            tracing::info!(path = %p.display(), "admin token: read from file")
+        }
+        AdminTokenSource::Generated(p) => {
+            tracing::warn!(path = %p.display(), "admin token generated; read it from this file")
+        }
+    }
+    let store = EmbeddedStore::open(&config.data_dir).with_context(|| {
+        format!(
+            "opening the embedded store in {}",
+            config.data_dir.display()
+        )
+    })?;
+    let backends = Backends {
+        store: Arc::new(store),
+        tracker: Arc::new(MemoryTracker::new()),
+    };
+    let (state, router) = app::build(&config, backends, admin);
+    let listener = TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("binding {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald started (embedded mode)");
+    println!("herald listening on http://{addr}");
+    app::serve(
+        listener,
+        state,
+        router,
+        app::shutdown_signal(),
+        std::time::Duration::from_secs(config.shutdown_timeout_secs),
+    )
+    .await?;
+    tracing::info!("herald stopped");
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The `herald` binary: `herald serve` (the default) runs the gateway; `herald admin`,
+//! `herald publish` and `herald sign` talk to a running server.
+
+use clap::{Parser, Subcommand};
+use herald_server::cli::{self, AdminArgs, PublishArgs, SignArgs};
+use herald_server::config::{LogFormat, ServeConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Herald: real-time channel pub/sub gateway (REST in, Socket.IO out).
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (the default when no subcommand is given).
+    Serve(ServeConfig),
+    /// Manage projects and API keys of a running server.
+    Admin(AdminArgs),
+    /// Publish one event through a running server.
+    Publish(PublishArgs),
+    /// Sign a private-channel token through a running server.
+    Sign(SignArgs),
+}
+
+fn init_logs(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let command = match cli.command {
+        Some(c) => c,
+        None => match Cli::parse_from(["herald", "serve"]).command {
+            Some(c) => c,
+            None => unreachable!("serve was given"),
+        },
+    };
+    match command {
+        Command::Serve(config) => {
+            init_logs(
+                config.log_format,
+                "info,socketioxide=warn,engineioxide=warn",
+            );
+            herald_server::run_serve(config).await
+        }
+        Command::Admin(args) => {
+            init_logs(LogFormat::Pretty, "warn");
+            cli::admin(args).await
+        }
+        Command::Publish(args) => {
+            init_logs(LogFormat::Pretty, "warn");
+            cli::publish(args).await
+        }
+        Command::Sign(args) => {
+            init_logs(LogFormat::Pretty, "warn");
+            cli::sign(args).await
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Operator endpoints under `/v1/admin`, authenticated by the admin token.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use herald_protocol::api::{ApiKeyInfo, CreatedApiKey, Project};
+use herald_protocol::limits::MAX_DISPLAY_NAME_BYTES;
+use herald_protocol::{ApiKeyId, ApiKeyScope, ErrorCode, ProjectId, RoomName};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::{ApiError, bearer, body_bytes, json_value};
+use crate::app::AppState;
+use crate::channel_token::store_refusal;
+use crate::keys::generate_api_key;
+use crate::store::{ApiKeyRecord, ProjectRecord, SigningSecret, StoreError};
+
+/// Checks the admin token.
+pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = bearer(headers).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::MissingAdminToken,
+            "send the admin token as Authorization: Bearer <token>",
+        )
+    })?;
+    if state.admin_token().matches(token) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidAdminToken,
+            "admin token is not valid",
+        ))
+    }
+}
+
+fn project_id(raw: &str) -> Result<ProjectId, ApiError> {
+    Ok(ProjectId::parse(raw).map_err(herald_protocol::Refusal::from)?)
+}
+
+fn display_name(v: &Value) -> Result<String, ApiError> {
+    let name = v
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidBody,
+                "\"name\" must be a non-empty string",
+            )
+        })?;
+    if name.len() > MAX_DISPLAY_NAME_BYTES {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("\"name\" is longer than {MAX_DISPLAY_NAME_BYTES} bytes"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+fn generated_project_id() -> ProjectId {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let id: String = rand::random::<[u8; 12]>()
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    ProjectId::parse(&id).unwrap_or_else(|_| unreachable!("alphabet is valid"))
+}
+
+async fn existing_project(state: &AppState, id: &ProjectId) -> Result<ProjectRecord, ApiError> {
+    state
+        .store()
+        .project(id)
+        .await
+        .map_err(store_refusal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ProjectNotFound,
+                format!("project {id} does not exist"),
+            )
+        })
+}
+
+/// `POST /v1/admin/projects` `{ "id"?, "name" }`.
+pub async fn create_project(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Project>), ApiError> {
+    authorize(&state, &headers)?;
+    let v = json_value(&body_bytes(body)?)?;
+    let name = display_name(&v)?;
+    let id = match v.get("id") {
+        None | Some(Value::Null) => generated_project_id(),
+        Some(Value::String(s)) => project_id(s)?,
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "\"id\" must be a string",
+            ));
+        }
+    };
+    let record = ProjectRecord {
+        id,
+        name,
+        created_at: now_seconds(),
+        signing_secret: SigningSecret::generate(),
+    };
+    match state.store().create_project(&record).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => {
+            return Err(ApiError::new(
+                ErrorCode::ProjectExists,
+                format!("project {} exists already", record.id),
+            ));
+        }
+        Err(e) => return Err(store_refusal(e).into()),
+    }
+    tracing::info!(project_id = %record.id, "project created");
+    Ok((StatusCode::CREATED, Json(record.to_api())))
+}
+
+/// `GET /v1/admin/projects`.
+pub async fn list_projects(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Project>>, ApiError> {
+    authorize(&state, &headers)?;
+    let projects = state.store().projects().await.map_err(store_refusal)?;
+    Ok(Json(projects.iter().map(ProjectRecord::to_api).collect()))
+}
+
+/// `GET /v1/admin/projects/{id}`.
+pub async fn get_project(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Project>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(
+        existing_project(&state, &project_id(&id)?).await?.to_api(),
+    ))
+}
+
+/// `DELETE /v1/admin/projects/{id}`: deletes the project and its keys, disconnects its sockets.
+pub async fn delete_project(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    let id = project_id(&id)?;
+    let keys = state
+        .store()
+        .delete_project(&id)
+        .await
+        .map_err(store_refusal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ProjectNotFound,
+                format!("project {id} does not exist"),
+            )
+        })?;
+    if let Err(e) = state
+        .io()
+        .to(RoomName::project(&id).into_string())
+        .disconnect()
+        .await
+    {
+        tracing::warn!(project_id = %id, error = %e, "disconnecting a deleted project's sockets failed");
+    }
+    tracing::info!(project_id = %id, deleted_keys = keys.len(), "project deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/admin/projects/{id}/rotate-secret`: new signing secret; old tokens stop verifying.
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    let id = project_id(&id)?;
+    match state
+        .store()
+        .rotate_secret(&id, SigningSecret::generate())
+        .await
+    {
+        Ok(()) => {
+            tracing::info!(project_id = %id, "signing secret rotated");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(StoreError::ProjectNotFound) => Err(ApiError::new(
+            ErrorCode::ProjectNotFound,
+            format!("project {id} does not exist"),
+        )),
+        Err(e) => Err(store_refusal(e).into()),
+    }
+}
+
+/// `POST /v1/admin/projects/{id}/api-keys` `{ "name", "scopes", "expiresAt"? }`.
+pub async fn create_api_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
+    authorize(&state, &headers)?;
+    let project = project_id(&id)?;
+    let v = json_value(&body_bytes(body)?)?;
+    let name = display_name(&v)?;
+    let scopes: Vec<ApiKeyScope> =
+        serde_json::from_value(v.get("scopes").cloned().unwrap_or(Value::Null)).map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidBody,
+                "\"scopes\" must be a list of \"publish_event\" and/or \"sign_token\"",
+            )
+        })?;
+    if scopes.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "\"scopes\" must not be empty",
+        ));
+    }
+    let mut scopes = scopes;
+    scopes.sort();
+    scopes.dedup();
+    let now = now_seconds();
+    let expires_at = match v.get("expiresAt") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => {
+            let t = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| {
+                    ApiError::new(
+                        ErrorCode::InvalidBody,
+                        "\"expiresAt\" must be an RFC 3339 time",
+                    )
+                })?;
+            if t <= OffsetDateTime::now_utc() {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidExpiry,
+                    "\"expiresAt\" must be in the future",
+                ));
+            }
+            Some(t)
+        }
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                "\"expiresAt\" must be an RFC 3339 string",
+            ));
+        }
+    };
+    let (token, secret_hash) = generate_api_key();
+    let record = ApiKeyRecord {
+        id: token.id().clone(),
+        project_id: project.clone(),
+        name,
+        scopes,
+        created_at: now,
+        expires_at,
+        secret_hash,
+    };
+    match state.store().create_api_key(&record).await {
+        Ok(()) => {}
+        Err(StoreError::ProjectNotFound) => {
+            return Err(ApiError::new(
+                ErrorCode::ProjectNotFound,
+                format!("project {project} does not exist"),
+            ));
+        }
+        Err(e) => return Err(store_refusal(e).into()),
+    }
+    tracing::info!(project_id = %project, api_key_id = %record.id, "API key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiKey {
+            info: record.to_api(),
+            key: token.expose(),
+        }),
+    ))
+}
+
+/// `GET /v1/admin/projects/{id}/api-keys`.
+pub async fn list_api_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<ApiKeyInfo>>, ApiError> {
+    authorize(&state, &headers)?;
+    let project = project_id(&id)?;
+    existing_project(&state, &project).await?;
+    let keys = state
+        .store()
+        .api_keys(&project)
+        .await
+        .map_err(store_refusal)?;
+    Ok(Json(keys.iter().map(ApiKeyRecord::to_api).collect()))
+}
+
+/// `DELETE /v1/admin/projects/{id}/api-keys/{keyId}`.
+pub async fn delete_api_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, key_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&state, &headers)?;
+    let project = project_id(&id)?;
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::ApiKeyNotFound,
+            format!("no API key {key_id} in project {project}"),
+        )
+    };
+    let key_id = ApiKeyId::parse(&key_id).map_err(|_| not_found())?;
+    let deleted = state
+        .store()
+        .delete_api_key(&project, &key_id)
+        .await
+        .map_err(store_refusal)?;
+    if deleted.is_none() {
+        return Err(not_found());
+    }
+    tracing::info!(project_id = %project, api_key_id = %key_id, "API key deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Now, truncated to whole seconds so stored and listed times compare equal.
+fn now_seconds() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(0).unwrap_or(now)
+}

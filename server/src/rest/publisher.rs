@@ -1,0 +1,158 @@
+//! Publisher endpoints, authenticated by API key (`Authorization: Bearer` or `X-API-Key`).
+//!
+//! The project always comes from the key, never from the body: a key can only ever reach its
+//! own project's rooms.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::HeaderMap;
+use herald_protocol::api::{PublishRequest, PublishResponse, SignRequest, SignResponse};
+use herald_protocol::messages::event_names::EVENT;
+use herald_protocol::{ApiKeyScope, ApiKeyToken, ChannelEvent, ErrorCode, RoomName};
+use time::OffsetDateTime;
+
+use super::{ApiError, bearer, body_bytes};
+use crate::app::AppState;
+use crate::channel_token::store_refusal;
+use crate::keys::secret_matches;
+use crate::store::ApiKeyRecord;
+
+/// Header that may carry the API key instead of `Authorization`.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// Resolves the request's API key and checks it carries `scope`.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: ApiKeyScope,
+) -> Result<ApiKeyRecord, ApiError> {
+    let raw = bearer(headers)
+        .or_else(|| headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::MissingApiKey,
+                "send the API key as Authorization: Bearer <key> or X-API-Key: <key>",
+            )
+        })?;
+    let unknown = || ApiError::new(ErrorCode::UnknownApiKey, "API key is not valid");
+    let token = ApiKeyToken::parse(raw).ok_or_else(unknown)?;
+    let record = state
+        .store()
+        .api_key(token.id())
+        .await
+        .map_err(store_refusal)?
+        .filter(|r| secret_matches(r, &token))
+        .ok_or_else(unknown)?;
+    if record.is_expired_at(OffsetDateTime::now_utc()) {
+        return Err(ApiError::new(
+            ErrorCode::ExpiredApiKey,
+            "API key has expired",
+        ));
+    }
+    if !record.has_scope(scope) {
+        return Err(ApiError::new(
+            ErrorCode::MissingScope,
+            format!("API key lacks the {scope} scope"),
+        ));
+    }
+    Ok(record)
+}
+
+/// `POST /v1/publishers/events/publish`.
+pub async fn publish(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let key = authenticate(&state, &headers, ApiKeyScope::PublishEvent).await?;
+    let body = body_bytes(body)?;
+    let req = PublishRequest::parse(&body, state.max_payload_bytes())?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let room = RoomName::channel(&key.project_id, &req.channel_name);
+    let event = ChannelEvent {
+        id: Some(id.clone()),
+        channel_name: req.channel_name,
+        payload: &*req.payload,
+    };
+    state.deliver(room, &event).await?;
+    tracing::debug!(api_key_id = %key.id, project_id = %key.project_id, channel = %event.channel_name, message_id = %id, "published");
+    Ok(Json(PublishResponse { id }))
+}
+
+/// `POST /v1/publishers/sign`.
+pub async fn sign(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<SignResponse>, ApiError> {
+    let key = authenticate(&state, &headers, ApiKeyScope::SignToken).await?;
+    let body = body_bytes(body)?;
+    let req = SignRequest::parse(&body)?;
+    if !req.channel_name.is_private() {
+        return Err(ApiError::new(
+            ErrorCode::ChannelNotPrivate,
+            format!(
+                "{} is a public channel; tokens are for channels starting with \"private-\"",
+                req.channel_name
+            ),
+        ));
+    }
+    let project = state
+        .store()
+        .project(&key.project_id)
+        .await
+        .map_err(store_refusal)?
+        .ok_or_else(|| ApiError::new(ErrorCode::UnknownApiKey, "API key is not valid"))?;
+    let (token, expires_at) = state
+        .tokens()
+        .sign(
+            &project,
+            &key.id,
+            &req.channel_name,
+            OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "token signing failed");
+            ApiError::new(ErrorCode::Internal, "token signing failed")
+        })?;
+    tracing::debug!(api_key_id = %key.id, project_id = %key.project_id, channel = %req.channel_name, "channel token signed");
+    Ok(Json(SignResponse { token, expires_at }))
+}
+
+/// What `deliver` does when part of a broadcast could not be queued.
+impl AppState {
+    /// Emits `event` to every socket in `room`.
+    pub async fn deliver<P: serde::Serialize>(
+        &self,
+        room: RoomName,
+        event: &ChannelEvent<P>,
+    ) -> Result<(), ApiError> {
+        use socketioxide::BroadcastError;
+        match self.io().to(room.into_string()).emit(EVENT, event).await {
+            Ok(()) => Ok(()),
+            Err(BroadcastError::Socket(errors)) => {
+                // Sockets whose send buffer is full (slow consumers) or that closed meanwhile.
+                tracing::warn!(dropped = errors.len(), channel = %event.channel_name, "event not queued for some sockets");
+                Ok(())
+            }
+            Err(BroadcastError::Serialize(e)) => {
+                tracing::error!(error = %e, "event serialization failed");
+                Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "event could not be encoded",
+                ))
+            }
+            Err(BroadcastError::Adapter(e)) => {
+                tracing::warn!(error = %e, "adapter broadcast failed");
+                Err(ApiError::new(
+                    ErrorCode::Unavailable,
+                    "fan-out backend unavailable, try again shortly",
+                ))
+            }
+        }
+    }
+}
