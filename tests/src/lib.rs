@@ -1,1 +1,272 @@
-//! Placeholder: see README.md.
+//! Test plumbing for Herald's end-to-end tests: start the real `herald` binary on a free port
+//! with a fresh data dir, and talk to its admin and publisher APIs.
+//!
+//! The binary is `target/debug/herald` (build it first: `cargo build -p herald-server`), or the
+//! path in `HERALD_BIN`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Path of the `herald` binary under test.
+pub fn herald_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("HERALD_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join("herald")
+}
+
+/// A running `herald serve` process.
+pub struct Herald {
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The admin token it was started with.
+    pub admin_token: String,
+    /// Its data dir (kept alive by `_dir` when the harness made it).
+    pub data_dir: PathBuf,
+    _dir: Option<Arc<tempfile::TempDir>>,
+    logs: Arc<Mutex<String>>,
+    http: reqwest::Client,
+}
+
+/// An HTTP answer: status and JSON body (`Value::Null` when empty).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// Parsed body.
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl Herald {
+    /// Starts a server with a fresh data dir.
+    pub async fn start(extra_args: &[&str]) -> anyhow::Result<Self> {
+        let dir = Arc::new(tempfile::tempdir()?);
+        let data_dir = dir.path().to_path_buf();
+        let token = format!("admin-{}", rand::random::<u64>());
+        Self::start_with(&data_dir, Some(dir), &token, "127.0.0.1:0", extra_args).await
+    }
+
+    /// Starts a server on `data_dir` and `bind`.
+    pub async fn start_with(
+        data_dir: &Path,
+        keep: Option<Arc<tempfile::TempDir>>,
+        admin_token: &str,
+        bind: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let bin = herald_bin();
+        if !bin.exists() {
+            bail!(
+                "{} not found: run `cargo build -p herald-server` first",
+                bin.display()
+            );
+        }
+        let mut child = Command::new(&bin)
+            .arg("serve")
+            .args(["--bind", bind])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--admin-token", admin_token])
+            .args(extra_args)
+            .env("HERALD_LOG", "debug,socketioxide=info,engineioxide=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let logs = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().context("no stderr")?;
+        let sink = logs.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut l) = sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let url = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(url) = line.strip_prefix("herald listening on ") {
+                    return Ok(url.trim().to_owned());
+                }
+            }
+            bail!("herald exited before listening")
+        })
+        .await
+        .context("herald did not start within 20 s")?
+        .with_context(|| {
+            format!(
+                "stderr:\n{}",
+                logs.lock().map(|l| l.clone()).unwrap_or_default()
+            )
+        })?;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child: Some(child),
+            url,
+            admin_token: admin_token.to_owned(),
+            data_dir: data_dir.to_path_buf(),
+            _dir: keep,
+            logs,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Stops with SIGTERM and waits for exit; returns the data dir handle for a restart.
+    pub async fn stop(mut self) -> anyhow::Result<Option<Arc<tempfile::TempDir>>> {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status();
+            }
+            let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+                .await
+                .context("herald did not exit within 15 s of SIGTERM")??;
+            if !status.success() {
+                bail!("herald exited with {status}");
+            }
+        }
+        Ok(self._dir.take())
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// A raw request with optional bearer token and body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Answer> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Ok(Answer { status, body })
+    }
+
+    /// An admin call with the right token.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Answer> {
+        let token = self.admin_token.clone();
+        self.request(
+            method,
+            path,
+            Some(&token),
+            body.map(|b| b.to_string().into_bytes()),
+            &[],
+        )
+        .await
+    }
+
+    /// Creates project `id`.
+    pub async fn create_project(&self, id: &str) -> anyhow::Result<()> {
+        let a = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/admin/projects",
+                Some(json!({"id": id, "name": id})),
+            )
+            .await?;
+        if a.status != 201 {
+            bail!("create project {id}: {a:?}");
+        }
+        Ok(())
+    }
+
+    /// Creates a key in `project` with `scopes`; returns the created-key body (`key`, `id`).
+    pub async fn create_key(
+        &self,
+        project: &str,
+        scopes: &[&str],
+        expires_at: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let mut body = json!({"name": "test", "scopes": scopes});
+        if let Some(e) = expires_at {
+            body["expiresAt"] = json!(e);
+        }
+        let a = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/admin/projects/{project}/api-keys"),
+                Some(body),
+            )
+            .await?;
+        if a.status != 201 {
+            bail!("create key in {project}: {a:?}");
+        }
+        Ok(a.body)
+    }
+
+    /// Publishes with `key`.
+    pub async fn publish(
+        &self,
+        key: &str,
+        channel: &str,
+        payload: Value,
+    ) -> anyhow::Result<Answer> {
+        let body = json!({"channelName": channel, "payload": payload})
+            .to_string()
+            .into_bytes();
+        self.request(
+            reqwest::Method::POST,
+            "/v1/publishers/events/publish",
+            Some(key),
+            Some(body),
+            &[],
+        )
+        .await
+    }
+}
