@@ -12,6 +12,7 @@
 //! | `POST /v1/admin/projects/{id}/rotate-secret` | | 204 |
 //! | `POST /v1/admin/projects/{id}/api-keys` | [`CreateApiKeyRequest`] | 201 [`CreatedApiKey`] |
 //! | `GET /v1/admin/projects/{id}/api-keys` | | 200 `[`[`ApiKeyInfo`]`]` |
+//! | `PATCH /v1/admin/projects/{id}/api-keys/{keyId}` | `{ "name"?, "scopes"? }` | 200 [`ApiKeyInfo`] |
 //! | `DELETE /v1/admin/projects/{id}/api-keys/{keyId}` | | 204 |
 //!
 //! Every error is an [`ErrorBody`](crate::ErrorBody).

@@ -144,7 +144,7 @@ pub fn build(
         )
         .route(
             "/v1/admin/projects/{id}/api-keys/{key_id}",
-            delete(admin::delete_api_key),
+            delete(admin::delete_api_key).patch(admin::update_api_key),
         )
         .route("/healthz", get(livez))
         .route("/livez", get(livez))
@@ -180,7 +180,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 fn cors_layer(allowed: &[String]) -> CorsLayer {
     let base = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CONTENT_TYPE,

@@ -241,3 +241,257 @@ pub fn store_refusal(e: StoreError) -> Refusal {
 fn unix(t: OffsetDateTime) -> u64 {
     u64::try_from(t.unix_timestamp()).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::sample;
+    use crate::store::embedded::EmbeddedStore;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    fn b64(v: &serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    /// A token with any header and claims, HMAC-SHA256-signed with `secret`.
+    fn forge(header: serde_json::Value, claims: serde_json::Value, secret: &[u8]) -> String {
+        let signing_input = format!("{}.{}", b64(&header), b64(&claims));
+        let mac = hmac_sha256(secret, signing_input.as_bytes());
+        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac))
+    }
+
+    fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        // HMAC from its definition (RFC 2104), so the test does not reuse the code under test.
+        let mut k = [0u8; 64];
+        if key.len() > 64 {
+            k[..32].copy_from_slice(&sha2::Sha256::digest(key));
+        } else {
+            k[..key.len()].copy_from_slice(key);
+        }
+        let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
+        let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
+        let inner = sha2::Sha256::digest([ipad.as_slice(), msg].concat());
+        sha2::Sha256::digest([opad.as_slice(), inner.as_slice()].concat()).to_vec()
+    }
+
+    #[tokio::test]
+    async fn every_refusal_has_its_code_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let (project, key) = sample("tok");
+        store.create_project(&project).await.expect("project");
+        store.create_api_key(&key).await.expect("key");
+        let tokens = ChannelTokens::new("herald-channel", Duration::from_secs(600));
+        let now = OffsetDateTime::now_utc();
+        let channel = ChannelName::parse("private-u1").expect("valid");
+        let other_project = ProjectId::parse("p-other").expect("valid");
+        let code = |r: Result<ApiKeyId, Refusal>| r.err().map(|e| e.code);
+
+        let (good, _) = tokens.sign(&project, &key.id, &channel, now).expect("sign");
+        let check = |t: Option<String>, ch: &ChannelName, p: &ProjectId, at: OffsetDateTime| {
+            let tokens = tokens.clone();
+            let (ch, p) = (ch.clone(), p.clone());
+            let store = &store;
+            async move {
+                tokens
+                    .authorize_listen(store, &p, &ch, t.as_deref(), at)
+                    .await
+            }
+        };
+        assert_eq!(
+            check(Some(good.clone()), &channel, &project.id, now).await,
+            Ok(key.id.clone())
+        );
+        assert_eq!(
+            code(check(None, &channel, &project.id, now).await),
+            Some(ErrorCode::TokenMissing)
+        );
+        assert_eq!(
+            code(check(Some(String::new()), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenMissing)
+        );
+        assert_eq!(
+            code(check(Some("garbage".into()), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenMalformed)
+        );
+
+        let claims = serde_json::json!({
+            "aud": "herald-channel", "iss": "herald", "iat": unix(now), "exp": unix(now) + 60,
+            "channelName": "private-u1", "projectId": project.id, "apiKeyId": key.id,
+        });
+        let hs = serde_json::json!({"alg": "HS256", "typ": "JWT"});
+        let secret = project.signing_secret.0;
+        // Our own forging matches jsonwebtoken's signature: the happy path passes.
+        assert!(
+            check(
+                Some(forge(hs.clone(), claims.clone(), &secret)),
+                &channel,
+                &project.id,
+                now
+            )
+            .await
+            .is_ok()
+        );
+        let none = format!(
+            "{}.{}.",
+            b64(&serde_json::json!({"alg": "none"})),
+            b64(&claims)
+        );
+        assert_eq!(
+            code(check(Some(none), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenBadAlgorithm)
+        );
+        let rs = forge(serde_json::json!({"alg": "RS256"}), claims.clone(), &secret);
+        assert_eq!(
+            code(check(Some(rs), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenBadAlgorithm)
+        );
+        let wrong_secret = forge(hs.clone(), claims.clone(), b"not the project's secret");
+        assert_eq!(
+            code(check(Some(wrong_secret), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenBadSignature)
+        );
+
+        let with = |field: &str, value: serde_json::Value| {
+            let mut c = claims.clone();
+            c[field] = value;
+            forge(hs.clone(), c, &secret)
+        };
+        assert_eq!(
+            code(
+                check(
+                    Some(with("aud", "other".into())),
+                    &channel,
+                    &project.id,
+                    now
+                )
+                .await
+            ),
+            Some(ErrorCode::TokenWrongAudience)
+        );
+        // Wrong audience is reported before expiry.
+        let mut both = claims.clone();
+        both["aud"] = "other".into();
+        both["exp"] = (unix(now) - 3600).into();
+        assert_eq!(
+            code(
+                check(
+                    Some(forge(hs.clone(), both, &secret)),
+                    &channel,
+                    &project.id,
+                    now
+                )
+                .await
+            ),
+            Some(ErrorCode::TokenWrongAudience)
+        );
+        assert_eq!(
+            code(
+                check(
+                    Some(with("exp", (unix(now) - 10).into())),
+                    &channel,
+                    &project.id,
+                    now
+                )
+                .await
+            ),
+            Some(ErrorCode::TokenExpired)
+        );
+        // Within the 5 s leeway an expired token still passes.
+        assert!(
+            check(
+                Some(with("exp", (unix(now) - 2).into())),
+                &channel,
+                &project.id,
+                now
+            )
+            .await
+            .is_ok()
+        );
+        assert_eq!(
+            code(
+                check(
+                    Some(with("nbf", (unix(now) + 60).into())),
+                    &channel,
+                    &project.id,
+                    now
+                )
+                .await
+            ),
+            Some(ErrorCode::TokenExpired)
+        );
+        let mut no_exp = claims.clone();
+        no_exp.as_object_mut().map(|o| o.remove("exp"));
+        assert_eq!(
+            code(
+                check(
+                    Some(forge(hs.clone(), no_exp, &secret)),
+                    &channel,
+                    &project.id,
+                    now
+                )
+                .await
+            ),
+            Some(ErrorCode::TokenMalformed)
+        );
+
+        let other_channel = ChannelName::parse("private-u2").expect("valid");
+        assert_eq!(
+            code(check(Some(good.clone()), &other_channel, &project.id, now).await),
+            Some(ErrorCode::TokenChannelMismatch)
+        );
+        assert_eq!(
+            code(
+                check(
+                    Some(with("projectId", other_project.as_str().into())),
+                    &channel,
+                    &project.id,
+                    now
+                )
+                .await
+            ),
+            Some(ErrorCode::TokenProjectMismatch)
+        );
+
+        // Key state: scope removed, expired, deleted.
+        let mut narrowed = key.clone();
+        narrowed.scopes = vec![ApiKeyScope::PublishEvent];
+        store.update_api_key(&narrowed).await.expect("update");
+        assert_eq!(
+            code(check(Some(good.clone()), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenKeyScope)
+        );
+        let mut expired = key.clone();
+        expired.expires_at = Some(now - time::Duration::seconds(1));
+        store.update_api_key(&expired).await.expect("update");
+        assert_eq!(
+            code(check(Some(good.clone()), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenKeyExpired)
+        );
+        store
+            .delete_api_key(&project.id, &key.id)
+            .await
+            .expect("delete");
+        assert_eq!(
+            code(check(Some(good.clone()), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenKeyRevoked)
+        );
+
+        // Rotation: the old token stops verifying.
+        store.create_api_key(&key).await.expect("recreate");
+        assert!(
+            check(Some(good.clone()), &channel, &project.id, now)
+                .await
+                .is_ok()
+        );
+        store
+            .rotate_secret(&project.id, SigningSecret::generate())
+            .await
+            .expect("rotate");
+        assert_eq!(
+            code(check(Some(good), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenBadSignature)
+        );
+    }
+}

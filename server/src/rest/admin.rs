@@ -211,22 +211,7 @@ pub async fn create_api_key(
     let project = project_id(&id)?;
     let v = json_value(&body_bytes(body)?)?;
     let name = display_name(&v)?;
-    let scopes: Vec<ApiKeyScope> =
-        serde_json::from_value(v.get("scopes").cloned().unwrap_or(Value::Null)).map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidBody,
-                "\"scopes\" must be a list of \"publish_event\" and/or \"sign_token\"",
-            )
-        })?;
-    if scopes.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::InvalidBody,
-            "\"scopes\" must not be empty",
-        ));
-    }
-    let mut scopes = scopes;
-    scopes.sort();
-    scopes.dedup();
+    let scopes = parse_scopes(v.get("scopes").unwrap_or(&Value::Null))?;
     let now = now_seconds();
     let expires_at = match v.get("expiresAt") {
         None | Some(Value::Null) => None,
@@ -298,6 +283,68 @@ pub async fn list_api_keys(
         .await
         .map_err(store_refusal)?;
     Ok(Json(keys.iter().map(ApiKeyRecord::to_api).collect()))
+}
+
+/// `PATCH /v1/admin/projects/{id}/api-keys/{keyId}` `{ "name"?, "scopes"? }`: rename a key or
+/// change its scopes. Narrowing takes effect at once: a key that loses `sign_token` no longer
+/// opens private channels with the tokens it signed.
+pub async fn update_api_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((id, key_id)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<ApiKeyInfo>, ApiError> {
+    authorize(&state, &headers)?;
+    let project = project_id(&id)?;
+    let not_found = || {
+        ApiError::new(
+            ErrorCode::ApiKeyNotFound,
+            format!("no API key {key_id} in project {project}"),
+        )
+    };
+    let parsed_id = ApiKeyId::parse(&key_id).map_err(|_| not_found())?;
+    let v = json_value(&body_bytes(body)?)?;
+    let mut record = state
+        .store()
+        .api_key(&parsed_id)
+        .await
+        .map_err(store_refusal)?
+        .filter(|k| k.project_id == project)
+        .ok_or_else(not_found)?;
+    if v.get("name").is_some() {
+        record.name = display_name(&v)?;
+    }
+    if let Some(scopes) = v.get("scopes") {
+        record.scopes = parse_scopes(scopes)?;
+    }
+    if !state
+        .store()
+        .update_api_key(&record)
+        .await
+        .map_err(store_refusal)?
+    {
+        return Err(not_found());
+    }
+    tracing::info!(project_id = %project, api_key_id = %record.id, scopes = ?record.scopes, "API key updated");
+    Ok(Json(record.to_api()))
+}
+
+fn parse_scopes(v: &Value) -> Result<Vec<ApiKeyScope>, ApiError> {
+    let mut scopes: Vec<ApiKeyScope> = serde_json::from_value(v.clone()).map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            "\"scopes\" must be a list of \"publish_event\" and/or \"sign_token\"",
+        )
+    })?;
+    if scopes.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "\"scopes\" must not be empty",
+        ));
+    }
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes)
 }
 
 /// `DELETE /v1/admin/projects/{id}/api-keys/{keyId}`.

@@ -75,6 +75,22 @@ pub(crate) async fn run(store: &dyn Store) {
         vec![key_a.clone()]
     );
 
+    // Updates replace the record, only within its project.
+    let mut narrowed = key_a.clone();
+    narrowed.scopes = vec![ApiKeyScope::PublishEvent];
+    assert!(store.update_api_key(&narrowed).await.expect("update"));
+    assert_eq!(
+        store.api_key(&key_a.id).await.expect("read"),
+        Some(narrowed.clone())
+    );
+    let mut moved = narrowed.clone();
+    moved.project_id = b.id.clone();
+    assert!(!store.update_api_key(&moved).await.expect("update"));
+    let mut unknown = narrowed.clone();
+    unknown.id = ApiKeyId::parse("00000000000000fe").expect("valid");
+    assert!(!store.update_api_key(&unknown).await.expect("update"));
+    let key_a = narrowed;
+
     // A key is deleted only through its own project.
     assert_eq!(
         store

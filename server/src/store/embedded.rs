@@ -226,6 +226,21 @@ impl Store for EmbeddedStore {
         self.write(vec![Write::PutKey(key.clone())]).await
     }
 
+    async fn update_api_key(&self, key: &ApiKeyRecord) -> Result<bool, StoreError> {
+        let _w = self.write_lock.lock().await;
+        let exists = self
+            .cache
+            .read()
+            .keys
+            .get(&key.id)
+            .is_some_and(|k| k.project_id == key.project_id);
+        if !exists {
+            return Ok(false);
+        }
+        self.write(vec![Write::PutKey(key.clone())]).await?;
+        Ok(true)
+    }
+
     async fn api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
         Ok(self.cache.read().keys.get(id).cloned())
     }

@@ -177,6 +177,10 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Conflict`] when the id is taken.
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
 
+    /// Replaces a stored key (same id and project); returns `false` when no such key exists
+    /// in that project.
+    async fn update_api_key(&self, key: &ApiKeyRecord) -> Result<bool, StoreError>;
+
     /// Looks a key up by id.
     async fn api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKeyRecord>, StoreError>;
 
