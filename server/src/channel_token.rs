@@ -4,9 +4,10 @@
 //! Checks run in a fixed order and each refusal has its own [`ErrorCode`]:
 //!
 //! 1. token present (`token_missing`);
-//! 2. three base64url parts with a JSON header (`token_malformed`);
+//! 2. three base64url parts, JSON header and claims naming a valid project (`token_malformed`);
 //! 3. header `alg` exactly `HS256` (`token_bad_algorithm`);
-//! 4. HMAC-SHA256 signature with the project's current secret (`token_bad_signature`);
+//! 4. HMAC-SHA256 signature with the current secret of the project the token names
+//!    (`token_bad_signature`; also when that project does not exist);
 //! 5. `aud` equals the configured audience (`token_wrong_audience`);
 //! 6. `exp` / `nbf` with 5 s leeway (`token_expired`);
 //! 7. `channelName` claim equals the requested channel (`token_channel_mismatch`);
@@ -15,8 +16,11 @@
 //!    (`token_key_expired`) and still has `sign_token` (`token_key_scope`).
 //!
 //! The algorithm is checked before the signature: the header is read only to refuse anything
-//! but HS256 (`none`, RS/HS confusion); the key and algorithm used to verify are always
-//! Herald's own, never the token's. jsonwebtoken verifies the signature and requires `exp` and
+//! but HS256 (`none`, RS/HS confusion); the algorithm used to verify is always Herald's own,
+//! never the token's. The unverified `projectId` claim only selects which project's secret
+//! verifies the signature (like a `kid`); a token that verifies for project A but is presented
+//! on a socket of project B is then refused as `token_project_mismatch`, which tells the
+//! integrator exactly what went wrong. jsonwebtoken verifies the signature and requires `exp` and
 //! `aud`; Herald compares `aud` and the times itself so the order above is stable.
 
 use std::collections::HashSet;
@@ -83,7 +87,45 @@ impl ChannelTokens {
         Ok((token, expires_at))
     }
 
-    /// Steps 2 to 6: shape, algorithm, signature, audience, time.
+    /// Steps 2 and 3: shape and algorithm. Returns the project the (still unverified) token
+    /// names, whose secret must verify it.
+    pub fn peek_project(&self, token: &str) -> Result<ProjectId, Refusal> {
+        let malformed = |why: &str| {
+            Refusal::new(
+                ErrorCode::TokenMalformed,
+                format!("authToken is not a valid channel token: {why}"),
+            )
+        };
+        let mut parts = token.split('.');
+        let (Some(header), Some(claims), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed("expected three dot-separated parts"));
+        };
+        let decode = |part: &str, what: &str| -> Result<serde_json::Value, Refusal> {
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .map_err(|_| malformed(&format!("{what} is not base64url")))?;
+            serde_json::from_slice(&bytes).map_err(|_| malformed(&format!("{what} is not JSON")))
+        };
+        let header = decode(header, "header")?;
+        let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
+        if alg != "HS256" {
+            return Err(Refusal::new(
+                ErrorCode::TokenBadAlgorithm,
+                format!("token algorithm {alg:?} is not accepted; channel tokens are HS256"),
+            ));
+        }
+        let claims = decode(claims, "claims")?;
+        claims
+            .get("projectId")
+            .and_then(|p| p.as_str())
+            .and_then(|p| ProjectId::parse(p).ok())
+            .ok_or_else(|| malformed("no valid projectId claim"))
+    }
+
+    /// Steps 4 to 6: signature with `secret`, audience, time. Call [`Self::peek_project`]
+    /// first.
     pub fn verify(
         &self,
         token: &str,
@@ -96,25 +138,6 @@ impl ChannelTokens {
                 format!("authToken is not a valid channel token: {why}"),
             )
         };
-        let mut parts = token.split('.');
-        let (Some(header), Some(_), Some(_), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed("expected three dot-separated parts"));
-        };
-        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(header)
-            .map_err(|_| malformed("header is not base64url"))?;
-        let header: serde_json::Value =
-            serde_json::from_slice(&header).map_err(|_| malformed("header is not JSON"))?;
-        let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
-        if alg != "HS256" {
-            return Err(Refusal::new(
-                ErrorCode::TokenBadAlgorithm,
-                format!("token algorithm {alg:?} is not accepted; channel tokens are HS256"),
-            ));
-        }
-
         let mut validation = Validation::new(Algorithm::HS256);
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "aud".to_owned()]);
         validation.validate_exp = false;
@@ -176,11 +199,17 @@ impl ChannelTokens {
                 format!("channel {channel} is private: listen needs an authToken"),
             )
         })?;
+        let claimed_project = self.peek_project(token)?;
         let record = store
-            .project(project)
+            .project(&claimed_project)
             .await
             .map_err(store_refusal)?
-            .ok_or_else(|| Refusal::new(ErrorCode::UnknownProject, "project no longer exists"))?;
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::TokenBadSignature,
+                    "token signature does not verify with any project's current secret",
+                )
+            })?;
         let claims = self.verify(token, &record.signing_secret, now)?;
         if &claims.channel_name != channel {
             return Err(Refusal::new(
@@ -272,7 +301,7 @@ mod tests {
         let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
         let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
         let inner = sha2::Sha256::digest([ipad.as_slice(), msg].concat());
-        sha2::Sha256::digest([opad.as_slice(), inner.as_slice()].concat()).to_vec()
+        sha2::Sha256::digest([opad.as_slice(), &inner[..]].concat()).to_vec()
     }
 
     #[tokio::test]
@@ -441,16 +470,19 @@ mod tests {
             code(check(Some(good.clone()), &other_channel, &project.id, now).await),
             Some(ErrorCode::TokenChannelMismatch)
         );
+        // A token naming a project that does not exist verifies with no secret.
+        let ghost = with("projectId", other_project.as_str().into());
         assert_eq!(
-            code(
-                check(
-                    Some(with("projectId", other_project.as_str().into())),
-                    &channel,
-                    &project.id,
-                    now
-                )
-                .await
-            ),
+            code(check(Some(ghost), &channel, &project.id, now).await),
+            Some(ErrorCode::TokenBadSignature)
+        );
+        // A genuine token of another project, presented on this project's socket.
+        let (p2, k2) = sample("tok2");
+        store.create_project(&p2).await.expect("project 2");
+        store.create_api_key(&k2).await.expect("key 2");
+        let (foreign, _) = tokens.sign(&p2, &k2.id, &channel, now).expect("sign");
+        assert_eq!(
+            code(check(Some(foreign), &channel, &project.id, now).await),
             Some(ErrorCode::TokenProjectMismatch)
         );
 
