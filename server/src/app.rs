@@ -14,13 +14,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use herald_protocol::ErrorCode;
-use socketioxide::{ParserConfig, SocketIo};
+use socketioxide::adapter::Adapter;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
 use crate::channel_token::ChannelTokens;
 use crate::config::ServeConfig;
-use crate::gateway::{self, Gateway, GatewayInner};
+use crate::fanout::Fanout;
+use crate::gateway::{Gateway, GatewayInner};
 use crate::keys::AdminToken;
 use crate::rest::{self, ApiError, admin, publisher};
 use crate::store::Store;
@@ -33,13 +36,58 @@ pub struct AppState(Arc<AppInner>);
 /// Contents of [`AppState`].
 pub struct AppInner {
     gateway: Gateway,
-    io: SocketIo,
+    fanout: Arc<dyn Fanout>,
     admin_token: AdminToken,
     max_payload_bytes: usize,
-    ready: AtomicBool,
+    health: Arc<Health>,
+}
+
+/// Readiness inputs: `/readyz` is 200 only when the backends are usable and no shutdown began.
+#[derive(Debug)]
+pub struct Health {
+    shutting_down: AtomicBool,
+    backend_ready: AtomicBool,
+}
+
+impl Health {
+    /// Backends start as `backend_ready` (embedded mode) or not (Redis mode, until connected).
+    pub fn new(backend_ready: bool) -> Self {
+        Self {
+            shutting_down: AtomicBool::new(false),
+            backend_ready: AtomicBool::new(backend_ready),
+        }
+    }
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::Acquire) && self.backend_ready.load(Ordering::Acquire)
+    }
+    /// Marks the backends usable or not.
+    pub fn set_backend_ready(&self, ready: bool) {
+        self.backend_ready.store(ready, Ordering::Release);
+    }
+    /// Turns readiness off for good (first step of shutdown).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
 }
 
 impl AppState {
+    /// Assembles the state.
+    pub fn new(
+        config: &ServeConfig,
+        gateway: Gateway,
+        fanout: Arc<dyn Fanout>,
+        admin_token: AdminToken,
+        health: Arc<Health>,
+    ) -> Self {
+        Self(Arc::new(AppInner {
+            gateway,
+            fanout,
+            admin_token,
+            max_payload_bytes: config.max_payload_bytes,
+            health,
+        }))
+    }
     /// The store.
     pub fn store(&self) -> &dyn Store {
         self.0.gateway.store.as_ref()
@@ -52,9 +100,9 @@ impl AppState {
     pub fn tokens(&self) -> &ChannelTokens {
         &self.0.gateway.tokens
     }
-    /// The Socket.IO handle.
-    pub fn io(&self) -> &SocketIo {
-        &self.0.io
+    /// Room broadcasts.
+    pub fn fanout(&self) -> &dyn Fanout {
+        self.0.fanout.as_ref()
     }
     /// The admin token.
     pub fn admin_token(&self) -> &AdminToken {
@@ -64,13 +112,9 @@ impl AppState {
     pub fn max_payload_bytes(&self) -> usize {
         self.0.max_payload_bytes
     }
-    /// Whether `/readyz` answers 200.
-    pub fn is_ready(&self) -> bool {
-        self.0.ready.load(Ordering::Acquire)
-    }
-    /// Flips readiness (false first thing on shutdown).
-    pub fn set_ready(&self, ready: bool) {
-        self.0.ready.store(ready, Ordering::Release);
+    /// Readiness.
+    pub fn health(&self) -> &Health {
+        &self.0.health
     }
 }
 
@@ -82,13 +126,9 @@ pub struct Backends {
     pub tracker: Arc<dyn ConnectionTracker>,
 }
 
-/// Builds the state and the complete router for `config` on `backends`.
-pub fn build(
-    config: &ServeConfig,
-    backends: Backends,
-    admin_token: AdminToken,
-) -> (AppState, Router) {
-    let gateway = Gateway::new(GatewayInner {
+/// The shared part of every Socket.IO handler.
+pub fn gateway(config: &ServeConfig, backends: Backends) -> Gateway {
+    Gateway::new(GatewayInner {
         store: backends.store,
         tracker: backends.tracker,
         tokens: ChannelTokens::new(
@@ -97,9 +137,14 @@ pub fn build(
         ),
         max_channels_per_socket: config.max_channels_per_socket,
         max_payload_bytes: config.max_payload_bytes,
-    });
+    })
+}
+
+/// A Socket.IO builder with Herald's limits and the gateway state; embedded mode builds it as
+/// is, Redis mode adds its adapter.
+pub fn socket_io(config: &ServeConfig, gateway: &Gateway) -> SocketIoBuilder {
     let max_message = config.max_message_bytes();
-    let (io_layer, io) = SocketIo::builder()
+    SocketIo::builder()
         .with_state(gateway.clone())
         .max_payload(max_message as u64)
         .ws_max_message_size(max_message)
@@ -112,17 +157,14 @@ pub fn build(
                 .max_incoming_binaries(0)
                 .max_incoming_binary_buf_size(0),
         )
-        .build_layer();
-    gateway::register(&io);
+}
 
-    let state = AppState(Arc::new(AppInner {
-        gateway,
-        io,
-        admin_token,
-        max_payload_bytes: config.max_payload_bytes,
-        ready: AtomicBool::new(true),
-    }));
-
+/// The complete HTTP router: REST API, health, the Socket.IO layer, CORS and the Origin check.
+pub fn router<A: Adapter>(
+    config: &ServeConfig,
+    state: AppState,
+    io_layer: SocketIoLayer<A>,
+) -> Router {
     let api = Router::new()
         .route("/v1/publishers/events/publish", post(publisher::publish))
         .route("/v1/publishers/sign", post(publisher::sign))
@@ -151,15 +193,13 @@ pub fn build(
         .route("/readyz", get(readyz))
         .fallback(rest::not_found)
         .method_not_allowed_fallback(rest::method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_message))
-        .with_state(state.clone());
+        .layer(DefaultBodyLimit::max(config.max_message_bytes()))
+        .with_state(state);
 
     let origins = Arc::new(config.allowed_origins.clone());
-    let router = api
-        .layer(io_layer)
+    api.layer(io_layer)
         .layer(cors_layer(&config.allowed_origins))
-        .layer(middleware::from_fn_with_state(origins, check_origin));
-    (state, router)
+        .layer(middleware::from_fn_with_state(origins, check_origin))
 }
 
 async fn livez() -> impl IntoResponse {
@@ -167,7 +207,7 @@ async fn livez() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.is_ready() {
+    if state.health().is_ready() {
         axum::Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
         (
@@ -249,8 +289,8 @@ pub async fn serve(
     let signal = async move {
         shutdown.await;
         tracing::info!("shutting down: readiness off, closing sockets");
-        signal_state.set_ready(false);
-        signal_state.io().close().await;
+        signal_state.health().begin_shutdown();
+        signal_state.fanout().close().await;
         let _ = drained_tx.send(());
     };
     let server = axum::serve(listener, router).with_graceful_shutdown(signal);

@@ -21,9 +21,11 @@ use herald_protocol::{
 use parking_lot::Mutex;
 use serde_json::Value;
 use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
+use socketioxide_core::adapter::DefinedAdapter;
 use time::OffsetDateTime;
 
 use crate::channel_token::{ChannelTokens, store_refusal};
@@ -82,14 +84,16 @@ impl std::fmt::Display for ConnectRefusal {
     }
 }
 
-/// Registers the gateway on the default namespace of `io`.
-pub fn register(io: &SocketIo) {
-    io.ns("/", on_connect.with(authenticate));
+/// Registers the gateway on the default namespace of `io`. With a remote adapter the returned
+/// future subscribes to the adapter's channels and must be awaited; the namespace accepts
+/// sockets once it resolved.
+pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>) -> A::InitRes {
+    io.ns("/", on_connect::<A>.with(authenticate::<A>))
 }
 
 /// Connect middleware: the handshake must name an existing project.
-async fn authenticate(
-    s: SocketRef,
+async fn authenticate<A: Adapter>(
+    s: SocketRef<A>,
     TryData(auth): TryData<Value>,
     State(gw): State<Gateway>,
 ) -> Result<(), ConnectRefusal> {
@@ -115,7 +119,7 @@ async fn authenticate(
     Ok(())
 }
 
-async fn on_connect(s: SocketRef) {
+async fn on_connect<A: Adapter>(s: SocketRef<A>) {
     let Some(session) = s.extensions.get::<Arc<Session>>() else {
         // Unreachable: the middleware inserted it. Refuse rather than run without a project.
         let _ = s.disconnect();
@@ -123,21 +127,21 @@ async fn on_connect(s: SocketRef) {
     };
     tracing::debug!(socket_id = %s.id, project_id = %session.project, transport = ?s.transport_type(), "socket connected");
     s.join(RoomName::project(&session.project).into_string());
-    s.on(LISTEN, on_listen);
-    s.on(REMOVE, on_remove);
-    s.on(EVENT, on_client_event);
-    s.on_fallback(on_unknown_event);
-    s.on_disconnect(on_disconnect);
+    s.on(LISTEN, on_listen::<A>);
+    s.on(REMOVE, on_remove::<A>);
+    s.on(EVENT, on_client_event::<A>);
+    s.on_fallback(on_unknown_event::<A>);
+    s.on_disconnect(on_disconnect::<A>);
 }
 
-fn session(s: &SocketRef) -> Option<Arc<Session>> {
+fn session<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Session>> {
     s.extensions.get::<Arc<Session>>()
 }
 
 /// Answers a request through the ack (if asked) and a `system_message`.
-fn reply(
-    s: &SocketRef,
-    ack: AckSender,
+fn reply<A: Adapter>(
+    s: &SocketRef<A>,
+    ack: AckSender<A>,
     result: Result<SystemMessage, (Refusal, Option<ChannelName>)>,
 ) {
     let (ack_body, message) = match result {
@@ -155,18 +159,18 @@ fn reply(
     }
 }
 
-async fn on_listen(
-    s: SocketRef,
+async fn on_listen<A: Adapter>(
+    s: SocketRef<A>,
     TryData(body): TryData<Value>,
-    ack: AckSender,
+    ack: AckSender<A>,
     State(gw): State<Gateway>,
 ) {
     let result = listen(&s, &gw, body.ok()).await;
     reply(&s, ack, result);
 }
 
-async fn listen(
-    s: &SocketRef,
+async fn listen<A: Adapter>(
+    s: &SocketRef<A>,
     gw: &Gateway,
     body: Option<Value>,
 ) -> Result<SystemMessage, (Refusal, Option<ChannelName>)> {
@@ -235,15 +239,15 @@ async fn listen(
     ))
 }
 
-fn leave(s: &SocketRef, session: &Session, channel: &ChannelName, room: &RoomName) {
+fn leave<A: Adapter>(s: &SocketRef<A>, session: &Session, channel: &ChannelName, room: &RoomName) {
     session.channels.lock().remove(channel);
     s.leave(room.as_str().to_owned());
 }
 
-async fn on_remove(
-    s: SocketRef,
+async fn on_remove<A: Adapter>(
+    s: SocketRef<A>,
     TryData(body): TryData<Value>,
-    ack: AckSender,
+    ack: AckSender<A>,
     State(gw): State<Gateway>,
 ) {
     let result = async {
@@ -266,10 +270,10 @@ async fn on_remove(
     reply(&s, ack, result);
 }
 
-async fn on_client_event(
-    s: SocketRef,
+async fn on_client_event<A: Adapter>(
+    s: SocketRef<A>,
     TryData(body): TryData<Value>,
-    ack: AckSender,
+    ack: AckSender<A>,
     State(gw): State<Gateway>,
 ) {
     let result = async {
@@ -311,7 +315,7 @@ async fn on_client_event(
     reply(&s, ack, result);
 }
 
-async fn on_unknown_event(s: SocketRef, Event(event): Event, ack: AckSender) {
+async fn on_unknown_event<A: Adapter>(s: SocketRef<A>, Event(event): Event, ack: AckSender<A>) {
     let refusal = Refusal::new(
         ErrorCode::UnknownEvent,
         format!(
@@ -322,7 +326,11 @@ async fn on_unknown_event(s: SocketRef, Event(event): Event, ack: AckSender) {
     reply(&s, ack, Err((refusal, None)));
 }
 
-async fn on_disconnect(s: SocketRef, reason: DisconnectReason, State(gw): State<Gateway>) {
+async fn on_disconnect<A: Adapter>(
+    s: SocketRef<A>,
+    reason: DisconnectReason,
+    State(gw): State<Gateway>,
+) {
     let sid = s.id.to_string();
     match gw.tracker.remove_socket(&sid).await {
         Ok(removed) => {

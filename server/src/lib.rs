@@ -17,6 +17,7 @@ pub mod app;
 pub mod channel_token;
 pub mod cli;
 pub mod config;
+pub mod fanout;
 pub mod gateway;
 pub mod keys;
 pub mod rest;
@@ -66,7 +67,12 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         store: Arc::new(store),
         tracker: Arc::new(MemoryTracker::new()),
     };
-    let (state, router) = app::build(&config, backends, admin);
+    let gateway = app::gateway(&config, backends);
+    let (io_layer, io) = app::socket_io(&config, &gateway).build_layer();
+    gateway::register(&io);
+    let health = Arc::new(app::Health::new(true));
+    let state = app::AppState::new(&config, gateway, Arc::new(io), admin, health);
+    let router = app::router(&config, state.clone(), io_layer);
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;

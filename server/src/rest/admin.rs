@@ -163,12 +163,7 @@ pub async fn delete_project(
                 format!("project {id} does not exist"),
             )
         })?;
-    if let Err(e) = state
-        .io()
-        .to(RoomName::project(&id).into_string())
-        .disconnect()
-        .await
-    {
+    if let Err(e) = state.fanout().disconnect(RoomName::project(&id)).await {
         tracing::warn!(project_id = %id, error = %e, "disconnecting a deleted project's sockets failed");
     }
     tracing::info!(project_id = %id, deleted_keys = keys.len(), "project deleted");

@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 use super::{ApiError, bearer, body_bytes};
 use crate::app::AppState;
 use crate::channel_token::store_refusal;
+use crate::fanout::FanoutError;
 use crate::keys::secret_matches;
 use crate::store::ApiKeyRecord;
 
@@ -123,31 +124,33 @@ pub async fn sign(
     Ok(Json(SignResponse { token, expires_at }))
 }
 
-/// What `deliver` does when part of a broadcast could not be queued.
 impl AppState {
-    /// Emits `event` to every socket in `room`.
+    /// Emits `event` to every socket in `room`, encoding it once.
     pub async fn deliver<P: serde::Serialize>(
         &self,
         room: RoomName,
         event: &ChannelEvent<P>,
     ) -> Result<(), ApiError> {
-        use socketioxide::BroadcastError;
-        match self.io().to(room.into_string()).emit(EVENT, event).await {
-            Ok(()) => Ok(()),
-            Err(BroadcastError::Socket(errors)) => {
-                // Sockets whose send buffer is full (slow consumers) or that closed meanwhile.
-                tracing::warn!(dropped = errors.len(), channel = %event.channel_name, "event not queued for some sockets");
+        let encoded = serde_json::value::to_raw_value(event).map_err(|e| {
+            tracing::error!(error = %e, "event serialization failed");
+            ApiError::new(ErrorCode::Internal, "event could not be encoded")
+        })?;
+        match self.fanout().emit(room, EVENT, &encoded).await {
+            Ok(report) => {
+                if report.not_queued > 0 {
+                    tracing::warn!(not_queued = report.not_queued, channel = %event.channel_name, "event not queued for some sockets (slow consumers)");
+                }
                 Ok(())
             }
-            Err(BroadcastError::Serialize(e)) => {
-                tracing::error!(error = %e, "event serialization failed");
+            Err(FanoutError::Encode(e)) => {
+                tracing::error!(error = %e, "event encoding failed");
                 Err(ApiError::new(
                     ErrorCode::Internal,
                     "event could not be encoded",
                 ))
             }
-            Err(BroadcastError::Adapter(e)) => {
-                tracing::warn!(error = %e, "adapter broadcast failed");
+            Err(FanoutError::Unavailable(e)) => {
+                tracing::warn!(error = %e, "broadcast failed");
                 Err(ApiError::new(
                     ErrorCode::Unavailable,
                     "fan-out backend unavailable, try again shortly",
