@@ -61,6 +61,10 @@ impl Health {
     pub fn is_ready(&self) -> bool {
         !self.shutting_down.load(Ordering::Acquire) && self.backend_ready.load(Ordering::Acquire)
     }
+    /// Whether the backends were last reported usable.
+    pub fn is_backend_ready(&self) -> bool {
+        self.backend_ready.load(Ordering::Acquire)
+    }
     /// Marks the backends usable or not.
     pub fn set_backend_ready(&self, ready: bool) {
         self.backend_ready.store(ready, Ordering::Release);

@@ -18,6 +18,20 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
     pub data_dir: PathBuf,
 
+    /// Redis URL (`redis://host:port`). When set, Herald runs in Redis mode: projects, keys
+    /// and connection tracking live in Redis and events fan out across every instance.
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key and channel Herald uses.
+    #[arg(long, env = "HERALD_REDIS_PREFIX", default_value = "herald")]
+    pub redis_prefix: String,
+
+    /// Redis mode: seconds an instance's heartbeat lives. A crashed instance's sockets leave
+    /// the connection-tracking indexes at most 1.5 × this after its last heartbeat.
+    #[arg(long, env = "HERALD_INSTANCE_TTL_SECS", default_value_t = 10)]
+    pub instance_ttl_secs: u64,
+
     /// Admin API token. When unset, one is generated on first start and stored in
     /// `<data-dir>/admin-token` (mode 0600).
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]

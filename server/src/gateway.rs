@@ -112,26 +112,26 @@ async fn authenticate<A: Adapter>(
             return Err(ConnectRefusal(store_refusal(e)));
         }
     }
+    let project = auth.project_id;
     s.extensions.insert(Arc::new(Session {
-        project: auth.project_id,
+        project: project.clone(),
         channels: Mutex::new(HashMap::new()),
     }));
-    Ok(())
-}
-
-async fn on_connect<A: Adapter>(s: SocketRef<A>) {
-    let Some(session) = s.extensions.get::<Arc<Session>>() else {
-        // Unreachable: the middleware inserted it. Refuse rather than run without a project.
-        let _ = s.disconnect();
-        return;
-    };
-    tracing::debug!(socket_id = %s.id, project_id = %session.project, transport = ?s.transport_type(), "socket connected");
-    s.join(RoomName::project(&session.project).into_string());
+    // Handlers are registered here, before socketioxide sends the CONNECT packet: a client
+    // may emit `listen` the instant it sees CONNECT, and the connect handler runs only after.
+    s.join(RoomName::project(&project).into_string());
     s.on(LISTEN, on_listen::<A>);
     s.on(REMOVE, on_remove::<A>);
     s.on(EVENT, on_client_event::<A>);
     s.on_fallback(on_unknown_event::<A>);
     s.on_disconnect(on_disconnect::<A>);
+    Ok(())
+}
+
+async fn on_connect<A: Adapter>(s: SocketRef<A>) {
+    if let Some(session) = session(&s) {
+        tracing::debug!(socket_id = %s.id, project_id = %session.project, transport = ?s.transport_type(), "socket connected");
+    }
 }
 
 fn session<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Session>> {

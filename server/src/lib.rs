@@ -20,9 +20,13 @@ pub mod config;
 pub mod fanout;
 pub mod gateway;
 pub mod keys;
+pub mod redis;
 pub mod rest;
 pub mod store;
 pub mod tracking;
+
+#[cfg(test)]
+mod redis_test_server;
 
 use std::sync::Arc;
 
@@ -57,27 +61,37 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
             tracing::warn!(path = %p.display(), "admin token generated; read it from this file")
         }
     }
-    let store = EmbeddedStore::open(&config.data_dir).with_context(|| {
-        format!(
-            "opening the embedded store in {}",
-            config.data_dir.display()
-        )
-    })?;
-    let backends = Backends {
-        store: Arc::new(store),
-        tracker: Arc::new(MemoryTracker::new()),
-    };
-    let gateway = app::gateway(&config, backends);
-    let (io_layer, io) = app::socket_io(&config, &gateway).build_layer();
-    gateway::register(&io);
-    let health = Arc::new(app::Health::new(true));
-    let state = app::AppState::new(&config, gateway, Arc::new(io), admin, health);
-    let router = app::router(&config, state.clone(), io_layer);
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald started (embedded mode)");
+    let (state, router, redis_mode) = match config.redis_url.clone() {
+        None => {
+            let store = EmbeddedStore::open(&config.data_dir).with_context(|| {
+                format!(
+                    "opening the embedded store in {}",
+                    config.data_dir.display()
+                )
+            })?;
+            let backends = Backends {
+                store: Arc::new(store),
+                tracker: Arc::new(MemoryTracker::new()),
+            };
+            let gateway = app::gateway(&config, backends);
+            let (io_layer, io) = app::socket_io(&config, &gateway).build_layer();
+            gateway::register(&io);
+            let health = Arc::new(app::Health::new(true));
+            let state = app::AppState::new(&config, gateway, Arc::new(io), admin, health);
+            let router = app::router(&config, state.clone(), io_layer);
+            tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald started (embedded mode)");
+            (state, router, None)
+        }
+        Some(url) => {
+            let (state, router, mode) = redis::start(&config, &url, admin)?;
+            tracing::info!(%addr, "herald started (redis mode)");
+            (state, router, Some(mode))
+        }
+    };
     println!("herald listening on http://{addr}");
     app::serve(
         listener,
@@ -87,6 +101,9 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         std::time::Duration::from_secs(config.shutdown_timeout_secs),
     )
     .await?;
+    if let Some(mode) = redis_mode {
+        mode.shutdown().await;
+    }
     tracing::info!("herald stopped");
     Ok(())
 }

@@ -77,6 +77,21 @@ describe('herald core', () => {
     await h?.stop();
   });
 
+  it('0. a listen sent the instant the socket connects is answered', T, async () => {
+    // socket.io-client buffers emits made before CONNECT and flushes them right after it, so
+    // the server must have its handlers in place before it sends CONNECT.
+    const project = uid('eager');
+    await createProject(h, project);
+    const { io } = await import('socket.io-client');
+    for (let i = 0; i < 30; i++) {
+      const socket = io(h.url, { transports: ['websocket'], forceNew: true, reconnection: false, auth: { projectId: project } });
+      h.sockets.add(socket);
+      const ack = await socket.timeout(3000).emitWithAck('listen', { channelName: 'eager' });
+      assert.deepEqual(ack, { ok: true }, `socket ${i}`);
+      socket.disconnect();
+    }
+  });
+
   it('1. listen, publish over REST, receive the exact payload and id', T, async () => {
     const p = await project(h);
     const channel = 'orders';

@@ -9,6 +9,7 @@
 //! never returned by any API and never logged).
 
 pub mod embedded;
+pub mod redis;
 
 #[cfg(test)]
 pub(crate) mod contract;

@@ -9,6 +9,7 @@
 //! every socket of a key.
 
 pub mod memory;
+pub mod redis;
 
 use async_trait::async_trait;
 use herald_protocol::{ApiKeyId, RoomName};

@@ -1,0 +1,210 @@
+//! Herald's socketioxide-redis [`Driver`] on fred, replacing the stock fred driver.
+//!
+//! Why not the stock one: it drops a message without a count when the adapter's queue is full
+//! (`try_send` + a log line), ignores fred's broadcast lag, and never re-subscribes after a
+//! reconnect. This driver
+//!
+//! * counts every message it could not hand over ([`DriverStats`]), so a drop is visible on
+//!   `/metrics`-style counters and in logs, never silent;
+//! * keeps its own list of shard channels and re-subscribes all of them after every reconnect
+//!   and whenever the pub/sub probe ([`super::probe`]) finds the link deaf;
+//! * also carries Herald's own probe channel through the same subscriber connection, so the
+//!   probe tests exactly the path cross-instance events take.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fred::clients::SubscriberClient;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::Message;
+use parking_lot::RwLock;
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::{broadcast, mpsc};
+
+/// Counters of the driver's hand-over from Redis to the adapter.
+#[derive(Debug, Default)]
+pub struct DriverStats {
+    /// Messages received from Redis and handed to the adapter.
+    pub delivered: AtomicU64,
+    /// Messages dropped because the adapter's queue was full.
+    pub dropped_queue_full: AtomicU64,
+    /// Messages lost because fred's broadcast channel lagged.
+    pub dropped_lagged: AtomicU64,
+    /// Re-subscriptions performed (after reconnects or probe repairs).
+    pub resubscriptions: AtomicU64,
+}
+
+type Handlers = HashMap<String, mpsc::Sender<ChanItem>>;
+
+/// The driver. Cheap to clone.
+#[derive(Clone)]
+pub struct HeraldDriver {
+    conn: SubscriberClient,
+    handlers: Arc<RwLock<Handlers>>,
+    /// Herald-internal channels (the probe) and where their messages go.
+    internal: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<Vec<u8>>>>>,
+    stats: Arc<DriverStats>,
+}
+
+/// The driver's error: fred's.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct DriverError(#[from] fred::error::Error);
+
+impl HeraldDriver {
+    /// Wraps a subscriber client (configured with RESP3, reconnect policy and timeouts) and
+    /// starts its dispatcher and re-subscription tasks. Does not wait for Redis: the client
+    /// connects (and reconnects) in the background.
+    pub fn new(conn: SubscriberClient) -> Self {
+        let driver = Self {
+            conn,
+            handlers: Arc::default(),
+            internal: Arc::default(),
+            stats: Arc::default(),
+        };
+        tokio::spawn(dispatch(
+            driver.conn.message_rx(),
+            driver.handlers.clone(),
+            driver.internal.clone(),
+            driver.stats.clone(),
+        ));
+        let on_reconnect = driver.clone();
+        let mut reconnects = driver.conn.reconnect_rx();
+        tokio::spawn(async move {
+            loop {
+                match reconnects.recv().await {
+                    Ok(server) => {
+                        tracing::info!(%server, "redis subscriber reconnected; re-subscribing");
+                        on_reconnect.resubscribe_all().await;
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        on_reconnect.resubscribe_all().await;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        driver
+    }
+
+    /// The hand-over counters.
+    pub fn stats(&self) -> &Arc<DriverStats> {
+        &self.stats
+    }
+
+    /// The subscriber connection (for health checks).
+    pub fn client(&self) -> &SubscriberClient {
+        &self.conn
+    }
+
+    /// Subscribes every known channel again. Errors are logged; the next reconnect or probe
+    /// tries again.
+    pub async fn resubscribe_all(&self) {
+        let mut channels: Vec<String> = self.handlers.read().keys().cloned().collect();
+        channels.extend(self.internal.read().keys().cloned());
+        for chan in channels {
+            if let Err(e) = self.conn.ssubscribe(chan.as_str()).await {
+                tracing::warn!(channel = %chan, error = %e, "re-subscription failed");
+                return;
+            }
+        }
+        self.stats.resubscriptions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subscribes a Herald-internal channel; its raw messages arrive on the returned receiver.
+    pub async fn subscribe_internal(
+        &self,
+        chan: String,
+    ) -> Result<mpsc::UnboundedReceiver<Vec<u8>>, DriverError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.internal.write().insert(chan.clone(), tx);
+        self.conn.ssubscribe(chan.as_str()).await?;
+        Ok(rx)
+    }
+}
+
+async fn dispatch(
+    mut rx: broadcast::Receiver<Message>,
+    handlers: Arc<RwLock<Handlers>>,
+    internal: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<Vec<u8>>>>>,
+    stats: Arc<DriverStats>,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(msg) => {
+                let chan = msg.channel.to_string();
+                let Some(data) = msg.value.into_owned_bytes() else {
+                    continue;
+                };
+                if let Some(tx) = internal.read().get(&chan) {
+                    let _ = tx.send(data);
+                    continue;
+                }
+                let tx = handlers.read().get(&chan).cloned();
+                match tx {
+                    Some(tx) => match tx.try_send((chan, data)) {
+                        Ok(()) => {
+                            stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Full((chan, _))) => {
+                            let n = stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed) + 1;
+                            tracing::error!(channel = %chan, dropped_total = n, "cross-instance message dropped: adapter queue full");
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    },
+                    None => {
+                        tracing::debug!(channel = %chan, "message on a channel without handler")
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let total = stats.dropped_lagged.fetch_add(n, Ordering::Relaxed) + n;
+                tracing::error!(
+                    lost = n,
+                    lost_total = total,
+                    "cross-instance messages lost: redis message channel lagged"
+                );
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+impl Driver for HeraldDriver {
+    type Error = DriverError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        self.conn.spublish::<u16, _, _>(chan, val).await?;
+        Ok(())
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, Self::Error> {
+        let (tx, rx) = mpsc::channel(size);
+        // Registered before SSUBSCRIBE so no message is lost between the two, and kept even
+        // when SSUBSCRIBE fails: the next reconnect re-subscribes it.
+        self.handlers.write().insert(chan.clone(), tx);
+        self.conn.ssubscribe(chan.as_str()).await?;
+        Ok(MessageStream::new(rx))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
+        self.handlers.write().remove(&chan);
+        self.conn.sunsubscribe(chan).await?;
+        Ok(())
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        let (_, num): (String, u16) = self.conn.pubsub_shardnumsub(chan).await?;
+        Ok(num)
+    }
+}
+
+/// Whether the subscriber connection is up.
+pub fn is_connected(driver: &HeraldDriver) -> bool {
+    driver.conn.is_connected()
+}

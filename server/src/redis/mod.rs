@@ -1,0 +1,177 @@
+//! Redis mode (`--redis-url`): many Herald instances behind a load balancer.
+//!
+//! * fan-out: socketioxide-redis adapter on Herald's fred driver ([`driver`]);
+//! * projects, keys, secrets: [`crate::store::redis::RedisStore`];
+//! * connection tracking with instance ownership: [`crate::tracking::redis::RedisTracker`],
+//!   kept alive by a heartbeat; a surviving instance sweeps a dead one's entries;
+//! * health: [`probe`] checks the pub/sub path end to end and drives `/readyz`.
+//!
+//! Herald starts even when Redis is down: clients reconnect in the background, `/readyz` says
+//! not-ready, publish answers `503 unavailable`, and everything resumes when Redis is back.
+
+pub mod client;
+pub mod driver;
+pub mod probe;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use socketioxide::adapter::Emitter;
+use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
+
+use crate::app::{self, AppState, Backends, Health};
+use crate::config::ServeConfig;
+use crate::gateway;
+use crate::keys::AdminToken;
+use crate::store::redis::RedisStore;
+use crate::tracking::redis::RedisTracker;
+use client::RedisSettings;
+use driver::HeraldDriver;
+
+/// The Socket.IO adapter of Redis mode.
+pub type HeraldAdapter = CustomRedisAdapter<Emitter, HeraldDriver>;
+
+/// Heartbeat timing derived from `--instance-ttl-secs` (`ttl`): the heartbeat key lives `ttl`
+/// and is refreshed every `ttl / 3`; every instance sweeps every `ttl / 2`. A dead instance's
+/// sockets leave the tracking indexes at most `1.5 × ttl` after its last heartbeat.
+fn heartbeat_timing(ttl: Duration) -> (Duration, Duration) {
+    (ttl / 3, ttl / 2)
+}
+/// Pub/sub probe period.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Handles that must outlive the server loop.
+pub struct RedisMode {
+    tracker: Arc<RedisTracker>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RedisMode {
+    /// Clean shutdown: stop background tasks and remove this instance's tracking entries.
+    pub async fn shutdown(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.tracker.forget_instance().await;
+    }
+}
+
+/// Builds state, router and background tasks for Redis mode.
+pub fn start(
+    config: &ServeConfig,
+    url: &str,
+    admin: AdminToken,
+) -> anyhow::Result<(AppState, Router, RedisMode)> {
+    let settings = RedisSettings::new(url);
+    let client = settings
+        .command_client()
+        .context("configuring the redis client")?;
+    let subscriber = settings
+        .subscriber_client()
+        .context("configuring the redis subscriber")?;
+    let instance_id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = config.redis_prefix.as_str();
+    tracing::info!(instance_id = %instance_id, prefix, "redis mode");
+
+    let store = Arc::new(RedisStore::new(client.clone(), prefix));
+    let tracker = Arc::new(RedisTracker::new(
+        client.clone(),
+        prefix,
+        instance_id.clone(),
+    ));
+    let gateway = app::gateway(
+        config,
+        Backends {
+            store,
+            tracker: tracker.clone(),
+        },
+    );
+
+    let driver = HeraldDriver::new(subscriber);
+    let adapter = RedisAdapterCtr::new_with_driver(
+        driver.clone(),
+        RedisAdapterConfig::new()
+            .with_prefix(format!("{prefix}:sio"))
+            .with_request_timeout(Duration::from_secs(2))
+            .with_stream_buffer(65_536),
+    );
+    let (io_layer, io) = app::socket_io(config, &gateway)
+        .with_adapter::<HeraldAdapter>(adapter)
+        .build_layer();
+
+    let health = Arc::new(Health::new(false));
+    let namespace_ready = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+
+    // The namespace exists only once the adapter subscribed its channels: retry until Redis
+    // answers.
+    {
+        let io = io.clone();
+        let namespace_ready = namespace_ready.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match gateway::register(&io).await {
+                    Ok(()) => {
+                        namespace_ready.store(true, Ordering::Release);
+                        tracing::info!("socket.io namespace ready on the redis adapter");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "adapter init failed");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }));
+    }
+
+    tasks.push(tokio::spawn(
+        probe::Probe {
+            client: client.clone(),
+            driver,
+            channel: format!("{prefix}:probe#{instance_id}"),
+            interval: PROBE_INTERVAL,
+            namespace_ready,
+            health: health.clone(),
+            stats: Arc::default(),
+        }
+        .run(),
+    ));
+
+    {
+        let tracker = tracker.clone();
+        let ttl = Duration::from_secs(config.instance_ttl_secs.max(1));
+        let (beat_every, sweep_every) = heartbeat_timing(ttl);
+        tasks.push(tokio::spawn(async move {
+            let mut beat = tokio::time::interval(beat_every);
+            let mut sweep = tokio::time::interval(sweep_every);
+            loop {
+                tokio::select! {
+                    _ = beat.tick() => {
+                        if let Err(e) = tracker.heartbeat(ttl).await {
+                            tracing::warn!(error = %e, "heartbeat failed");
+                        }
+                    }
+                    _ = sweep.tick() => {
+                        match tracker.sweep_dead_instances().await {
+                            Ok(removed) if !removed.is_empty() => {
+                                tracing::info!(removed = removed.len(), "removed a dead instance's tracking entries");
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::debug!(error = %e, "sweep failed"),
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    let state = AppState::new(config, gateway, Arc::new(io), admin, health);
+    let router = app::router(config, state.clone(), io_layer);
+    Ok((state, router, RedisMode { tracker, tasks }))
+}

@@ -1,0 +1,71 @@
+// A real redis-server for the Redis-mode tests: started on a free port of 127.0.0.1 with no
+// persistence, stopped and restarted on the same port on demand.
+
+import { execFileSync, spawn } from 'node:child_process';
+import net from 'node:net';
+
+import { sleep } from './harness.mjs';
+
+/** A free TCP port on 127.0.0.1 (closed again before it is returned). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Runs `redis-cli -p port args...` and returns its output (trimmed). */
+export function redisCli(port, ...args) {
+  return execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' }).trim();
+}
+
+/**
+ * Starts redis-server on a free port. Fails loudly when redis-server is not installed:
+ * Redis-mode tests never skip silently (`.ci/run` installs it).
+ */
+export async function startRedis() {
+  const port = await freePort();
+  let child;
+  const boot = async () => {
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+      stdio: 'ignore',
+    });
+    child.once('error', (e) => {
+      throw new Error(`cannot start redis-server (apt-get install redis-server): ${e.message}`);
+    });
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      try {
+        if (redisCli(port, 'ping') === 'PONG') return;
+      } catch {
+        // not up yet
+      }
+      if (Date.now() > deadline) throw new Error(`redis-server on ${port} did not answer PING`);
+      await sleep(50);
+    }
+  };
+  await boot();
+  const exited = () =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolve();
+      else child.once('exit', resolve);
+    });
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    cli: (...args) => redisCli(port, ...args),
+    /** Stops the server (SIGKILL: no clean shutdown, like a crash or a network cut). */
+    async stop() {
+      child.kill('SIGKILL');
+      await exited();
+    },
+    /** Starts it again on the same port (empty: Redis here keeps no data on disk). */
+    async restart() {
+      await boot();
+    },
+  };
+}
