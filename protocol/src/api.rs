@@ -14,6 +14,7 @@
 //! | `GET /v1/admin/projects/{id}/api-keys` | | 200 `[`[`ApiKeyInfo`]`]` |
 //! | `PATCH /v1/admin/projects/{id}/api-keys/{keyId}` | `{ "name"?, "scopes"? }` | 200 [`ApiKeyInfo`] |
 //! | `DELETE /v1/admin/projects/{id}/api-keys/{keyId}` | | 204 |
+//! | `POST /v1/tasks/api-key-events` | [`ApiKeyEvent`] | 202 [`RevocationAccepted`] |
 //!
 //! Every error is an [`ErrorBody`](crate::ErrorBody).
 
@@ -395,4 +396,37 @@ mod tests {
         );
         assert!("admin".parse::<ApiKeyScope>().is_err());
     }
+}
+
+/// What happened to an API key, as reported by an external access service to
+/// `POST /v1/tasks/api-key-events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ApiKeyEventType {
+    /// The key was deleted: it stops working and every socket its tokens let into private
+    /// channels is removed.
+    ApiKeyDeleted,
+    /// The key expired: same effect on sockets; the key stops publishing and signing.
+    ApiKeyExpired,
+}
+
+/// `POST /v1/tasks/api-key-events` (admin token):
+/// `{ "type": "ApiKeyDeleted" | "ApiKeyExpired", "projectId", "apiKeyId" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyEvent {
+    /// What happened.
+    #[serde(rename = "type")]
+    pub kind: ApiKeyEventType,
+    /// The key's project.
+    pub project_id: ProjectId,
+    /// The key.
+    pub api_key_id: ApiKeyId,
+}
+
+/// Answer to an accepted key event: the revocation job that will remove the key's sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationAccepted {
+    /// The job id.
+    pub job_id: String,
 }

@@ -10,6 +10,8 @@
 //! * [`claims`]: the claims of a private-channel token.
 //! * [`error`]: every [`ErrorCode`] Herald answers with, and its HTTP status.
 //! * [`limits`]: default limits shared by server and clients.
+//! * `codec` (feature `codec`): the client side of the Socket.IO / Engine.IO framing, shared
+//!   by the Rust subscriber and the browser client.
 //!
 //! ```
 //! use herald_protocol::{ChannelName, ChannelKind, ProjectId, RoomName};
@@ -25,6 +27,8 @@
 
 pub mod api;
 pub mod claims;
+#[cfg(feature = "codec")]
+pub mod codec;
 pub mod error;
 pub mod limits;
 pub mod messages;

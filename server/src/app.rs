@@ -20,12 +20,17 @@ use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 
+/// `/demo`: the live demo page (files in `server/demo/`).
+#[path = "../demo/demo.rs"]
+mod demo;
+
 use crate::channel_token::ChannelTokens;
 use crate::config::ServeConfig;
 use crate::fanout::Fanout;
 use crate::gateway::{Gateway, GatewayInner};
 use crate::keys::AdminToken;
-use crate::rest::{self, ApiError, admin, publisher};
+use crate::rest::{self, ApiError, admin, publisher, tasks};
+use crate::revocation::{Revocation, RevocationQueue};
 use crate::store::Store;
 use crate::tracking::ConnectionTracker;
 
@@ -40,6 +45,7 @@ pub struct AppInner {
     admin_token: AdminToken,
     max_payload_bytes: usize,
     health: Arc<Health>,
+    revocation: Arc<Revocation>,
 }
 
 /// Readiness inputs: `/readyz` is 200 only when the backends are usable and no shutdown began.
@@ -83,6 +89,7 @@ impl AppState {
         fanout: Arc<dyn Fanout>,
         admin_token: AdminToken,
         health: Arc<Health>,
+        revocation: Arc<Revocation>,
     ) -> Self {
         Self(Arc::new(AppInner {
             gateway,
@@ -90,7 +97,12 @@ impl AppState {
             admin_token,
             max_payload_bytes: config.max_payload_bytes,
             health,
+            revocation,
         }))
+    }
+    /// The key revocation workflow.
+    pub fn revocation(&self) -> &Revocation {
+        &self.0.revocation
     }
     /// The store.
     pub fn store(&self) -> &dyn Store {
@@ -128,6 +140,8 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     /// Connection tracking.
     pub tracker: Arc<dyn ConnectionTracker>,
+    /// Revocation job queue and revoked-key set.
+    pub revocations: Arc<dyn RevocationQueue>,
 }
 
 /// The shared part of every Socket.IO handler.
@@ -141,6 +155,7 @@ pub fn gateway(config: &ServeConfig, backends: Backends) -> Gateway {
         ),
         max_channels_per_socket: config.max_channels_per_socket,
         max_payload_bytes: config.max_payload_bytes,
+        revocations: backends.revocations,
     })
 }
 
@@ -192,9 +207,11 @@ pub fn router<A: Adapter>(
             "/v1/admin/projects/{id}/api-keys/{key_id}",
             delete(admin::delete_api_key).patch(admin::update_api_key),
         )
+        .route("/v1/tasks/api-key-events", post(tasks::api_key_event))
         .route("/healthz", get(livez))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .nest_service("/demo", demo::routes())
         .fallback(rest::not_found)
         .method_not_allowed_fallback(rest::method_not_allowed)
         .layer(DefaultBodyLimit::max(config.max_message_bytes()))

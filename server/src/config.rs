@@ -32,6 +32,26 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_INSTANCE_TTL_SECS", default_value_t = 10)]
     pub instance_ttl_secs: u64,
 
+    /// Seconds between two reconciliation passes: an instance re-checks its own sockets'
+    /// private channels against revoked, deleted and expired keys this often (and right after
+    /// its Redis link returns). Bounds how long a missed revocation notice can leave a socket in.
+    #[arg(long, env = "HERALD_RECONCILE_INTERVAL_SECS", default_value_t = 5)]
+    pub reconcile_interval_secs: u64,
+
+    /// Redis mode: a revocation job its worker stopped touching for this long (crash) is
+    /// taken over by another instance.
+    #[arg(long, env = "HERALD_REVOCATION_STALE_SECS", default_value_t = 10)]
+    pub revocation_stale_secs: u64,
+
+    /// Fault injection for tests: a worker sleeps this long after claiming a revocation job.
+    #[arg(
+        long,
+        env = "HERALD_REVOCATION_JOB_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub revocation_job_delay_ms: u64,
+
     /// Admin API token. When unset, one is generated on first start and stored in
     /// `<data-dir>/admin-token` (mode 0600).
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
@@ -86,6 +106,14 @@ pub enum LogFormat {
 }
 
 impl ServeConfig {
+    /// Revocation tunables for the worker named `consumer`.
+    pub fn revocation_settings(&self, consumer: &str) -> crate::revocation::RevocationSettings {
+        let mut s = crate::revocation::RevocationSettings::new(consumer);
+        s.reconcile_interval = Duration::from_secs(self.reconcile_interval_secs.max(1));
+        s.job_delay = Duration::from_millis(self.revocation_job_delay_ms);
+        s
+    }
+
     /// Largest accepted HTTP body or WebSocket message: payload limit plus the envelope.
     pub fn max_message_bytes(&self) -> usize {
         self.max_payload_bytes

@@ -10,12 +10,12 @@
 //! Every request is answered: through the ack when the client asked for one, and always with
 //! a `system_message` (`Success` or `Error` with the error code).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_protocol::messages::event_names::{EVENT, LISTEN, REMOVE, SYSTEM_MESSAGE};
 use herald_protocol::{
-    Ack, ChannelEvent, ChannelKind, ChannelName, ClientEvent, ErrorCode, HandshakeAuth,
+    Ack, ApiKeyId, ChannelEvent, ChannelKind, ChannelName, ClientEvent, ErrorCode, HandshakeAuth,
     ListenRequest, ProjectId, Refusal, RemoveRequest, RoomName, SystemMessage,
 };
 use parking_lot::Mutex;
@@ -28,7 +28,8 @@ use socketioxide::socket::DisconnectReason;
 use socketioxide_core::adapter::DefinedAdapter;
 use time::OffsetDateTime;
 
-use crate::channel_token::{ChannelTokens, store_refusal};
+use crate::channel_token::{ChannelTokens, check_signing_key, store_refusal};
+use crate::revocation::{LocalSockets, RevocationQueue, RevocationReason};
 use crate::store::Store;
 use crate::tracking::ConnectionTracker;
 
@@ -48,6 +49,8 @@ pub struct GatewayInner {
     pub max_channels_per_socket: usize,
     /// Largest client event payload.
     pub max_payload_bytes: usize,
+    /// The revoked-key set (tokens of a revoked key open nothing).
+    pub revocations: Arc<dyn RevocationQueue>,
 }
 
 impl Gateway {
@@ -69,8 +72,8 @@ impl std::ops::Deref for Gateway {
 pub struct Session {
     /// The project from the handshake.
     pub project: ProjectId,
-    /// Channels this socket listens to.
-    channels: Mutex<HashMap<ChannelName, ChannelKind>>,
+    /// Channels this socket listens to; private ones with the API key whose token opened them.
+    channels: Mutex<HashMap<ChannelName, Option<ApiKeyId>>>,
 }
 
 /// A refused handshake; its `Display` is the `message` of the client's `connect_error`:
@@ -198,6 +201,11 @@ async fn listen<A: Adapter>(
                 })?,
         ),
     };
+    if let Some(key) = &signing_key
+        && key_revoked(gw, key).await
+    {
+        return Err(fail(revoked_refusal()));
+    }
 
     {
         let mut channels = session.channels.lock();
@@ -210,7 +218,7 @@ async fn listen<A: Adapter>(
                 ),
             )));
         }
-        channels.insert(channel.clone(), channel.kind());
+        channels.insert(channel.clone(), signing_key.clone());
         s.join(room.clone().into_string());
     }
 
@@ -230,6 +238,13 @@ async fn listen<A: Adapter>(
             // The socket went away while we were checking; its disconnect clean-up may have
             // run before our entry existed.
             let _ = gw.tracker.remove(&sid, &room).await;
+        }
+        // A revocation racing this listen: either its local pass saw the socket in the room
+        // (and removed it), or the revoked mark, written before that pass, is visible here.
+        if key_revoked(gw, key).await || !key_still_signs(gw, key).await {
+            leave(s, &session, &channel, &room);
+            let _ = gw.tracker.remove(&sid, &room).await;
+            return Err(fail(revoked_refusal()));
         }
     }
     tracing::debug!(socket_id = %s.id, project_id = %session.project, channel = %channel, "listening");
@@ -339,6 +354,88 @@ async fn on_disconnect<A: Adapter>(
         Err(e) => {
             tracing::warn!(socket_id = %sid, error = %e, "tracking clean-up on disconnect failed")
         }
+    }
+}
+
+async fn key_revoked(gw: &Gateway, key: &ApiKeyId) -> bool {
+    // Unknown (Redis down) counts as revoked: refusing a join is safe, letting one in is not.
+    gw.revocations.is_revoked(key).await.unwrap_or(true)
+}
+
+async fn key_still_signs(gw: &Gateway, key: &ApiKeyId) -> bool {
+    match gw.store.api_key(key).await {
+        Ok(record) => check_signing_key(record.as_ref(), OffsetDateTime::now_utc()).is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn revoked_refusal() -> Refusal {
+    Refusal::new(
+        ErrorCode::TokenKeyRevoked,
+        "the API key that signed this token has been revoked",
+    )
+}
+
+/// This instance's sockets, for the revocation workflow.
+pub struct GatewaySockets<A: Adapter> {
+    io: SocketIo<A>,
+    tracker: Arc<dyn ConnectionTracker>,
+}
+
+impl<A: Adapter> GatewaySockets<A> {
+    /// Wraps the Socket.IO handle.
+    pub fn new(io: SocketIo<A>, tracker: Arc<dyn ConnectionTracker>) -> Self {
+        Self { io, tracker }
+    }
+}
+
+#[async_trait::async_trait]
+impl<A: Adapter> LocalSockets for GatewaySockets<A> {
+    async fn revoke_key(&self, key: &ApiKeyId, reason: RevocationReason) -> usize {
+        let mut affected = 0;
+        for s in self.io.local().sockets() {
+            let Some(session) = session(&s) else { continue };
+            let removed: Vec<ChannelName> = {
+                let mut channels = session.channels.lock();
+                let gone: Vec<ChannelName> = channels
+                    .iter()
+                    .filter(|(_, k)| k.as_ref() == Some(key))
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                for c in &gone {
+                    channels.remove(c);
+                    s.leave(RoomName::channel(&session.project, c).into_string());
+                }
+                gone
+            };
+            if removed.is_empty() {
+                continue;
+            }
+            affected += 1;
+            let message = SystemMessage::removed_from_channels(reason.message(), &removed);
+            if let Err(e) = s.emit(SYSTEM_MESSAGE, &message) {
+                tracing::debug!(socket_id = %s.id, error = %e, "RemovedFromChannel not delivered");
+            }
+            let sid = s.id.to_string();
+            for c in &removed {
+                let room = RoomName::channel(&session.project, c);
+                if let Err(e) = self.tracker.remove(&sid, &room).await {
+                    tracing::warn!(socket_id = %sid, error = %e, "tracking clean-up after revocation failed");
+                }
+            }
+            tracing::info!(socket_id = %sid, api_key_id = %key, channels = removed.len(), "socket removed from private channels");
+        }
+        affected
+    }
+
+    fn keys_in_use(&self) -> HashSet<ApiKeyId> {
+        let mut keys = HashSet::new();
+        for s in self.io.local().sockets() {
+            if let Some(session) = session(&s) {
+                keys.extend(session.channels.lock().values().flatten().cloned());
+            }
+        }
+        keys
     }
 }
 

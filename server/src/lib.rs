@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod keys;
 pub mod redis;
 pub mod rest;
+pub mod revocation;
 pub mod store;
 pub mod tracking;
 
@@ -36,6 +37,7 @@ use tokio::net::TcpListener;
 use crate::app::Backends;
 use crate::config::ServeConfig;
 use crate::keys::{AdminToken, AdminTokenSource};
+use crate::revocation::embedded::EmbeddedQueue;
 use crate::store::embedded::EmbeddedStore;
 use crate::tracking::memory::MemoryTracker;
 
@@ -67,21 +69,38 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let (state, router, redis_mode) = match config.redis_url.clone() {
         None => {
-            let store = EmbeddedStore::open(&config.data_dir).with_context(|| {
+            let store = Arc::new(EmbeddedStore::open(&config.data_dir).with_context(|| {
                 format!(
                     "opening the embedded store in {}",
                     config.data_dir.display()
                 )
-            })?;
+            })?);
+            let queue = Arc::new(
+                EmbeddedQueue::open(store.database()).context("opening the revocation queue")?,
+            );
+            let tracker = Arc::new(MemoryTracker::new());
             let backends = Backends {
-                store: Arc::new(store),
-                tracker: Arc::new(MemoryTracker::new()),
+                store: store.clone(),
+                tracker: tracker.clone(),
+                revocations: queue.clone(),
             };
             let gateway = app::gateway(&config, backends);
             let (io_layer, io) = app::socket_io(&config, &gateway).build_layer();
             gateway::register(&io);
+            let local: Arc<dyn revocation::LocalSockets> =
+                Arc::new(gateway::GatewaySockets::new(io.clone(), tracker.clone()));
+            let (revocation, _tasks) = revocation::start(
+                queue,
+                store,
+                tracker,
+                local.clone(),
+                Arc::new(revocation::LocalNotifier(local)),
+                config.revocation_settings("embedded"),
+                Arc::default(),
+            );
             let health = Arc::new(app::Health::new(true));
-            let state = app::AppState::new(&config, gateway, Arc::new(io), admin, health);
+            let state =
+                app::AppState::new(&config, gateway, Arc::new(io), admin, health, revocation);
             let router = app::router(&config, state.clone(), io_layer);
             tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald started (embedded mode)");
             (state, router, None)

@@ -20,7 +20,8 @@ import {
   uid,
   waitFor,
 } from './harness.mjs';
-import { startRedis } from './redis-harness.mjs';
+import { startLinkProxy, startRedis } from './redis-harness.mjs';
+import { assertRevoked, scenario } from './revocation-helpers.mjs';
 
 const T = { timeout: 60_000 };
 const INSTANCE_TTL_SECS = 2;
@@ -32,6 +33,18 @@ async function sign(h, key, channelName) {
   });
   assert.equal(res.status, 200, JSON.stringify(res.body));
   return res.body.token;
+}
+
+async function readyAll(hs) {
+  await Promise.all(
+    hs.map(async (n) => {
+      const deadline = Date.now() + 15_000;
+      while (!(await ready(n))) {
+        if (Date.now() > deadline) throw new Error(`instance ${n.url} never became ready\n${n.logs()}`);
+        await sleep(100);
+      }
+    }),
+  );
 }
 
 async function ready(h) {
@@ -146,6 +159,57 @@ describe('redis mode: three instances', () => {
     assert.equal((await admin(nodes[1], 'POST', `/v1/admin/projects/${a}/rotate-secret`)).status, 204);
     assert.equal((await listen(sA3, channel, fresh)).code, 'token_bad_signature');
     assert.deepEqual(await listen(sA3, channel, await sign(nodes[2], keyA, channel)), { ok: true });
+  });
+
+  it('deleting a key removes its sockets from its channels on every instance, once', T, async () => {
+    const project = uid('rev3');
+    await createProject(nodes[0], project);
+    const publisherKey = (await createKey(nodes[1], project, ['publish_event'])).key;
+    const sc = await scenario(nodes, project, publisherKey);
+    assert.equal((await admin(nodes[2], 'DELETE', `/v1/admin/projects/${project}/api-keys/${sc.doomed.id}`)).status, 204);
+    await assertRevoked(nodes, sc);
+  });
+
+  it("revocation while an instance's Redis link is cut: its sockets go once the link returns", T, async () => {
+    const proxy = await startLinkProxy(redis.port);
+    const cutOff = await startHerald({
+      extraArgs: ['--redis-url', proxy.url, '--instance-ttl-secs', '30', '--reconcile-interval-secs', '600'],
+    });
+    try {
+      const deadline = Date.now() + 15_000;
+      while (!(await ready(cutOff))) {
+        if (Date.now() > deadline) throw new Error('proxied instance never ready');
+        await sleep(100);
+      }
+      const project = uid('cut');
+      await createProject(nodes[0], project);
+      const publisherKey = (await createKey(nodes[0], project, ['publish_event'])).key;
+      const doomed = await createKey(nodes[0], project, ['sign_token']);
+      const channel = `private-${uid('cut')}`;
+      const victim = await connect(cutOff, project);
+      assert.deepEqual(await listen(victim, channel, await sign(nodes[0], doomed.key, channel)), { ok: true });
+      const removed = nextEvent(victim, 'system_message', 30_000);
+
+      proxy.cut();
+      await sleep(500);
+      assert.equal((await admin(nodes[1], 'DELETE', `/v1/admin/projects/${project}/api-keys/${doomed.id}`)).status, 204);
+      await sleep(3000); // the job's notices cannot reach the cut-off instance
+      assert.ok(victim.connected, 'the local socket stayed connected meanwhile');
+      const restoredAt = Date.now();
+      proxy.restore();
+      const msg = await removed;
+      const took = Date.now() - restoredAt;
+      assert.equal(msg.code, 'RemovedFromChannel');
+      assert.deepEqual(msg.data.channels, [channel]);
+      // Bound: the reconnect backoff (at most 5 s) plus one reconciliation pass.
+      assert.ok(took < 7000, `removed ${took} ms after the link returned`);
+      const none = expectNoEvent(victim, 'event', 500);
+      assert.equal((await publish(nodes[2], publisherKey, channel, { leak: true })).status, 200);
+      await none;
+    } finally {
+      await cutOff.stop().catch(() => cutOff.kill());
+      proxy.close();
+    }
   });
 
   it('kill -9 of an instance: its entries leave the indexes, the others keep delivering', T, async () => {
@@ -278,5 +342,55 @@ describe('redis mode: three instances', () => {
     const arrivals = subs.map((s) => nextEvent(s, 'event', 10_000));
     assert.equal((await publish(nodes[0], key2, 'live', { after: 'outage' })).status, 200);
     for (const ev of await Promise.all(arrivals)) assert.deepEqual(ev.payload, { after: 'outage' });
+  });
+});
+
+describe('redis mode: a crash in the middle of a revocation job', () => {
+  it('the job is retried by another instance and completes; no client stays inside', { timeout: 90_000 }, async () => {
+    const redis = await startRedis();
+    // Every worker sleeps 2 s after claiming a job (fault injection), so the claimer can be
+    // killed mid-job; a job untouched for 2 s is reclaimed; reconciliation is pushed out of the
+    // way so only the job can remove the sockets.
+    const flags = ['--redis-url', redis.url, '--instance-ttl-secs', '2', '--revocation-job-delay-ms', '2000',
+      '--revocation-stale-secs', '2', '--reconcile-interval-secs', '600'];
+    const nodes = await Promise.all([0, 1, 2].map(() => startHerald({ extraArgs: flags })));
+    try {
+      await readyAll(nodes);
+      const project = uid('crashjob');
+      await createProject(nodes[0], project);
+      const doomed = await createKey(nodes[0], project, ['sign_token']);
+      const channel = `private-${uid('j')}`;
+      const victims = [];
+      for (const n of nodes) {
+        const s = await connect(n, project);
+        assert.deepEqual(await listen(s, channel, await sign(n, doomed.key, channel)), { ok: true });
+        victims.push(s);
+      }
+      const removed = victims.map((s) => collectEvents(s, 'system_message'));
+      assert.equal((await admin(nodes[0], 'DELETE', `/v1/admin/projects/${project}/api-keys/${doomed.id}`)).status, 204);
+      let claimer;
+      await waitFor(() => {
+        claimer = nodes.findIndex((n) => new RegExp(`revocation job claimed[^\\n]*${doomed.id}`).test(n.logs()));
+        return claimer >= 0;
+      }, 10_000, 'a worker to claim the job');
+      await nodes[claimer].kill();
+      const survivors = nodes.filter((_, i) => i !== claimer);
+      await waitFor(
+        () => survivors.some((n) => new RegExp(`revocation job done[^\\n]*${doomed.id}`).test(n.logs())),
+        30_000,
+        'a surviving instance to finish the job',
+      );
+      const retriedBy = survivors.find((n) => new RegExp(`revocation job claimed[^\\n]*${doomed.id}`).test(n.logs()));
+      assert.ok(retriedBy, 'the job was claimed again by a survivor');
+      victims.forEach((s, i) => {
+        if (i === claimer) return; // its server is gone, and so is its connection
+        const msgs = removed[i].filter((m) => m.code === 'RemovedFromChannel');
+        assert.equal(msgs.length, 1, `victim on instance ${i}`);
+      });
+      assert.equal(Number(redis.cli('scard', `herald:channelApiKeyRecord:${doomed.id}`)), 0, 'no tracked member left');
+    } finally {
+      await Promise.all(nodes.map((n) => n.stop().catch(() => n.kill())));
+      await redis.stop();
+    }
   });
 });

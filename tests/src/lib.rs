@@ -135,7 +135,12 @@ impl Herald {
             data_dir: data_dir.to_path_buf(),
             _dir: keep,
             logs,
-            http: reqwest::Client::new(),
+            // No connection reuse: after answering 413 without reading a huge body the server
+            // closes the connection, and a pooled request racing that close would fail.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .context("building the HTTP client")?,
         })
     }
 

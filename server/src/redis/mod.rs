@@ -26,10 +26,14 @@ use crate::app::{self, AppState, Backends, Health};
 use crate::config::ServeConfig;
 use crate::gateway;
 use crate::keys::AdminToken;
+use crate::revocation::redis::RedisQueue;
+use crate::revocation::{self, LocalSockets, RevocationReason, RevokeNotifier};
 use crate::store::redis::RedisStore;
 use crate::tracking::redis::RedisTracker;
 use client::RedisSettings;
 use driver::HeraldDriver;
+use fred::interfaces::EventInterface;
+use herald_protocol::ApiKeyId;
 
 /// The Socket.IO adapter of Redis mode.
 pub type HeraldAdapter = CustomRedisAdapter<Emitter, HeraldDriver>;
@@ -42,6 +46,61 @@ fn heartbeat_timing(ttl: Duration) -> (Duration, Duration) {
 }
 /// Pub/sub probe period.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Revocation notices over a Redis shard channel: `{ "key", "reason" }` JSON.
+pub struct RedisNotifier {
+    client: fred::clients::Client,
+    channel: String,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Notice {
+    key: ApiKeyId,
+    reason: RevocationReason,
+}
+
+#[async_trait::async_trait]
+impl RevokeNotifier for RedisNotifier {
+    async fn notify(&self, key: &ApiKeyId, reason: RevocationReason) {
+        use fred::interfaces::PubsubInterface;
+        let Ok(body) = serde_json::to_string(&Notice {
+            key: key.clone(),
+            reason,
+        }) else {
+            return;
+        };
+        if let Err(e) = self
+            .client
+            .spublish::<u64, _, _>(self.channel.as_str(), body)
+            .await
+        {
+            tracing::warn!(error = %e, "revocation notice not published; the reconciler catches up");
+        }
+    }
+}
+
+impl RedisNotifier {
+    /// Receives notices (retrying the subscription until Redis answers) and revokes locally.
+    async fn listen(self: Arc<Self>, driver: HeraldDriver, local: Arc<dyn LocalSockets>) {
+        let mut rx = loop {
+            match driver.subscribe_internal(self.channel.clone()).await {
+                Ok(rx) => break rx,
+                Err(e) => {
+                    tracing::debug!(error = %e, "revocation channel subscription failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        while let Some(raw) = rx.recv().await {
+            match serde_json::from_slice::<Notice>(&raw) {
+                Ok(n) => {
+                    local.revoke_key(&n.key, n.reason).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "malformed revocation notice"),
+            }
+        }
+    }
+}
 
 /// Handles that must outlive the server loop.
 pub struct RedisMode {
@@ -82,11 +141,17 @@ pub fn start(
         prefix,
         instance_id.clone(),
     ));
+    let queue = Arc::new(RedisQueue::new(
+        client.clone(),
+        prefix,
+        Duration::from_secs(config.revocation_stale_secs.max(1)),
+    ));
     let gateway = app::gateway(
         config,
         Backends {
-            store,
+            store: store.clone(),
             tracker: tracker.clone(),
+            revocations: queue.clone(),
         },
     );
 
@@ -133,7 +198,7 @@ pub fn start(
     tasks.push(tokio::spawn(
         probe::Probe {
             client: client.clone(),
-            driver,
+            driver: driver.clone(),
             channel: format!("{prefix}:probe#{instance_id}"),
             interval: PROBE_INTERVAL,
             namespace_ready,
@@ -171,7 +236,36 @@ pub fn start(
         }));
     }
 
-    let state = AppState::new(config, gateway, Arc::new(io), admin, health);
+    // Revocation: notices travel on `{prefix}:revoke` through the subscriber connection; the
+    // reconciler runs at once whenever that connection comes back.
+    let local: Arc<dyn LocalSockets> =
+        Arc::new(gateway::GatewaySockets::new(io.clone(), tracker.clone()));
+    let notifier = Arc::new(RedisNotifier {
+        client: client.clone(),
+        channel: format!("{prefix}:revoke"),
+    });
+    let kick = Arc::new(tokio::sync::Notify::new());
+    let (revocation, revocation_tasks) = revocation::start(
+        queue,
+        store,
+        tracker.clone(),
+        local.clone(),
+        notifier.clone(),
+        config.revocation_settings(&instance_id),
+        kick.clone(),
+    );
+    tasks.extend(revocation_tasks);
+    tasks.push(tokio::spawn(notifier.listen(driver.clone(), local)));
+    {
+        let mut reconnects = driver.client().reconnect_rx();
+        tasks.push(tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                kick.notify_one();
+            }
+        }));
+    }
+
+    let state = AppState::new(config, gateway, Arc::new(io), admin, health, revocation);
     let router = app::router(config, state.clone(), io_layer);
     Ok((state, router, RedisMode { tracker, tasks }))
 }

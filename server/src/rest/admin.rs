@@ -15,6 +15,7 @@ use super::{ApiError, bearer, body_bytes, json_value};
 use crate::app::AppState;
 use crate::channel_token::store_refusal;
 use crate::keys::generate_api_key;
+use crate::revocation::RevocationReason;
 use crate::store::{ApiKeyRecord, ProjectRecord, SigningSecret, StoreError};
 
 /// Checks the admin token.
@@ -366,6 +367,14 @@ pub async fn delete_api_key(
         return Err(not_found());
     }
     tracing::info!(project_id = %project, api_key_id = %key_id, "API key deleted");
+    if let Err(e) = state
+        .revocation()
+        .trigger(&project, &key_id, RevocationReason::Deleted, false)
+        .await
+    {
+        // The key is gone, so no new listen passes; the reconciler removes its sockets.
+        tracing::warn!(api_key_id = %key_id, error = %e, "revocation job not queued; the reconciler will remove the key's sockets");
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

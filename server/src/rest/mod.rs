@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod publisher;
+pub mod tasks;
 
 use axum::Json;
 use axum::body::Bytes;

@@ -91,6 +91,17 @@ pub(crate) async fn run(store: &dyn Store) {
     assert!(!store.update_api_key(&unknown).await.expect("update"));
     let key_a = narrowed;
 
+    // Every key of every project is listed once.
+    let all: Vec<_> = store
+        .all_api_keys()
+        .await
+        .expect("list all")
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert!(all.contains(&key_a.id) && all.contains(&key_b.id));
+    assert_eq!(all.iter().filter(|k| **k == key_a.id).count(), 1);
+
     // A key is deleted only through its own project.
     assert_eq!(
         store

@@ -89,6 +89,11 @@ impl EmbeddedStore {
         })
     }
 
+    /// The database, for other embedded components (the revocation queue) sharing the file.
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
     /// Commits `writes` in one transaction, off the async runtime.
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Write>, StoreError> {
         let db = self.db.clone();
@@ -256,6 +261,10 @@ impl Store for EmbeddedStore {
             .collect();
         keys.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         Ok(keys)
+    }
+
+    async fn all_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        Ok(self.cache.read().keys.values().cloned().collect())
     }
 
     async fn delete_api_key(

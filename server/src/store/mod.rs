@@ -188,6 +188,9 @@ pub trait Store: Send + Sync + 'static {
     /// A project's keys, ordered by creation time.
     async fn api_keys(&self, project: &ProjectId) -> Result<Vec<ApiKeyRecord>, StoreError>;
 
+    /// Every key of every project (the expiry scheduler scans it; O(keys)).
+    async fn all_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError>;
+
     /// Deletes a key of `project`; returns it, or `None` when no such key is in that project.
     async fn delete_api_key(
         &self,

@@ -366,6 +366,22 @@ impl Store for RedisStore {
         Ok(out)
     }
 
+    async fn all_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        let projects: Vec<String> = self
+            .client
+            .smembers(format!("{}:projects", self.prefix))
+            .await
+            .map_err(store_error)?;
+        let mut out = Vec::new();
+        for p in projects {
+            let Ok(project) = ProjectId::parse(&p) else {
+                continue;
+            };
+            out.extend(self.api_keys(&project).await?);
+        }
+        Ok(out)
+    }
+
     async fn delete_api_key(
         &self,
         project: &ProjectId,
