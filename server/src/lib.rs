@@ -41,6 +41,54 @@ use crate::revocation::embedded::EmbeddedQueue;
 use crate::store::embedded::EmbeddedStore;
 use crate::tracking::memory::MemoryTracker;
 
+/// An embedded-mode server, built but not yet serving.
+pub struct EmbeddedServer {
+    /// Shared state.
+    pub state: app::AppState,
+    /// The complete router.
+    pub router: axum::Router,
+    /// The connection tracker (tests read the indexes through it).
+    pub tracker: Arc<dyn tracking::ConnectionTracker>,
+}
+
+/// Builds the embedded mode: redb store and revocation queue under `config.data_dir`, in-memory
+/// tracking, local Socket.IO adapter, revocation tasks. Serve `router` with [`app::serve`].
+pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result<EmbeddedServer> {
+    let store = Arc::new(EmbeddedStore::open(&config.data_dir).with_context(|| {
+        format!("opening the embedded store in {}", config.data_dir.display())
+    })?);
+    let queue =
+        Arc::new(EmbeddedQueue::open(store.database()).context("opening the revocation queue")?);
+    let tracker = Arc::new(MemoryTracker::new());
+    let backends = Backends {
+        store: store.clone(),
+        tracker: tracker.clone(),
+        revocations: queue.clone(),
+    };
+    let gateway = app::gateway(config, backends);
+    let (io_layer, io) = app::socket_io(config, &gateway).build_layer();
+    gateway::register(&io);
+    let local: Arc<dyn revocation::LocalSockets> =
+        Arc::new(gateway::GatewaySockets::new(io.clone(), tracker.clone()));
+    let (revocation, _tasks) = revocation::start(
+        queue,
+        store,
+        tracker.clone(),
+        local.clone(),
+        Arc::new(revocation::LocalNotifier(local)),
+        config.revocation_settings("embedded"),
+        Arc::default(),
+    );
+    let health = Arc::new(app::Health::new(true));
+    let state = app::AppState::new(config, gateway, Arc::new(io), admin, health, revocation);
+    let router = app::router(config, state.clone(), io_layer);
+    Ok(EmbeddedServer {
+        state,
+        router,
+        tracker,
+    })
+}
+
 /// Runs `herald serve` until ctrl-c or SIGTERM. Prints `herald listening on http://ADDR` on
 /// stdout once the socket is bound (tests and scripts wait for that line).
 pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -69,39 +117,7 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let (state, router, redis_mode) = match config.redis_url.clone() {
         None => {
-            let store = Arc::new(EmbeddedStore::open(&config.data_dir).with_context(|| {
-                format!(
-                    "opening the embedded store in {}",
-                    config.data_dir.display()
-                )
-            })?);
-            let queue = Arc::new(
-                EmbeddedQueue::open(store.database()).context("opening the revocation queue")?,
-            );
-            let tracker = Arc::new(MemoryTracker::new());
-            let backends = Backends {
-                store: store.clone(),
-                tracker: tracker.clone(),
-                revocations: queue.clone(),
-            };
-            let gateway = app::gateway(&config, backends);
-            let (io_layer, io) = app::socket_io(&config, &gateway).build_layer();
-            gateway::register(&io);
-            let local: Arc<dyn revocation::LocalSockets> =
-                Arc::new(gateway::GatewaySockets::new(io.clone(), tracker.clone()));
-            let (revocation, _tasks) = revocation::start(
-                queue,
-                store,
-                tracker,
-                local.clone(),
-                Arc::new(revocation::LocalNotifier(local)),
-                config.revocation_settings("embedded"),
-                Arc::default(),
-            );
-            let health = Arc::new(app::Health::new(true));
-            let state =
-                app::AppState::new(&config, gateway, Arc::new(io), admin, health, revocation);
-            let router = app::router(&config, state.clone(), io_layer);
+            let EmbeddedServer { state, router, .. } = build_embedded(&config, admin)?;
             tracing::info!(%addr, data_dir = %config.data_dir.display(), "herald started (embedded mode)");
             (state, router, None)
         }

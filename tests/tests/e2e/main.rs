@@ -3,3 +3,4 @@
 
 mod persistence;
 mod rest_errors;
+mod sdk;
