@@ -31,6 +31,7 @@ use crate::names::{ChannelName, NameError, ProjectId};
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ApiKeyScope {
     /// `POST /v1/publishers/events/publish`.
     PublishEvent,
@@ -77,6 +78,7 @@ pub const API_KEY_PREFIX: &str = "hk_";
 /// The public id of an API key: 16 lowercase hex characters. Safe to log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyId(String);
 
 impl ApiKeyId {
@@ -224,6 +226,7 @@ pub fn check_payload_size(len: usize, max_payload: usize) -> Result<(), Refusal>
 
 /// Answer to a publish: the message id (a UUIDv7, also sent to subscribers as `event.id`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublishResponse {
     /// The message id.
     pub id: String,
@@ -232,6 +235,7 @@ pub struct PublishResponse {
 /// `POST /v1/publishers/sign`: `{ "channelName": "private-..." }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignRequest {
     /// The private channel the token opens.
     pub channel_name: ChannelName,
@@ -251,6 +255,7 @@ impl SignRequest {
 /// Answer to a sign call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignResponse {
     /// The channel token (a JWT); hand it to the one client that may listen.
     pub token: String,
@@ -262,6 +267,7 @@ pub struct SignResponse {
 /// `POST /v1/admin/projects`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateProjectRequest {
     /// The id; generated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -273,6 +279,7 @@ pub struct CreateProjectRequest {
 /// A project (tenant).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Project {
     /// The project id clients put in their handshake.
     pub id: ProjectId,
@@ -286,6 +293,7 @@ pub struct Project {
 /// `POST /v1/admin/projects/{id}/api-keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateApiKeyRequest {
     /// Display name (which service holds the key).
     pub name: String,
@@ -303,6 +311,7 @@ pub struct CreateApiKeyRequest {
 /// An API key as listed: everything but the secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyInfo {
     /// Public id.
     pub id: ApiKeyId,
@@ -323,6 +332,7 @@ pub struct ApiKeyInfo {
 /// Answer to creating a key: its info and, this once, the key itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedApiKey {
     /// Everything but the secret.
     #[serde(flatten)]
@@ -401,6 +411,7 @@ mod tests {
 /// What happened to an API key, as reported by an external access service to
 /// `POST /v1/tasks/api-key-events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ApiKeyEventType {
     /// The key was deleted: it stops working and every socket its tokens let into private
     /// channels is removed.
@@ -413,6 +424,7 @@ pub enum ApiKeyEventType {
 /// `{ "type": "ApiKeyDeleted" | "ApiKeyExpired", "projectId", "apiKeyId" }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyEvent {
     /// What happened.
     #[serde(rename = "type")]
@@ -426,6 +438,7 @@ pub struct ApiKeyEvent {
 /// Answer to an accepted key event: the revocation job that will remove the key's sockets.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevocationAccepted {
     /// The job id.
     pub job_id: String,

@@ -12,6 +12,7 @@ macro_rules! error_codes {
     ($($(#[$doc:meta])* $variant:ident = $wire:literal => $status:literal,)*) => {
         /// A machine-readable error code.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[non_exhaustive]
         pub enum ErrorCode {
             $($(#[$doc])* #[serde(rename = $wire)] $variant,)*
@@ -138,6 +139,7 @@ impl fmt::Display for ErrorCode {
 
 /// The body of every REST error: `{ "error": { "code", "message" } }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: ErrorDetail,
@@ -145,6 +147,7 @@ pub struct ErrorBody {
 
 /// The code and human-readable message of an error.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// Machine-readable code.
     pub code: ErrorCode,

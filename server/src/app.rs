@@ -19,6 +19,8 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 /// `/demo`: the live demo page (files in `server/demo/`).
 #[path = "../demo/demo.rs"]
@@ -208,9 +210,10 @@ pub fn router<A: Adapter>(
             delete(admin::delete_api_key).patch(admin::update_api_key),
         )
         .route("/v1/tasks/api-key-events", post(tasks::api_key_event))
-        .route("/healthz", get(livez))
+        .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(crate::openapi::openapi_json))
         .nest_service("/demo", demo::routes())
         .fallback(rest::not_found)
         .method_not_allowed_fallback(rest::method_not_allowed)
@@ -221,13 +224,49 @@ pub fn router<A: Adapter>(
     api.layer(io_layer)
         .layer(cors_layer(&config.allowed_origins))
         .layer(middleware::from_fn_with_state(origins, check_origin))
+        // Outermost first: a request id (kept from the caller's `x-request-id` or a new UUID),
+        // a span carrying it for every log line of the request, and the id echoed back.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let request_id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    // The path only: a query string is never logged.
+                    tracing::info_span!("request", %request_id, method = %req.method(), path = %req.uri().path())
+                })
+                .on_request(())
+                .on_response(
+                    |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                        tracing::debug!(status = res.status().as_u16(), latency_us = latency.as_micros() as u64, "response");
+                    },
+                ),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
-async fn livez() -> impl IntoResponse {
+/// `GET /livez`: the process serves requests.
+#[utoipa::path(get, path = "/livez", tag = "health",
+    responses((status = 200, description = "Alive", body = crate::openapi::HealthStatus)))]
+pub async fn livez() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+/// `GET /healthz`: same as `/livez` (kept for tools that expect the name).
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = crate::openapi::HealthStatus)))]
+pub async fn healthz() -> impl IntoResponse {
+    livez().await
+}
+
+/// `GET /readyz`: backends usable and no shutdown under way.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "Ready", body = crate::openapi::HealthStatus),
+        (status = 503, description = "Not ready (Redis down, starting, or shutting down)", body = crate::openapi::HealthStatus)))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.health().is_ready() {
         axum::Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
@@ -290,13 +329,15 @@ async fn check_origin(
     next.run(req).await
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then: readiness false, every
-/// socket closed, in-flight requests drained, all bounded by `drain_timeout`.
+/// Serves `router` on `listener` until `shutdown` resolves, then: readiness false, `grace`
+/// later every socket closed (clients see a server disconnect and reconnect elsewhere),
+/// in-flight requests drained, the drain bounded by `drain_timeout`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
     let listener = listener.tap_io(|tcp| {
@@ -311,6 +352,7 @@ pub async fn serve(
         shutdown.await;
         tracing::info!("shutting down: readiness off, closing sockets");
         signal_state.health().begin_shutdown();
+        tokio::time::sleep(grace).await;
         signal_state.fanout().close().await;
         let _ = drained_tx.send(());
     };

@@ -258,6 +258,11 @@ pub fn check_signing_key(key: Option<&ApiKeyRecord>, now: OffsetDateTime) -> Res
 
 /// Maps a storage failure to the refusal a client sees.
 pub fn store_refusal(e: StoreError) -> Refusal {
+    let kind = match e {
+        StoreError::Unavailable(_) => "unavailable",
+        _ => "backend",
+    };
+    metrics::counter!(crate::metrics::STORE_ERRORS, "kind" => kind).increment(1);
     match e {
         StoreError::Unavailable(_) => Refusal::new(
             ErrorCode::Unavailable,

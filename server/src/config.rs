@@ -14,6 +14,11 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
 
+    /// Address of the Prometheus metrics listener (`GET /metrics`), separate from `--bind`.
+    /// Unset: no metrics listener.
+    #[arg(long, env = "HERALD_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+
     /// Directory for the embedded database and the generated admin token.
     #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
     pub data_dir: PathBuf,
@@ -87,6 +92,11 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_CHANNEL_TOKEN_TTL_SECS", default_value_t = limits::DEFAULT_CHANNEL_TOKEN_TTL_SECS)]
     pub channel_token_ttl_secs: u64,
 
+    /// Milliseconds between turning `/readyz` false and closing sockets on shutdown, so a load
+    /// balancer stops sending new clients first.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE_MS", default_value_t = 0)]
+    pub shutdown_grace_ms: u64,
+
     /// Seconds to wait for connections to close on shutdown.
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
@@ -123,5 +133,79 @@ impl ServeConfig {
     /// Connect timeout as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+/// The configuration reference (`docs/configuration.md`), generated from the flag definitions
+/// above so it cannot drift: `herald config-docs > docs/configuration.md`.
+pub fn reference_markdown() -> String {
+    use clap::CommandFactory;
+    #[derive(clap::Parser)]
+    #[command(name = "herald serve")]
+    struct Serve {
+        #[command(flatten)]
+        config: ServeConfig,
+    }
+    let cmd = Serve::command();
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Every setting of `herald serve` is a flag and an environment variable; the flag wins.\n\
+         Generated from the flag definitions by `herald config-docs` (a test checks that this\n\
+         file is current).\n\n\
+         | flag | environment | default | description |\n|---|---|---|---|\n",
+    );
+    for arg in cmd.get_arguments() {
+        if arg.is_hide_set() {
+            continue;
+        }
+        let Some(long) = arg.get_long() else { continue };
+        if long == "help" || long == "version" {
+            continue;
+        }
+        let env = arg
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_default();
+        let default = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(",");
+        let default = if default.is_empty() {
+            "(unset)".to_owned()
+        } else {
+            format!("`{default}`")
+        };
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string().replace('\n', " "))
+            .unwrap_or_default();
+        let values = arg
+            .get_possible_values()
+            .iter()
+            .map(|v| format!("`{}`", v.get_name()))
+            .collect::<Vec<_>>();
+        let help = if values.is_empty() {
+            help
+        } else {
+            format!("{help} One of {}.", values.join(", "))
+        };
+        out.push_str(&format!("| `--{long}` | {env} | {default} | {help} |\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn configuration_reference_is_current() {
+        let committed = include_str!("../../docs/configuration.md");
+        let generated = super::reference_markdown();
+        assert!(
+            committed == generated,
+            "docs/configuration.md is stale: run `cargo run -p herald-server -- config-docs > docs/configuration.md`\n--- generated ---\n{generated}"
+        );
     }
 }

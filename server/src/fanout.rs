@@ -10,6 +10,8 @@ use socketioxide::{BroadcastError, SocketIo};
 /// What a broadcast reached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EmitReport {
+    /// Local sockets the packet was queued for.
+    pub queued: usize,
     /// Local sockets the packet could not be queued for (full buffer: slow consumer, or the
     /// socket closed meanwhile).
     pub not_queued: usize,
@@ -47,6 +49,7 @@ pub trait Fanout: Send + Sync + 'static {
 fn map(e: BroadcastError) -> Result<EmitReport, FanoutError> {
     match e {
         BroadcastError::Socket(errors) => Ok(EmitReport {
+            queued: 0,
             not_queued: errors.len(),
         }),
         BroadcastError::Serialize(e) => Err(FanoutError::Encode(e.to_string())),
@@ -62,9 +65,16 @@ impl<A: Adapter> Fanout for SocketIo<A> {
         event: &'static str,
         data: &RawValue,
     ) -> Result<EmitReport, FanoutError> {
+        let local = self.local().to(room.as_str().to_owned()).sockets().len();
         match self.to(room.into_string()).emit(event, data).await {
-            Ok(()) => Ok(EmitReport::default()),
-            Err(e) => map(e),
+            Ok(()) => Ok(EmitReport {
+                queued: local,
+                not_queued: 0,
+            }),
+            Err(e) => map(e).map(|r| EmitReport {
+                queued: local.saturating_sub(r.not_queued),
+                ..r
+            }),
         }
     }
 

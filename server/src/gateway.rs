@@ -29,6 +29,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 use time::OffsetDateTime;
 
 use crate::channel_token::{ChannelTokens, check_signing_key, store_refusal};
+use crate::metrics as m;
 use crate::revocation::{LocalSockets, RevocationQueue, RevocationReason};
 use crate::store::Store;
 use crate::tracking::ConnectionTracker;
@@ -100,7 +101,19 @@ async fn authenticate<A: Adapter>(
     TryData(auth): TryData<Value>,
     State(gw): State<Gateway>,
 ) -> Result<(), ConnectRefusal> {
-    let auth = HandshakeAuth::parse(auth.ok().as_ref()).map_err(ConnectRefusal)?;
+    let result = admit(s, auth.ok(), gw).await;
+    if let Err(ConnectRefusal(r)) = &result {
+        metrics::counter!(m::CONNECT_REFUSALS, "code" => r.code.as_str()).increment(1);
+    }
+    result
+}
+
+async fn admit<A: Adapter>(
+    s: SocketRef<A>,
+    auth: Option<Value>,
+    gw: Gateway,
+) -> Result<(), ConnectRefusal> {
+    let auth = HandshakeAuth::parse(auth.as_ref()).map_err(ConnectRefusal)?;
     match gw.store.project(&auth.project_id).await {
         Ok(Some(_)) => {}
         Ok(None) => {
@@ -132,6 +145,7 @@ async fn authenticate<A: Adapter>(
 }
 
 async fn on_connect<A: Adapter>(s: SocketRef<A>) {
+    metrics::gauge!(m::SOCKETS_CONNECTED).increment(1.0);
     if let Some(session) = session(&s) {
         tracing::debug!(socket_id = %s.id, project_id = %session.project, transport = ?s.transport_type(), "socket connected");
     }
@@ -169,6 +183,13 @@ async fn on_listen<A: Adapter>(
     State(gw): State<Gateway>,
 ) {
     let result = listen(&s, &gw, body.ok()).await;
+    if let Err((refusal, _)) = &result {
+        let code = refusal.code.as_str();
+        metrics::counter!(m::LISTEN_REFUSALS, "code" => code).increment(1);
+        if code.starts_with("token_") {
+            metrics::counter!(m::AUTH_FAILURES, "reason" => code).increment(1);
+        }
+    }
     reply(&s, ack, result);
 }
 
@@ -218,7 +239,12 @@ async fn listen<A: Adapter>(
                 ),
             )));
         }
-        channels.insert(channel.clone(), signing_key.clone());
+        if channels
+            .insert(channel.clone(), signing_key.clone())
+            .is_none()
+        {
+            subscription_gauge(channel.kind()).increment(1.0);
+        }
         s.join(room.clone().into_string());
     }
 
@@ -255,8 +281,18 @@ async fn listen<A: Adapter>(
 }
 
 fn leave<A: Adapter>(s: &SocketRef<A>, session: &Session, channel: &ChannelName, room: &RoomName) {
-    session.channels.lock().remove(channel);
+    if session.channels.lock().remove(channel).is_some() {
+        subscription_gauge(channel.kind()).decrement(1.0);
+    }
     s.leave(room.as_str().to_owned());
+}
+
+fn subscription_gauge(kind: ChannelKind) -> metrics::Gauge {
+    let kind = match kind {
+        ChannelKind::Public => "public",
+        ChannelKind::Private => "private",
+    };
+    metrics::gauge!(m::SUBSCRIPTIONS, "kind" => kind)
 }
 
 async fn on_remove<A: Adapter>(
@@ -321,6 +357,7 @@ async fn on_client_event<A: Adapter>(
         if let Err(e) = s.to(room.into_string()).emit(EVENT, &event).await {
             tracing::warn!(socket_id = %s.id, error = %e, "client event relay incomplete");
         }
+        metrics::counter!(m::CLIENT_EVENTS).increment(1);
         Ok(SystemMessage::success(
             format!("event sent to {channel}"),
             &channel,
@@ -347,6 +384,12 @@ async fn on_disconnect<A: Adapter>(
     State(gw): State<Gateway>,
 ) {
     let sid = s.id.to_string();
+    metrics::gauge!(m::SOCKETS_CONNECTED).decrement(1.0);
+    if let Some(session) = session(&s) {
+        for channel in session.channels.lock().drain() {
+            subscription_gauge(channel.0.kind()).decrement(1.0);
+        }
+    }
     match gw.tracker.remove_socket(&sid).await {
         Ok(removed) => {
             tracing::debug!(socket_id = %sid, ?reason, tracked = removed.len(), "socket disconnected")
@@ -404,6 +447,7 @@ impl<A: Adapter> LocalSockets for GatewaySockets<A> {
                     .collect();
                 for c in &gone {
                     channels.remove(c);
+                    subscription_gauge(ChannelKind::Private).decrement(1.0);
                     s.leave(RoomName::channel(&session.project, c).into_string());
                 }
                 gone
@@ -412,6 +456,7 @@ impl<A: Adapter> LocalSockets for GatewaySockets<A> {
                 continue;
             }
             affected += 1;
+            metrics::counter!(m::REVOCATION_SOCKETS_REMOVED).increment(1);
             let message = SystemMessage::removed_from_channels(reason.message(), &removed);
             if let Err(e) = s.emit(SYSTEM_MESSAGE, &message) {
                 tracing::debug!(socket_id = %s.id, error = %e, "RemovedFromChannel not delivered");

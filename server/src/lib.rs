@@ -20,6 +20,8 @@ pub mod config;
 pub mod fanout;
 pub mod gateway;
 pub mod keys;
+pub mod metrics;
+pub mod openapi;
 pub mod redis;
 pub mod rest;
 pub mod revocation;
@@ -55,7 +57,10 @@ pub struct EmbeddedServer {
 /// tracking, local Socket.IO adapter, revocation tasks. Serve `router` with [`app::serve`].
 pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result<EmbeddedServer> {
     let store = Arc::new(EmbeddedStore::open(&config.data_dir).with_context(|| {
-        format!("opening the embedded store in {}", config.data_dir.display())
+        format!(
+            "opening the embedded store in {}",
+            config.data_dir.display()
+        )
     })?);
     let queue =
         Arc::new(EmbeddedQueue::open(store.database()).context("opening the revocation queue")?);
@@ -111,6 +116,12 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
             tracing::warn!(path = %p.display(), "admin token generated; read it from this file")
         }
     }
+    if let Some(metrics_addr) = config.metrics_bind {
+        let handle = metrics::install()?;
+        let bound = metrics::serve(metrics_addr, handle).await?;
+        tracing::info!(%bound, "metrics listener started");
+        println!("herald metrics on http://{bound}/metrics");
+    }
     let listener = TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
@@ -133,6 +144,7 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         state,
         router,
         app::shutdown_signal(),
+        std::time::Duration::from_millis(config.shutdown_grace_ms),
         std::time::Duration::from_secs(config.shutdown_timeout_secs),
     )
     .await?;

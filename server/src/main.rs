@@ -24,6 +24,9 @@ enum Command {
     Publish(PublishArgs),
     /// Sign a private-channel token through a running server.
     Sign(SignArgs),
+    /// Print the configuration reference (docs/configuration.md) generated from the flags.
+    #[command(hide = true)]
+    ConfigDocs,
 }
 
 fn init_logs(format: LogFormat, default_level: &str) {
@@ -73,6 +76,10 @@ async fn run() -> anyhow::Result<()> {
         Command::Publish(args) => {
             init_logs(LogFormat::Pretty, "warn");
             cli::publish(args).await
+        }
+        Command::ConfigDocs => {
+            print!("{}", herald_server::config::reference_markdown());
+            Ok(())
         }
         Command::Sign(args) => {
             init_logs(LogFormat::Pretty, "warn");

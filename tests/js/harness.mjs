@@ -21,7 +21,8 @@ export const heraldBin = process.env.HERALD_BIN ?? path.join(repoRoot, 'target',
 
 const READY_TIMEOUT_MS = 20_000;
 const STOP_TIMEOUT_MS = 5_000;
-const LOG_LIMIT = 256 * 1024;
+// Large enough to keep a whole test file's logs: they are searched for leaked secrets.
+const LOG_LIMIT = 32 * 1024 * 1024;
 const READY_LINE = /herald listening on (http:\/\/127\.0\.0\.1:\d+)/;
 
 // Servers still running when the test process exits are killed, so a failing test never leaks
@@ -36,6 +37,20 @@ process.on('exit', () => {
     }
   }
 });
+
+/**
+ * Every secret the tests created or received (admin tokens, API keys, channel tokens). A
+ * server's logs are checked against them when it stops: a secret in a log line fails the run.
+ */
+export const secrets = new Set();
+
+function assertNoSecretsIn(logs) {
+  for (const secret of secrets) {
+    if (secret && logs.includes(secret)) {
+      throw new Error(`a secret (${secret.slice(0, 6)}…) appears in the server's logs`);
+    }
+  }
+}
 
 /** A fresh, random value usable as a project id or channel suffix: `prefix-<hex>`. */
 export function uid(prefix = 't') {
@@ -60,6 +75,7 @@ export async function startHerald({ extraArgs = [], env = {}, dataDir } = {}) {
   const ownDataDir = dataDir === undefined;
   const dir = dataDir ?? mkdtempSync(path.join(tmpdir(), 'herald-e2e-'));
   const adminToken = `admin-${randomBytes(24).toString('hex')}`;
+  secrets.add(adminToken);
   const args = [
     'serve',
     '--bind',
@@ -76,7 +92,8 @@ export async function startHerald({ extraArgs = [], env = {}, dataDir } = {}) {
     Object.entries(process.env).filter(([name]) => !name.startsWith('HERALD_')),
   );
   const child = spawn(heraldBin, args, {
-    env: { RUST_BACKTRACE: '1', ...inherited, ...env },
+    // Debug logs for Herald itself, so the secret check sees every line Herald can write.
+    env: { RUST_BACKTRACE: '1', HERALD_LOG: 'info,herald_server=debug', ...inherited, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   running.add(child);
@@ -185,6 +202,7 @@ export async function startHerald({ extraArgs = [], env = {}, dataDir } = {}) {
         }
       }
       cleanup();
+      assertNoSecretsIn(stderr + stdout);
       return exitStatus;
     },
     /** SIGKILL, then wait for the exit. */
@@ -220,7 +238,12 @@ export async function request(h, method, urlPath, { headers = {}, body } = {}) {
     init.body = typeof body === 'string' ? body : JSON.stringify(body);
   }
   const res = await fetch(h.url + urlPath, init);
-  return { status: res.status, headers: res.headers, body: await readBody(res) };
+  const parsed = await readBody(res);
+  if (parsed && typeof parsed === 'object') {
+    if (typeof parsed.key === 'string') secrets.add(parsed.key);
+    if (typeof parsed.token === 'string') secrets.add(parsed.token);
+  }
+  return { status: res.status, headers: res.headers, body: parsed };
 }
 
 /** An admin API call with the server's admin token. */

@@ -75,6 +75,7 @@ impl HeraldDriver {
             loop {
                 match reconnects.recv().await {
                     Ok(server) => {
+                        metrics::counter!(crate::metrics::REDIS_RECONNECTS).increment(1);
                         tracing::info!(%server, "redis subscriber reconnected; re-subscribing");
                         on_reconnect.resubscribe_all().await;
                     }
@@ -149,6 +150,7 @@ async fn dispatch(
                         }
                         Err(mpsc::error::TrySendError::Full((chan, _))) => {
                             let n = stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed) + 1;
+                            metrics::counter!(crate::metrics::REDIS_DROPPED, "reason" => "queue_full").increment(1);
                             tracing::error!(channel = %chan, dropped_total = n, "cross-instance message dropped: adapter queue full");
                         }
                         Err(mpsc::error::TrySendError::Closed(_)) => {}
@@ -160,6 +162,7 @@ async fn dispatch(
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 let total = stats.dropped_lagged.fetch_add(n, Ordering::Relaxed) + n;
+                metrics::counter!(crate::metrics::REDIS_DROPPED, "reason" => "lagged").increment(n);
                 tracing::error!(
                     lost = n,
                     lost_total = total,

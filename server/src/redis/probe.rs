@@ -107,12 +107,14 @@ impl Probe {
                             "pub/sub still deaf after re-subscribing; forcing the subscriber to reconnect"
                         );
                         self.stats.repairs.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!(crate::metrics::REDIS_PROBE_REPAIRS).increment(1);
                         let _ = self.driver.client().force_reconnection().await;
                         repaired_at = Some(Instant::now());
                     }
                     None => {
                         tracing::warn!("pub/sub probe not received; re-subscribing all channels");
                         self.stats.repairs.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!(crate::metrics::REDIS_PROBE_REPAIRS).increment(1);
                         self.driver.resubscribe_all().await;
                         repaired_at = Some(Instant::now());
                     }

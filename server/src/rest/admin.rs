@@ -5,7 +5,10 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use herald_protocol::api::{ApiKeyInfo, CreatedApiKey, Project};
+use herald_protocol::ErrorBody;
+use herald_protocol::api::{
+    ApiKeyInfo, CreateApiKeyRequest, CreateProjectRequest, CreatedApiKey, Project,
+};
 use herald_protocol::limits::MAX_DISPLAY_NAME_BYTES;
 use herald_protocol::{ApiKeyId, ApiKeyScope, ErrorCode, ProjectId, RoomName};
 use serde_json::Value;
@@ -21,6 +24,8 @@ use crate::store::{ApiKeyRecord, ProjectRecord, SigningSecret, StoreError};
 /// Checks the admin token.
 pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = bearer(headers).ok_or_else(|| {
+        metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => ErrorCode::MissingAdminToken.as_str())
+            .increment(1);
         ApiError::new(
             ErrorCode::MissingAdminToken,
             "send the admin token as Authorization: Bearer <token>",
@@ -29,6 +34,8 @@ pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     if state.admin_token().matches(token) {
         Ok(())
     } else {
+        metrics::counter!(crate::metrics::AUTH_FAILURES, "reason" => ErrorCode::InvalidAdminToken.as_str())
+            .increment(1);
         Err(ApiError::new(
             ErrorCode::InvalidAdminToken,
             "admin token is not valid",
@@ -85,6 +92,10 @@ async fn existing_project(state: &AppState, id: &ProjectId) -> Result<ProjectRec
 }
 
 /// `POST /v1/admin/projects` `{ "id"?, "name" }`.
+#[utoipa::path(post, path = "/v1/admin/projects", tag = "admin", request_body = CreateProjectRequest,
+    security(("admin_token" = [])),
+    responses((status = 201, description = "Created", body = Project), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 409, description = "Id taken", body = ErrorBody)))]
 pub async fn create_project(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -124,6 +135,8 @@ pub async fn create_project(
 }
 
 /// `GET /v1/admin/projects`.
+#[utoipa::path(get, path = "/v1/admin/projects", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, description = "All projects", body = [Project]), (status = 401, description = "Missing or wrong admin token", body = ErrorBody)))]
 pub async fn list_projects(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -134,6 +147,8 @@ pub async fn list_projects(
 }
 
 /// `GET /v1/admin/projects/{id}`.
+#[utoipa::path(get, path = "/v1/admin/projects/{id}", tag = "admin", params(("id" = String, Path, description = "Project id")), security(("admin_token" = [])),
+    responses((status = 200, description = "The project", body = Project), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
 pub async fn get_project(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -146,6 +161,8 @@ pub async fn get_project(
 }
 
 /// `DELETE /v1/admin/projects/{id}`: deletes the project and its keys, disconnects its sockets.
+#[utoipa::path(delete, path = "/v1/admin/projects/{id}", tag = "admin", params(("id" = String, Path, description = "Project id")), security(("admin_token" = [])),
+    responses((status = 204, description = "Deleted with its keys; its sockets disconnected"), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
 pub async fn delete_project(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -172,6 +189,8 @@ pub async fn delete_project(
 }
 
 /// `POST /v1/admin/projects/{id}/rotate-secret`: new signing secret; old tokens stop verifying.
+#[utoipa::path(post, path = "/v1/admin/projects/{id}/rotate-secret", tag = "admin", params(("id" = String, Path, description = "Project id")), security(("admin_token" = [])),
+    responses((status = 204, description = "New signing secret; older tokens stop verifying"), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -197,6 +216,9 @@ pub async fn rotate_secret(
 }
 
 /// `POST /v1/admin/projects/{id}/api-keys` `{ "name", "scopes", "expiresAt"? }`.
+#[utoipa::path(post, path = "/v1/admin/projects/{id}/api-keys", tag = "admin", params(("id" = String, Path, description = "Project id")),
+    request_body = CreateApiKeyRequest, security(("admin_token" = [])),
+    responses((status = 201, description = "Created; `key` is shown this once", body = CreatedApiKey), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
 pub async fn create_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -265,6 +287,8 @@ pub async fn create_api_key(
 }
 
 /// `GET /v1/admin/projects/{id}/api-keys`.
+#[utoipa::path(get, path = "/v1/admin/projects/{id}/api-keys", tag = "admin", params(("id" = String, Path, description = "Project id")), security(("admin_token" = [])),
+    responses((status = 200, description = "Keys without secrets", body = [ApiKeyInfo]), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
 pub async fn list_api_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -284,6 +308,9 @@ pub async fn list_api_keys(
 /// `PATCH /v1/admin/projects/{id}/api-keys/{keyId}` `{ "name"?, "scopes"? }`: rename a key or
 /// change its scopes. Narrowing takes effect at once: a key that loses `sign_token` no longer
 /// opens private channels with the tokens it signed.
+#[utoipa::path(patch, path = "/v1/admin/projects/{id}/api-keys/{key_id}", tag = "admin", params(("id" = String, Path, description = "Project id"), ("key_id" = String, Path, description = "API key id")),
+    request_body = crate::openapi::UpdateApiKeyBody, security(("admin_token" = [])),
+    responses((status = 200, description = "Updated", body = ApiKeyInfo), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
 pub async fn update_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -344,6 +371,9 @@ fn parse_scopes(v: &Value) -> Result<Vec<ApiKeyScope>, ApiError> {
 }
 
 /// `DELETE /v1/admin/projects/{id}/api-keys/{keyId}`.
+#[utoipa::path(delete, path = "/v1/admin/projects/{id}/api-keys/{key_id}", tag = "admin", params(("id" = String, Path, description = "Project id"), ("key_id" = String, Path, description = "API key id")),
+    security(("admin_token" = [])),
+    responses((status = 204, description = "Deleted; its sockets leave their private channels"), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
 pub async fn delete_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -10,7 +10,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use herald_protocol::api::{PublishRequest, PublishResponse, SignRequest, SignResponse};
 use herald_protocol::messages::event_names::EVENT;
-use herald_protocol::{ApiKeyScope, ApiKeyToken, ChannelEvent, ErrorCode, RoomName};
+use herald_protocol::{ApiKeyScope, ApiKeyToken, ChannelEvent, ErrorBody, ErrorCode, RoomName};
 use time::OffsetDateTime;
 
 use super::{ApiError, bearer, body_bytes};
@@ -18,13 +18,38 @@ use crate::app::AppState;
 use crate::channel_token::store_refusal;
 use crate::fanout::FanoutError;
 use crate::keys::secret_matches;
+use crate::metrics as m;
 use crate::store::ApiKeyRecord;
 
 /// Header that may carry the API key instead of `Authorization`.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// Resolves the request's API key and checks it carries `scope`.
+/// Resolves the request's API key and checks it carries `scope`; counts failures by reason
+/// and successes by key id.
 pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    scope: ApiKeyScope,
+) -> Result<ApiKeyRecord, ApiError> {
+    let result = resolve_key(state, headers, scope).await;
+    match &result {
+        Ok(key) => {
+            let operation = match scope {
+                ApiKeyScope::PublishEvent => "publish",
+                ApiKeyScope::SignToken => "sign",
+            };
+            metrics::counter!(m::API_KEY_REQUESTS, "api_key_id" => key.id.to_string(), "operation" => operation)
+                .increment(1);
+        }
+        Err(e) if e.0.code.http_status() == 401 || e.0.code.http_status() == 403 => {
+            metrics::counter!(m::AUTH_FAILURES, "reason" => e.0.code.as_str()).increment(1);
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+async fn resolve_key(
     state: &AppState,
     headers: &HeaderMap,
     scope: ApiKeyScope,
@@ -64,12 +89,34 @@ pub async fn authenticate(
 }
 
 /// `POST /v1/publishers/events/publish`.
+#[utoipa::path(post, path = "/v1/publishers/events/publish", tag = "publisher",
+    request_body = crate::openapi::PublishBody, security(("api_key" = [])),
+    responses((status = 200, description = "Delivered to the channel's subscribers", body = PublishResponse), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing, unknown or expired API key", body = ErrorBody), (status = 403, description = "The key lacks the scope", body = ErrorBody),
+        (status = 413, description = "Payload over the limit", body = ErrorBody), (status = 503, description = "Backend (Redis) unavailable", body = ErrorBody)))]
 pub async fn publish(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishResponse>, ApiError> {
-    let key = authenticate(&state, &headers, ApiKeyScope::PublishEvent).await?;
+    let started = std::time::Instant::now();
+    let result = publish_inner(&state, &headers, body).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.0.code == ErrorCode::Unavailable => "unavailable",
+        Err(e) if e.0.code == ErrorCode::Internal => "error",
+        Err(_) => "refused",
+    };
+    metrics::counter!(m::PUBLISHES, "outcome" => outcome).increment(1);
+    metrics::histogram!(m::PUBLISH_DURATION).record(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn publish_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PublishResponse>, ApiError> {
+    let key = authenticate(state, headers, ApiKeyScope::PublishEvent).await?;
     let body = body_bytes(body)?;
     let req = PublishRequest::parse(&body, state.max_payload_bytes())?;
     let id = uuid::Uuid::now_v7().to_string();
@@ -85,6 +132,9 @@ pub async fn publish(
 }
 
 /// `POST /v1/publishers/sign`.
+#[utoipa::path(post, path = "/v1/publishers/sign", tag = "publisher",
+    request_body = SignRequest, security(("api_key" = [])),
+    responses((status = 200, description = "A channel token", body = SignResponse), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing, unknown or expired API key", body = ErrorBody), (status = 403, description = "The key lacks the scope", body = ErrorBody), (status = 503, description = "Backend (Redis) unavailable", body = ErrorBody)))]
 pub async fn sign(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -137,6 +187,10 @@ impl AppState {
         })?;
         match self.fanout().emit(room, EVENT, &encoded).await {
             Ok(report) => {
+                metrics::counter!(m::DELIVERIES, "outcome" => "queued")
+                    .increment(report.queued as u64);
+                metrics::counter!(m::DELIVERIES, "outcome" => "not_queued")
+                    .increment(report.not_queued as u64);
                 if report.not_queued > 0 {
                     tracing::warn!(not_queued = report.not_queued, channel = %event.channel_name, "event not queued for some sockets (slow consumers)");
                 }

@@ -6,8 +6,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
-use herald_protocol::ErrorCode;
 use herald_protocol::api::{ApiKeyEvent, ApiKeyEventType, RevocationAccepted};
+use herald_protocol::{ErrorBody, ErrorCode};
 use time::OffsetDateTime;
 
 use super::{ApiError, admin, body_bytes};
@@ -17,6 +17,9 @@ use crate::revocation::{QueueError, RevocationReason};
 
 /// Handles a key event: `ApiKeyDeleted` deletes the key from Herald's store (if present),
 /// `ApiKeyExpired` ends its validity now; both revoke it and queue the removal job.
+#[utoipa::path(post, path = "/v1/tasks/api-key-events", tag = "tasks", request_body = ApiKeyEvent,
+    security(("admin_token" = [])),
+    responses((status = 202, description = "Revocation queued", body = RevocationAccepted), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 503, description = "Backend (Redis) unavailable", body = ErrorBody)))]
 pub async fn api_key_event(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -310,6 +310,7 @@ impl Revocation {
             return Ok(None);
         }
         let queued = self.stats.queued.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "queued").increment(1);
         tracing::info!(job_id = %job.id, project_id = %project, api_key_id = %key, ?reason, queued_total = queued, "revocation job queued");
         self.wake.notify_one();
         Ok(Some(job.id))
@@ -393,16 +394,22 @@ impl Revocation {
                             continue;
                         }
                         let done = self.stats.done.fetch_add(1, Ordering::Relaxed) + 1;
+                        metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "done")
+                            .increment(1);
                         tracing::info!(job_id = %job.id, api_key_id = %job.api_key_id, rounds, elapsed_ms = started.elapsed().as_millis() as u64, done_total = done, "revocation job done");
                     }
                     Err(error) if job.attempt + 1 >= self.settings.max_attempts => {
                         let dead = self.stats.dead.fetch_add(1, Ordering::Relaxed) + 1;
+                        metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "dead")
+                            .increment(1);
                         tracing::error!(job_id = %job.id, api_key_id = %job.api_key_id, %error, dead_total = dead, "revocation job dead-lettered");
                         let _ = self.queue.dead_letter(&claimed, &error).await;
                     }
                     Err(error) => {
                         let delay = self.settings.retry_base * 2u32.saturating_pow(job.attempt);
                         let retried = self.stats.retried.fetch_add(1, Ordering::Relaxed) + 1;
+                        metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "retried")
+                            .increment(1);
                         tracing::warn!(job_id = %job.id, api_key_id = %job.api_key_id, %error, retry_in_ms = delay.as_millis() as u64, retried_total = retried, "revocation job failed; retrying");
                         let _ = self.queue.retry_later(&claimed, delay).await;
                     }

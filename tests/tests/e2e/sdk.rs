@@ -42,6 +42,7 @@ async fn in_process(
         server.state,
         server.router,
         std::future::pending(),
+        Duration::ZERO,
         Duration::from_secs(1),
     ));
     Ok((url, tracker))

@@ -1,0 +1,107 @@
+//! Prometheus metrics: names, labels and the exporter listener (`--metrics-bind`).
+//!
+//! Every metric Herald records is declared here, so the list below is the whole catalogue.
+//! Labels are bounded: error codes and outcomes are closed enums, API key ids are bounded by
+//! the keys an operator creates, never secrets; no per-project or per-channel labels.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `herald_sockets_connected` | gauge | |
+//! | `herald_subscriptions` | gauge | `kind` = public / private |
+//! | `herald_connect_refusals_total` | counter | `code` |
+//! | `herald_listen_refusals_total` | counter | `code` |
+//! | `herald_auth_failures_total` | counter | `reason` (error code: API key, admin token, channel token) |
+//! | `herald_publishes_total` | counter | `outcome` = ok / refused / unavailable / error |
+//! | `herald_publish_duration_seconds` | histogram | |
+//! | `herald_deliveries_total` | counter | `outcome` = queued / not_queued (local sockets of events published here) |
+//! | `herald_api_key_requests_total` | counter | `api_key_id`, `operation` = publish / sign |
+//! | `herald_client_events_total` | counter | |
+//! | `herald_revocation_jobs_total` | counter | `event` = queued / done / retried / dead |
+//! | `herald_revocation_sockets_removed_total` | counter | |
+//! | `herald_store_errors_total` | counter | `kind` = unavailable / backend |
+//! | `herald_redis_reconnects_total` | counter | |
+//! | `herald_redis_dropped_messages_total` | counter | `reason` = queue_full / lagged |
+//! | `herald_redis_probe_repairs_total` | counter | |
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Gauge: sockets connected to this instance.
+pub const SOCKETS_CONNECTED: &str = "herald_sockets_connected";
+/// Gauge: channel subscriptions held by this instance's sockets, by kind.
+pub const SUBSCRIPTIONS: &str = "herald_subscriptions";
+/// Counter: refused handshakes, by code.
+pub const CONNECT_REFUSALS: &str = "herald_connect_refusals_total";
+/// Counter: refused `listen` requests, by code.
+pub const LISTEN_REFUSALS: &str = "herald_listen_refusals_total";
+/// Counter: authentication failures (API keys, admin token, channel tokens), by reason.
+pub const AUTH_FAILURES: &str = "herald_auth_failures_total";
+/// Counter: publish calls, by outcome.
+pub const PUBLISHES: &str = "herald_publishes_total";
+/// Histogram: publish handling time, authentication to fan-out hand-off.
+pub const PUBLISH_DURATION: &str = "herald_publish_duration_seconds";
+/// Counter: local deliveries of events published on this instance, by outcome.
+pub const DELIVERIES: &str = "herald_deliveries_total";
+/// Counter: authenticated publisher calls per API key id and operation.
+pub const API_KEY_REQUESTS: &str = "herald_api_key_requests_total";
+/// Counter: client-to-client events relayed.
+pub const CLIENT_EVENTS: &str = "herald_client_events_total";
+/// Counter: revocation job lifecycle events.
+pub const REVOCATION_JOBS: &str = "herald_revocation_jobs_total";
+/// Counter: sockets removed from private channels by revocation on this instance.
+pub const REVOCATION_SOCKETS_REMOVED: &str = "herald_revocation_sockets_removed_total";
+/// Counter: failed store operations.
+pub const STORE_ERRORS: &str = "herald_store_errors_total";
+/// Counter: Redis subscriber reconnects.
+pub const REDIS_RECONNECTS: &str = "herald_redis_reconnects_total";
+/// Counter: cross-instance messages the Redis driver could not hand over.
+pub const REDIS_DROPPED: &str = "herald_redis_dropped_messages_total";
+/// Counter: pub/sub repairs triggered by the probe.
+pub const REDIS_PROBE_REPAIRS: &str = "herald_redis_probe_repairs_total";
+
+/// Installs the global Prometheus recorder (once per process) and returns its handle.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(PUBLISH_DURATION.to_owned()),
+            &[
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0,
+            ],
+        )
+        .context("configuring histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")
+}
+
+/// Serves `GET /metrics` on `addr` (a listener separate from the public one). Returns the
+/// bound address.
+pub async fn serve(addr: SocketAddr, handle: PrometheusHandle) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener {addr}"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(bound)
+}
