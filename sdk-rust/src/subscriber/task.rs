@@ -114,7 +114,7 @@ async fn handshake(config: &Config) -> Result<Connection, Error> {
             Incoming::Connected => return Ok(Connection { ws, open, decoder }),
             Incoming::ConnectError(e) => {
                 let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
-                return Err(e);
+                return Err(wire::connect_error(e));
             }
             Incoming::Ping(pong) => send(&mut ws, pong).await?,
             Incoming::Close | Incoming::Disconnect => return Err(closed_by_server()),

@@ -1,393 +1,83 @@
-//! Engine.IO v4 framing over WebSocket, with Socket.IO v5 packets inside, encoded and decoded
-//! by socketioxide's common parser (the codec the server uses).
-//!
-//! One WebSocket text frame carries one Engine.IO packet: a type digit and its data.
-//!
-//! | Engine.IO | meaning |
-//! |---|---|
-//! | `0{json}` | open: `sid`, `pingInterval`, `pingTimeout` (ms) |
-//! | `1` | close |
-//! | `2` / `3` | ping (server) / pong (client answer) |
-//! | `4<socket.io packet>` | message |
-//! | `6` | noop |
-//!
-//! Socket.IO packets inside a message: `0{json}` connect(ed), `1` disconnect, `2[...]` event,
-//! `3<id>[...]` ack, `4{"message"}` connect error.
+//! The wire format: Engine.IO v4 framing over WebSocket with Socket.IO v5 packets inside. The
+//! codec itself is [`herald_protocol::codec`] (shared with the browser client); this module
+//! turns its errors into the SDK's [`Error`].
 
-use std::time::Duration;
-
-use herald_protocol::messages::event_names::{EVENT, SYSTEM_MESSAGE};
-use herald_protocol::{Ack, ChannelEvent, ErrorCode, HandshakeAuth, SystemMessage};
-use serde::{Deserialize, Serialize};
-use socketioxide_core::packet::{Packet, PacketData};
-use socketioxide_core::parser::{Parse, ParseConfig, ParserState};
-use socketioxide_core::{Str, Value};
-use socketioxide_parser_common::CommonParser;
+use herald_protocol::HandshakeAuth;
+use herald_protocol::codec::{self, CodecError, ConnectError};
+use serde::Serialize;
 
 use crate::error::Error;
 
-/// The Socket.IO namespace Herald serves.
-const NAMESPACE: &str = "/";
+pub(crate) use codec::{DISCONNECT, Incoming, Open};
 
-/// Engine.IO pong, the answer to the server's ping `2`.
-pub(crate) const PONG: char = '3';
-
-/// Socket.IO DISCONNECT of the default namespace, inside an Engine.IO message.
-pub(crate) const DISCONNECT: &str = "41";
-
-/// Parameters from the Engine.IO open packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Open {
-    /// How often the server pings.
-    pub(crate) ping_interval: Duration,
-    /// How long the server waits for a pong (and we, past the interval, for a ping).
-    pub(crate) ping_timeout: Duration,
-}
-
-/// One decoded text frame.
-#[derive(Debug)]
-pub(crate) enum Incoming {
-    /// Engine.IO open.
-    Open(Open),
-    /// Engine.IO close.
-    Close,
-    /// Engine.IO ping; the pong to send back.
-    Ping(String),
-    /// Socket.IO CONNECT answer: the namespace accepted the handshake.
-    Connected,
-    /// Socket.IO CONNECT_ERROR: the handshake was refused.
-    ConnectError(Error),
-    /// Socket.IO DISCONNECT: the server closed the session.
-    Disconnect,
-    /// A channel `event`.
-    Event(ChannelEvent),
-    /// A `system_message`.
-    System(SystemMessage),
-    /// The answer to a request we sent with an ack id.
-    Ack(i64, Ack),
-    /// Something Herald's client has no use for (noop, pong, an unknown event name, another
-    /// namespace).
-    Ignored,
-}
-
-/// A decoder for one connection (the parser keeps state for binary attachments, which Herald
-/// never sends: binary packets are refused rather than buffered).
-pub(crate) struct Decoder {
-    config: ParseConfig,
-    state: ParserState,
-}
+/// A decoder for one connection.
+pub(crate) struct Decoder(codec::Decoder);
 
 impl Decoder {
     pub(crate) fn new() -> Self {
-        Self {
-            config: ParseConfig {
-                max_incoming_binaries: 0,
-                max_incoming_binary_buf_size: 0,
-                ..ParseConfig::default()
-            },
-            state: ParserState::default(),
-        }
+        Self(codec::Decoder::new())
     }
 
     /// Decodes one WebSocket text frame. Errors are [`Error::Protocol`].
     pub(crate) fn decode(&self, frame: &str) -> Result<Incoming, Error> {
-        let mut chars = frame.chars();
-        let kind = chars.next();
-        let data = chars.as_str();
-        match kind {
-            Some('0') => decode_open(data).map(Incoming::Open),
-            Some('1') => Ok(Incoming::Close),
-            Some('2') => Ok(Incoming::Ping(format!("{PONG}{data}"))),
-            Some('3' | '6') => Ok(Incoming::Ignored),
-            Some('4') => self.decode_socketio(data),
-            _ => Err(protocol("unknown Engine.IO packet", frame)),
-        }
-    }
-
-    fn decode_socketio(&self, packet: &str) -> Result<Incoming, Error> {
-        // The common parser decodes what a server receives; CONNECT_ERROR only ever travels
-        // to clients, so it is decoded here.
-        if let Some(rest) = packet.strip_prefix('4') {
-            let (ns, body) = split_namespace(rest);
-            if ns != NAMESPACE {
-                return Ok(Incoming::Ignored);
-            }
-            return Ok(Incoming::ConnectError(connect_error(body)));
-        }
-        let packet = CommonParser
-            .decode_str(&self.config, &self.state, Str::from(packet.to_owned()))
-            .map_err(|e| protocol(&format!("bad Socket.IO packet ({e})"), packet))?;
-        if packet.ns != NAMESPACE {
-            return Ok(Incoming::Ignored);
-        }
-        match packet.inner {
-            PacketData::Connect(_) => Ok(Incoming::Connected),
-            PacketData::Disconnect => Ok(Incoming::Disconnect),
-            PacketData::Event(mut value, _) => {
-                let name = CommonParser
-                    .read_event(&value)
-                    .map_err(|e| {
-                        protocol(&format!("event without a name ({e})"), packet_text(&value))
-                    })?
-                    .to_owned();
-                match name.as_str() {
-                    EVENT => decode_data(&mut value, true, "event").map(Incoming::Event),
-                    SYSTEM_MESSAGE => {
-                        decode_data(&mut value, true, "system_message").map(Incoming::System)
-                    }
-                    _ => Ok(Incoming::Ignored),
-                }
-            }
-            PacketData::EventAck(mut value, id) => {
-                decode_data(&mut value, false, "ack").map(|ack| Incoming::Ack(id, ack))
-            }
-            PacketData::BinaryEvent(..) | PacketData::BinaryAck(..) => Ok(Incoming::Ignored),
-            PacketData::ConnectError(message) => {
-                Ok(Incoming::ConnectError(connect_error_text(&message)))
-            }
-        }
+        self.0.decode(frame).map_err(protocol)
     }
 }
 
-fn decode_data<T: serde::de::DeserializeOwned>(
-    value: &mut Value,
-    with_event: bool,
-    what: &str,
-) -> Result<T, Error> {
-    let text = packet_text(value).to_owned();
-    CommonParser
-        .decode_value(value, with_event)
-        .map_err(|e| protocol(&format!("bad {what} body ({e})"), &text))
-}
-
-fn packet_text(value: &Value) -> &str {
-    value.as_str().map(|s| s.as_str()).unwrap_or("<binary>")
-}
-
-/// Splits `/ns,rest` into the namespace and the rest; no leading `/` means the default one.
-fn split_namespace(packet: &str) -> (&str, &str) {
-    if packet.starts_with('/') {
-        match packet.split_once(',') {
-            Some((ns, rest)) => (ns, rest),
-            None => (packet, ""),
-        }
-    } else {
-        (NAMESPACE, packet)
-    }
-}
-
-fn decode_open(data: &str) -> Result<Open, Error> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Wire {
-        ping_interval: u64,
-        ping_timeout: u64,
-    }
-    let wire: Wire = serde_json::from_str(data)
-        .map_err(|e| protocol(&format!("bad Engine.IO open packet ({e})"), data))?;
-    Ok(Open {
-        ping_interval: Duration::from_millis(wire.ping_interval),
-        ping_timeout: Duration::from_millis(wire.ping_timeout),
-    })
-}
-
-/// The CONNECT_ERROR body: `{"message": "..."}` (Socket.IO v5) or a bare string (v4).
-fn connect_error(body: &str) -> Error {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Wire {
-        V5 { message: String },
-        V4(String),
-    }
-    match serde_json::from_str::<Wire>(body) {
-        Ok(Wire::V5 { message } | Wire::V4(message)) => connect_error_text(&message),
-        Err(_) => connect_error_text(body),
-    }
-}
-
-/// Herald's connect errors read `"<code>: <text>"`; the code becomes an [`ErrorCode`].
-pub(crate) fn connect_error_text(message: &str) -> Error {
-    let parsed = message.split_once(": ").and_then(|(code, text)| {
-        serde_json::from_value::<ErrorCode>(serde_json::Value::String(code.to_owned()))
-            .ok()
-            .map(|code| (code, text))
-    });
-    match parsed {
-        Some((code, text)) => Error::Refused {
-            code,
-            message: text.to_owned(),
+/// A refused handshake: Herald's `"<code>: <text>"` becomes [`Error::Refused`].
+pub(crate) fn connect_error(e: ConnectError) -> Error {
+    match e {
+        ConnectError::Refused(r) => Error::Refused {
+            code: r.code,
+            message: r.message,
         },
-        None => Error::Protocol(format!("connection refused: {message}")),
+        ConnectError::Other(message) => Error::Protocol(format!("connection refused: {message}")),
     }
 }
 
 /// `40{auth}`: Socket.IO CONNECT to the default namespace with the handshake `auth`.
 pub(crate) fn encode_connect(auth: &HandshakeAuth) -> Result<String, Error> {
-    let auth = CommonParser
-        .encode_default(auth)
-        .map_err(|e| Error::Protocol(format!("encoding the handshake: {e}")))?;
-    encode(Packet::connect(NAMESPACE, Some(auth)))
+    codec::encode_connect(auth).map_err(protocol)
 }
 
 /// `42<ack>["event", data]`: an event asking for an acknowledgement.
 pub(crate) fn encode_event<T: Serialize>(event: &str, data: &T, ack: i64) -> Result<String, Error> {
-    let value = CommonParser
-        .encode_value(data, Some(event))
-        .map_err(|e| Error::Protocol(format!("encoding {event}: {e}")))?;
-    let mut packet = Packet::event(NAMESPACE, value);
-    packet.inner.set_ack_id(ack);
-    encode(packet)
+    codec::encode_event(event, data, ack).map_err(protocol)
 }
 
-fn encode(packet: Packet) -> Result<String, Error> {
-    match CommonParser.encode(packet) {
-        Value::Str(s, None) => Ok(format!("4{s}")),
-        _ => Err(Error::Protocol("a packet encoded with binary parts".into())),
-    }
-}
-
-fn protocol(what: &str, frame: &str) -> Error {
-    const MAX: usize = 200;
-    let shown: String = frame.chars().take(MAX).collect();
-    let more = if frame.chars().nth(MAX).is_some() {
-        "…"
-    } else {
-        ""
-    };
-    Error::Protocol(format!("{what}: {shown:?}{more}"))
+fn protocol(e: CodecError) -> Error {
+    Error::Protocol(e.message().to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_protocol::{ChannelName, ListenRequest, ProjectId, Refusal, SystemMessageCode};
-    use serde_json::json;
-
-    fn decode(frame: &str) -> Incoming {
-        match Decoder::new().decode(frame) {
-            Ok(i) => i,
-            Err(e) => panic!("{frame}: {e}"),
-        }
-    }
-
-    #[test]
-    fn engine_io_packets() {
-        let open = decode(
-            r#"0{"sid":"abc","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":100000}"#,
-        );
-        assert!(matches!(
-            open,
-            Incoming::Open(Open { ping_interval, ping_timeout })
-                if ping_interval == Duration::from_secs(25) && ping_timeout == Duration::from_secs(20)
-        ));
-        assert!(matches!(decode("2"), Incoming::Ping(p) if p == "3"));
-        assert!(matches!(decode("2probe"), Incoming::Ping(p) if p == "3probe"));
-        assert!(matches!(decode("1"), Incoming::Close));
-        assert!(matches!(decode("6"), Incoming::Ignored));
-        assert!(Decoder::new().decode("").is_err());
-        assert!(Decoder::new().decode("9").is_err());
-        assert!(Decoder::new().decode("0{").is_err());
-    }
-
-    #[test]
-    fn socket_io_packets() {
-        assert!(matches!(decode(r#"40{"sid":"x"}"#), Incoming::Connected));
-        assert!(matches!(decode("41"), Incoming::Disconnect));
-        let ev = decode(r#"42["event",{"id":"m1","channelName":"orders","payload":{"a":[1,2]}}]"#);
-        match ev {
-            Incoming::Event(e) => {
-                assert_eq!(e.id.as_deref(), Some("m1"));
-                assert_eq!(e.channel_name.as_str(), "orders");
-                assert_eq!(e.payload, json!({"a": [1, 2]}));
-            }
-            other => panic!("{other:?}"),
-        }
-        let sys = decode(
-            r#"42["system_message",{"code":"RemovedFromChannel","message":"bye","data":{"channels":["private-a"]}}]"#,
-        );
-        assert!(
-            matches!(sys, Incoming::System(m) if m.code == SystemMessageCode::RemovedFromChannel)
-        );
-        assert!(matches!(
-            decode(r#"4312[{"ok":true}]"#),
-            Incoming::Ack(12, Ack::Ok)
-        ));
-        let refused = decode(r#"430[{"ok":false,"code":"token_expired","message":"old"}]"#);
-        assert!(matches!(
-            refused,
-            Incoming::Ack(
-                0,
-                Ack::Refused(Refusal {
-                    code: ErrorCode::TokenExpired,
-                    ..
-                })
-            )
-        ));
-        assert!(matches!(decode(r#"42["other",1]"#), Incoming::Ignored));
-        assert!(matches!(
-            decode(r#"42/admin,["event",{}]"#),
-            Incoming::Ignored
-        ));
-        // A known event with a body that is not what the protocol says.
-        assert!(
-            Decoder::new()
-                .decode(r#"42["event",{"channelName":"a b"}]"#)
-                .is_err()
-        );
-        assert!(Decoder::new().decode("4x").is_err());
-    }
-
-    #[test]
-    fn binary_packets_are_ignored_not_buffered() {
-        let d = Decoder::new();
-        assert!(
-            d.decode(r#"451-["event",{"_placeholder":true,"num":0}]"#)
-                .is_err()
-        );
-        // The decoder is not stuck waiting for the attachment.
-        assert!(matches!(
-            d.decode(r#"40{"sid":"x"}"#),
-            Ok(Incoming::Connected)
-        ));
-    }
+    use herald_protocol::ErrorCode;
 
     #[test]
     fn connect_errors_keep_the_code() {
-        let e = decode(r#"44{"message":"unknown_project: project x does not exist"}"#);
-        match e {
-            Incoming::ConnectError(Error::Refused { code, message }) => {
-                assert_eq!(code, ErrorCode::UnknownProject);
-                assert_eq!(message, "project x does not exist");
-            }
+        let d = Decoder::new();
+        let refused = match d.decode(r#"44{"message":"unknown_project: project x does not exist"}"#)
+        {
+            Ok(Incoming::ConnectError(e)) => connect_error(e),
             other => panic!("{other:?}"),
-        }
+        };
         assert!(matches!(
-            decode(r#"44{"message":"something else"}"#),
-            Incoming::ConnectError(Error::Protocol(_))
+            refused,
+            Error::Refused { code: ErrorCode::UnknownProject, ref message } if message == "project x does not exist"
         ));
-        assert!(matches!(
-            decode(r#"44"missing_project_id: no auth""#),
-            Incoming::ConnectError(Error::Refused {
-                code: ErrorCode::MissingProjectId,
-                ..
-            })
-        ));
+        let other = match d.decode(r#"44{"message":"something else"}"#) {
+            Ok(Incoming::ConnectError(e)) => connect_error(e),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(other, Error::Protocol(m) if m == "connection refused: something else"));
     }
 
     #[test]
-    fn encoding() -> Result<(), Error> {
-        let auth = HandshakeAuth {
-            project_id: ProjectId::parse("acme")?,
-        };
-        assert_eq!(encode_connect(&auth)?, r#"40{"projectId":"acme"}"#);
-        let listen = ListenRequest {
-            channel_name: ChannelName::parse("private-a")?,
-            auth_token: Some("t".into()),
-        };
-        assert_eq!(
-            encode_event("listen", &listen, 7)?,
-            r#"427["listen",{"channelName":"private-a","authToken":"t"}]"#
-        );
-        Ok(())
+    fn decode_errors_are_protocol_errors() {
+        assert!(matches!(
+            Decoder::new().decode("9"),
+            Err(Error::Protocol(_))
+        ));
     }
 }

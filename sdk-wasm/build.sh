@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Builds the npm package @herald/client into sdk-wasm/pkg/:
+#   cargo (wasm32-unknown-unknown, profile wasm-release: size-optimised, LTO)
+#   → wasm-bindgen --target web
+#   + the hand-written wrapper (js/index.js, js/index.d.ts), package.json (the crate's version)
+#     and README.md.
+# With `--pack DIR`, also runs `npm pack` into DIR and prints the tarball's path last.
+#
+# Needs: rustup target wasm32-unknown-unknown, and wasm-bindgen-cli at exactly the version of
+# the wasm-bindgen crate in Cargo.lock (.ci/run installs both).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pack_dir=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --pack) pack_dir="$2"; shift 2 ;;
+    *) echo "usage: sdk-wasm/build.sh [--pack DIR]" >&2; exit 2 ;;
+  esac
+done
+
+want=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3; exit }' Cargo.lock)
+have=$(wasm-bindgen --version 2>/dev/null | awk '{ print $2 }' || true)
+if [ "$want" != "$have" ]; then
+  echo "sdk-wasm/build.sh: wasm-bindgen-cli ${have:-not installed}, Cargo.lock has wasm-bindgen $want;" >&2
+  echo "  run: cargo install wasm-bindgen-cli --version =$want --locked" >&2
+  exit 1
+fi
+
+target_dir="${CARGO_TARGET_DIR:-target}"
+out=sdk-wasm/pkg
+cargo build -p herald-wasm --target wasm32-unknown-unknown --profile wasm-release
+rm -rf "$out"
+wasm-bindgen --target web --out-dir "$out" --out-name herald_wasm \
+  "$target_dir/wasm32-unknown-unknown/wasm-release/herald_wasm.wasm"
+
+version=$(cargo pkgid -p herald-wasm | sed 's/.*[@#]//')
+cp sdk-wasm/js/index.js sdk-wasm/js/index.d.ts sdk-wasm/README.md "$out/"
+sed "s/\"version\": \"0.0.0\"/\"version\": \"$version\"/" sdk-wasm/js/package.json > "$out/package.json"
+rm -f "$out/.gitignore"
+echo "built $out ($(du -k "$out/herald_wasm_bg.wasm" | cut -f1) KiB of wasm), @herald/client $version"
+
+if [ -n "$pack_dir" ]; then
+  mkdir -p "$pack_dir"
+  pack_dir=$(cd "$pack_dir" && pwd)
+  tarball=$(cd "$out" && npm pack --silent --pack-destination "$pack_dir")
+  echo "$pack_dir/$tarball"
+fi

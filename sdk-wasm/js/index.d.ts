@@ -1,0 +1,181 @@
+// @herald/client: type declarations of the public API (hand-written; the WebAssembly glue's
+// own declarations are in herald_wasm.d.ts and are not part of the API).
+
+/** Error codes Herald answers with (docs/PROTOCOL.md § Error codes). */
+export type ServerErrorCode =
+  | 'invalid_body'
+  | 'invalid_channel_name'
+  | 'ambiguous_channel_name'
+  | 'invalid_project_id'
+  | 'payload_too_large'
+  | 'invalid_expiry'
+  | 'channel_not_private'
+  | 'missing_api_key'
+  | 'unknown_api_key'
+  | 'expired_api_key'
+  | 'missing_scope'
+  | 'missing_admin_token'
+  | 'invalid_admin_token'
+  | 'project_not_found'
+  | 'project_exists'
+  | 'api_key_not_found'
+  | 'not_found'
+  | 'method_not_allowed'
+  | 'origin_not_allowed'
+  | 'not_implemented'
+  | 'missing_project_id'
+  | 'unknown_project'
+  | 'too_many_channels'
+  | 'unknown_event'
+  | 'not_joined'
+  | 'client_event_not_allowed'
+  | 'token_missing'
+  | 'token_malformed'
+  | 'token_bad_signature'
+  | 'token_bad_algorithm'
+  | 'token_wrong_audience'
+  | 'token_expired'
+  | 'token_channel_mismatch'
+  | 'token_project_mismatch'
+  | 'token_key_revoked'
+  | 'token_key_expired'
+  | 'token_key_scope'
+  | 'unavailable'
+  | 'internal';
+
+/** Codes of errors raised by the client itself. */
+export type ClientErrorCode =
+  /** No answer in time: connection attempt, acknowledgement, or `authorize`. */
+  | 'timeout'
+  /** The client is closed. */
+  | 'closed'
+  /** The WebSocket could not be opened, or it broke. */
+  | 'transport'
+  /** `authorize` threw, rejected, or resolved to no token (`cause` holds its error). */
+  | 'authorize_failed'
+  /** The server sent something this client does not understand. */
+  | 'protocol'
+  /** A bad URL or option. */
+  | 'invalid_options';
+
+/** Every rejection and every error the client reports. */
+export interface HeraldError extends Error {
+  name: 'HeraldError';
+  /** The server's code when Herald refused (`err.code === 'token_expired'`), else the client's. */
+  code: ServerErrorCode | ClientErrorCode;
+  cause?: unknown;
+}
+
+/** A token for a private channel: the string, or what `POST /v1/publishers/sign` answers. */
+export type ChannelToken = string | { token: string; expiresAt?: string };
+
+export interface HeraldClientOptions {
+  /** The project whose channels this client listens to (handshake `auth.projectId`). */
+  projectId: string;
+  /**
+   * Fetches a token for a private channel (`private-…`), typically from your backend, which
+   * calls `POST /v1/publishers/sign`. Called on `listen` and again on every reconnection.
+   */
+  authorize?: (channelName: string) => ChannelToken | Promise<ChannelToken>;
+  /** First reconnection delay (doubling, jittered). Default 500. */
+  reconnectDelayMs?: number;
+  /** Longest reconnection delay. Default 30000. */
+  reconnectDelayMaxMs?: number;
+  /** Consecutive failed attempts after which the client closes. Default: unlimited. */
+  maxReconnectAttempts?: number;
+  /** Timeout of one connection attempt. Default 10000. */
+  connectTimeoutMs?: number;
+  /** Timeout of `listen`/`remove` (and of each `authorize` call). Default 10000. */
+  requestTimeoutMs?: number;
+}
+
+/** An event published to a channel (server `event`). */
+export interface ChannelEvent<P = unknown> {
+  /** The id the publish call answered with (absent on client-to-client events). */
+  id?: string;
+  channelName: string;
+  /** The publisher's JSON. */
+  payload: P;
+}
+
+export type SystemMessageCode = 'Success' | 'Error' | 'RemovedFromChannel';
+
+/** A notice from the server (server `system_message`). */
+export interface SystemMessage {
+  code: SystemMessageCode;
+  message: string;
+  data?: {
+    /** `Success` / `Error`: the channel concerned. */
+    channelName?: string;
+    /** `Error`: the refusal's code. */
+    errorCode?: ServerErrorCode;
+    /** `RemovedFromChannel`: the channels lost (they leave `client.channels`). */
+    channels?: string[];
+    [key: string]: unknown;
+  };
+}
+
+/** `idle` only before `connect()`. */
+export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'closed';
+
+/** The second argument of a `state` listener. */
+export interface StateDetail {
+  /** `reconnecting`: 1 for the first attempt after a loss. */
+  attempt?: number;
+  /** `reconnecting`: how long until that attempt. */
+  delayMs?: number;
+  /** `reconnecting`: why the connection (or the last attempt) failed; `closed`: why it gave up. */
+  error?: HeraldError;
+}
+
+/** After a reconnection, a channel could not be listened to again; it left `client.channels`. */
+export interface RelistenFailure {
+  channelName: string;
+  error: HeraldError;
+}
+
+export interface HeraldClientEvents {
+  event: (event: ChannelEvent) => void;
+  system_message: (message: SystemMessage) => void;
+  state: (state: Exclude<ConnectionState, 'idle'>, detail: StateDetail | undefined) => void;
+  relisten_failed: (failure: RelistenFailure) => void;
+}
+
+export declare class HeraldClient {
+  /**
+   * @param url the server's base URL, e.g. `https://herald.example.com` (relative URLs resolve
+   *   against the page)
+   */
+  constructor(url: string | URL, options: HeraldClientOptions);
+  /** The server's base URL, absolute. */
+  readonly url: string;
+  readonly state: ConnectionState;
+  /** The channels listened to (re-listened after a reconnection), sorted. */
+  readonly channels: string[];
+  /** Connects (one attempt; reconnection starts once connected). */
+  connect(): Promise<void>;
+  /**
+   * Listens to a channel. Rejects with a {@link HeraldError}: `invalid_channel_name` /
+   * `ambiguous_channel_name` (checked before anything is sent), the server's refusal
+   * (`token_expired`, …), `token_missing` for a private channel without `authorize`.
+   */
+  listen(channelName: string): Promise<void>;
+  /** Stops listening to a channel (idempotent). */
+  remove(channelName: string): Promise<void>;
+  /** Adds a listener; returns a function that removes it. */
+  on<K extends keyof HeraldClientEvents>(event: K, listener: HeraldClientEvents[K]): () => void;
+  off<K extends keyof HeraldClientEvents>(event: K, listener: HeraldClientEvents[K]): void;
+  /** Closes the connection for good. */
+  close(): Promise<void>;
+}
+
+/** Checks a channel name with Herald's rules, without connecting. */
+export declare function parseChannelName(name: string): Promise<{ name: string; private: boolean }>;
+
+/**
+ * Loads the WebAssembly module (the client does it on first use). Pass the module, or its URL
+ * when `herald_wasm_bg.wasm` is not served next to `index.js`.
+ */
+export declare function initHerald(
+  moduleOrPath?: WebAssembly.Module | BufferSource | URL | string | Response | Promise<Response>,
+): Promise<void>;
