@@ -301,6 +301,24 @@ export async function publish(h, key, channelName, payload, { header = 'bearer',
 }
 
 /**
+ * Signs a private-channel token with API key `key` (scope `sign_token`); throws unless 200.
+ * Returns `{ token, expiresAt }`.
+ */
+export async function sign(h, key, channelName) {
+  const res = await request(h, 'POST', '/v1/publishers/sign', {
+    headers: { authorization: `Bearer ${key}` },
+    body: { channelName },
+  });
+  if (res.status !== 200) throw new Error(`sign ${channelName}: HTTP ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body;
+}
+
+/** Like `sign`, returning only the token. */
+export async function signToken(h, key, channelName) {
+  return (await sign(h, key, channelName)).token;
+}
+
+/**
  * Opens a Socket.IO connection to project `projectId` (no `auth` at all when it is
  * `undefined`; `opts.auth` overrides). Resolves with the connected socket, or rejects with the
  * `connect_error`.

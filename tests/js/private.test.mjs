@@ -21,18 +21,11 @@ import {
   sleep,
   startHerald,
   uid,
+  sign,
 } from './harness.mjs';
 
 const T = { timeout: 30_000 };
 
-async function sign(h, key, channelName) {
-  const res = await request(h, 'POST', '/v1/publishers/sign', {
-    headers: { authorization: `Bearer ${key}` },
-    body: { channelName },
-  });
-  assert.equal(res.status, 200, JSON.stringify(res.body));
-  return res.body;
-}
 
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 const claimsOf = (token) => JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString());

@@ -19,6 +19,7 @@ import {
   startHerald,
   uid,
   waitFor,
+  signToken,
 } from './harness.mjs';
 import { startLinkProxy, startRedis } from './redis-harness.mjs';
 import { assertRevoked, scenario } from './revocation-helpers.mjs';
@@ -26,14 +27,6 @@ import { assertRevoked, scenario } from './revocation-helpers.mjs';
 const T = { timeout: 60_000 };
 const INSTANCE_TTL_SECS = 2;
 
-async function sign(h, key, channelName) {
-  const res = await request(h, 'POST', '/v1/publishers/sign', {
-    headers: { authorization: `Bearer ${key}` },
-    body: { channelName },
-  });
-  assert.equal(res.status, 200, JSON.stringify(res.body));
-  return res.body.token;
-}
 
 async function readyAll(hs) {
   await Promise.all(
@@ -109,7 +102,7 @@ describe('redis mode: three instances', () => {
         const s = await connect(n, project);
         assert.deepEqual(await listen(s, channel), { ok: true });
         // Token signed on instance 1, used wherever the socket is.
-        assert.deepEqual(await listen(s, privateChannel, await sign(nodes[0], key, privateChannel)), { ok: true });
+        assert.deepEqual(await listen(s, privateChannel, await signToken(nodes[0], key, privateChannel)), { ok: true });
         sockets.push(s);
       }
     }
@@ -148,17 +141,17 @@ describe('redis mode: three instances', () => {
     // Private refusals across instances.
     const channel = `private-${uid('x')}`;
     const doomed = await createKey(nodes[0], a, ['sign_token']);
-    const token = await sign(nodes[0], doomed.key, channel);
+    const token = await signToken(nodes[0], doomed.key, channel);
     const sA3 = await connect(nodes[2], a);
     assert.equal((await listen(sA3, channel)).code, 'token_missing');
-    const tokenB = await sign(nodes[1], (await createKey(nodes[1], b, ['sign_token'])).key, channel);
+    const tokenB = await signToken(nodes[1], (await createKey(nodes[1], b, ['sign_token'])).key, channel);
     assert.equal((await listen(sA3, channel, tokenB)).code, 'token_project_mismatch');
     assert.equal((await admin(nodes[1], 'DELETE', `/v1/admin/projects/${a}/api-keys/${doomed.id}`)).status, 204);
     assert.equal((await listen(sA3, channel, token)).code, 'token_key_revoked');
-    const fresh = await sign(nodes[0], keyA, channel);
+    const fresh = await signToken(nodes[0], keyA, channel);
     assert.equal((await admin(nodes[1], 'POST', `/v1/admin/projects/${a}/rotate-secret`)).status, 204);
     assert.equal((await listen(sA3, channel, fresh)).code, 'token_bad_signature');
-    assert.deepEqual(await listen(sA3, channel, await sign(nodes[2], keyA, channel)), { ok: true });
+    assert.deepEqual(await listen(sA3, channel, await signToken(nodes[2], keyA, channel)), { ok: true });
   });
 
   it('deleting a key removes its sockets from its channels on every instance, once', T, async () => {
@@ -187,7 +180,7 @@ describe('redis mode: three instances', () => {
       const doomed = await createKey(nodes[0], project, ['sign_token']);
       const channel = `private-${uid('cut')}`;
       const victim = await connect(cutOff, project);
-      assert.deepEqual(await listen(victim, channel, await sign(nodes[0], doomed.key, channel)), { ok: true });
+      assert.deepEqual(await listen(victim, channel, await signToken(nodes[0], doomed.key, channel)), { ok: true });
       const removed = nextEvent(victim, 'system_message', 30_000);
 
       proxy.cut();
@@ -224,10 +217,10 @@ describe('redis mode: three instances', () => {
       await sleep(100);
     }
     const doomed = await connect(victim, project);
-    assert.deepEqual(await listen(doomed, channel, await sign(victim, key, channel)), { ok: true });
+    assert.deepEqual(await listen(doomed, channel, await signToken(victim, key, channel)), { ok: true });
     const survivor = await connect(nodes[0], project);
-    assert.deepEqual(await listen(survivor, channel, await sign(nodes[0], key, channel)), { ok: true });
-    const keyId = JSON.parse(Buffer.from((await sign(nodes[0], key, channel)).split('.')[1], 'base64url').toString()).apiKeyId;
+    assert.deepEqual(await listen(survivor, channel, await signToken(nodes[0], key, channel)), { ok: true });
+    const keyId = JSON.parse(Buffer.from((await signToken(nodes[0], key, channel)).split('.')[1], 'base64url').toString()).apiKeyId;
     const indexKey = `herald:channelApiKeyRecord:${keyId}`;
     assert.equal(Number(redis.cli('scard', indexKey)), 2, 'both sockets tracked');
     assert.equal(redis.cli('exists', `herald:clientApiKey:${doomed.id}`), '1');
@@ -273,8 +266,8 @@ describe('redis mode: three instances', () => {
     const channel = `private-${uid('burst')}`;
     const sender = await connect(nodes[0], project);
     const receiver = await connect(nodes[1], project);
-    assert.deepEqual(await listen(sender, channel, await sign(nodes[0], key, channel)), { ok: true });
-    assert.deepEqual(await listen(receiver, channel, await sign(nodes[1], key, channel)), { ok: true });
+    assert.deepEqual(await listen(sender, channel, await signToken(nodes[0], key, channel)), { ok: true });
+    assert.deepEqual(await listen(receiver, channel, await signToken(nodes[1], key, channel)), { ok: true });
     let count = 0;
     receiver.on('event', () => count++);
     const N = 10_000;
@@ -363,7 +356,7 @@ describe('redis mode: a crash in the middle of a revocation job', () => {
       const victims = [];
       for (const n of nodes) {
         const s = await connect(n, project);
-        assert.deepEqual(await listen(s, channel, await sign(n, doomed.key, channel)), { ok: true });
+        assert.deepEqual(await listen(s, channel, await signToken(n, doomed.key, channel)), { ok: true });
         victims.push(s);
       }
       const removed = victims.map((s) => collectEvents(s, 'system_message'));

@@ -3,16 +3,7 @@
 
 import assert from 'node:assert/strict';
 
-import { collectEvents, connect, createKey, listen, nextEvent, publish, request, sleep, uid, waitFor } from './harness.mjs';
-
-export async function sign(h, key, channelName) {
-  const res = await request(h, 'POST', '/v1/publishers/sign', {
-    headers: { authorization: `Bearer ${key}` },
-    body: { channelName },
-  });
-  assert.equal(res.status, 200, JSON.stringify(res.body));
-  return res.body.token;
-}
+import { collectEvents, connect, createKey, listen, nextEvent, publish, signToken, sleep, uid, waitFor } from './harness.mjs';
 
 /** Sockets set up for one revocation scenario in `project`. */
 export async function scenario(hs, project, publisherKey) {
@@ -26,11 +17,11 @@ export async function scenario(hs, project, publisherKey) {
   const bystanderA = await connect(pick(1), project);
   const bystanderB = await connect(pick(2), project);
   for (const s of [victim, bystanderA, bystanderB]) assert.deepEqual(await listen(s, 'public-feed'), { ok: true });
-  const doomedToken = await sign(pick(0), doomed.key, c1);
+  const doomedToken = await signToken(pick(0), doomed.key, c1);
   assert.deepEqual(await listen(victim, c1, doomedToken), { ok: true });
-  assert.deepEqual(await listen(victim, c2, await sign(pick(1), doomed.key, c2)), { ok: true });
-  assert.deepEqual(await listen(bystanderA, c3, await sign(pick(2), other.key, c3)), { ok: true });
-  assert.deepEqual(await listen(bystanderB, c1, await sign(pick(0), other.key, c1)), { ok: true });
+  assert.deepEqual(await listen(victim, c2, await signToken(pick(1), doomed.key, c2)), { ok: true });
+  assert.deepEqual(await listen(bystanderA, c3, await signToken(pick(2), other.key, c3)), { ok: true });
+  assert.deepEqual(await listen(bystanderB, c1, await signToken(pick(0), other.key, c1)), { ok: true });
   const system = new Map([victim, bystanderA, bystanderB].map((s) => [s, collectEvents(s, 'system_message')]));
   return { doomed, doomedToken, other, c1, c2, c3, victim, bystanderA, bystanderB, system, publisherKey };
 }
@@ -67,6 +58,6 @@ export async function assertRevoked(hs, sc) {
   // The revoked key's tokens no longer open anything; another key's still do.
   const refused = await listen(sc.victim, sc.c1, sc.doomedToken);
   assert.ok(['token_key_revoked', 'token_key_expired'].includes(refused.code), JSON.stringify(refused));
-  assert.deepEqual(await listen(sc.victim, sc.c1, await sign(hs[0], sc.other.key, sc.c1)), { ok: true });
+  assert.deepEqual(await listen(sc.victim, sc.c1, await signToken(hs[0], sc.other.key, sc.c1)), { ok: true });
 }
 

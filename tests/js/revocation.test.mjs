@@ -17,12 +17,13 @@ import {
   nextEvent,
   publish,
   request,
+  signToken,
   sleep,
   startHerald,
   uid,
   waitFor,
 } from './harness.mjs';
-import { assertRevoked, scenario, sign } from './revocation-helpers.mjs';
+import { assertRevoked, scenario } from './revocation-helpers.mjs';
 
 const T = { timeout: 90_000 };
 
@@ -49,7 +50,7 @@ describe('revocation (embedded)', () => {
     const shortLived = await createKey(h, project, ['sign_token'], new Date(Date.now() + 2500).toISOString());
     const s = await connect(h, project);
     const ch = `private-${uid('exp')}`;
-    assert.deepEqual(await listen(s, ch, await sign(h, shortLived.key, ch)), { ok: true });
+    assert.deepEqual(await listen(s, ch, await signToken(h, shortLived.key, ch)), { ok: true });
     const msg = nextEvent(s, 'system_message', 10_000);
     const removed = await msg;
     assert.equal(removed.code, 'RemovedFromChannel');
@@ -100,7 +101,7 @@ describe('revocation (embedded)', () => {
     const SOCKETS = 100;
     const CHANNELS = 100;
     const channels = Array.from({ length: CHANNELS }, (_, i) => `private-bulk-${i}`);
-    const tokens = await Promise.all(channels.map((c) => sign(h, key.key, c)));
+    const tokens = await Promise.all(channels.map((c) => signToken(h, key.key, c)));
     const sockets = await Promise.all(Array.from({ length: SOCKETS }, () => connect(h, project)));
     for (const s of sockets) {
       const acks = await Promise.all(channels.map((c, i) => listen(s, c, tokens[i])));
