@@ -1,0 +1,1036 @@
+//! The scenarios. Each one starts its servers, connects clients, runs measurement windows and
+//! adds [`Row`]s (one per peer and case) to the report.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::client::{Clients, ConnectReport, ConnectSpec};
+use crate::publisher::{self, Channels, Outcome, Plan, Target};
+use crate::report::Row;
+use crate::servers::{self, Env, Kind, Options, Server};
+use crate::stats::{CpuUse, CpuWindow, Summary, percentile, rss_bytes};
+
+/// Scenario sizes: `--quick` or the full suite.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    /// Repetitions of each measurement.
+    pub reps: usize,
+    /// Seconds of one measurement window.
+    pub window: f64,
+    /// Idle-memory connection counts (first and last give the slope).
+    pub memory: Vec<usize>,
+    /// Fan-out subscriber counts.
+    pub fanout: Vec<usize>,
+    /// Deliveries per second offered in the fan-out scenario.
+    pub fanout_rate: f64,
+    /// Publish rates of the coalescing ramp (×100 subscribers = deliveries/s).
+    pub ramp: Vec<f64>,
+    /// Seconds per ramp step.
+    pub ramp_window: f64,
+    /// Sockets in the personal-channel scenario, and its publish rate.
+    pub personal: (usize, f64),
+    /// Seconds the slow consumer stays stalled.
+    pub slow_stall: f64,
+    /// Seconds of connection churn.
+    pub churn: f64,
+    /// Publishes per second offered in the REST-only scenario.
+    pub rest_rate: f64,
+    /// Pause before reading RSS (lets the server finish and the allocator settle).
+    pub settle: Duration,
+}
+
+impl Sizes {
+    /// The full suite.
+    pub fn full() -> Self {
+        Self {
+            reps: 3,
+            window: 2.0,
+            memory: vec![1000, 5000, 15000],
+            fanout: vec![100, 1000, 5000],
+            fanout_rate: 20_000.0,
+            ramp: vec![
+                500.0, 1000.0, 2000.0, 3000.0, 4000.0, 6000.0, 8000.0, 10_000.0, 12_000.0,
+                15_000.0, 20_000.0, 25_000.0,
+            ],
+            ramp_window: 1.5,
+            personal: (10_000, 2000.0),
+            slow_stall: 8.0,
+            churn: 4.0,
+            rest_rate: 50_000.0,
+            settle: Duration::from_millis(700),
+        }
+    }
+    /// The smoke test.
+    pub fn quick() -> Self {
+        Self {
+            reps: 1,
+            window: 1.0,
+            memory: vec![500, 1000],
+            fanout: vec![100, 1000],
+            fanout_rate: 10_000.0,
+            ramp: vec![200.0, 1000.0],
+            ramp_window: 1.0,
+            personal: (1000, 500.0),
+            slow_stall: 2.5,
+            churn: 1.5,
+            rest_rate: 5_000.0,
+            settle: Duration::from_millis(300),
+        }
+    }
+}
+
+/// What the scenarios share.
+pub struct Ctx {
+    /// Binaries and the work directory.
+    pub env: Env,
+    /// The subscriber engine.
+    pub clients: Clients,
+    /// Sizes.
+    pub sizes: Sizes,
+    /// Results so far.
+    pub rows: Vec<Row>,
+    /// Problems that mean a broken server (losses or errors where none may happen).
+    pub failures: Vec<String>,
+    /// `Status::server_closed` already accounted for.
+    pub server_closed_seen: usize,
+    /// The scenario running (and, for repeated server starts, a counter).
+    pub scenario: String,
+}
+
+/// Payload padding (bytes of the `p` string): the event frame is about 200 bytes.
+pub const PAD: usize = 64;
+
+/// One measurement window: publish, wait for every delivery (or give up), collect.
+pub struct Window {
+    /// Publisher outcome.
+    pub out: Outcome,
+    /// Deliveries expected (`ok` × subscribers per publish).
+    pub expected: u64,
+    /// Deliveries received.
+    pub received: u64,
+    /// Publish→receive latencies (ns), sorted.
+    pub latency: Vec<u64>,
+    /// First-to-last delivery spread of each publish (ns), sorted.
+    pub makespan: Vec<u64>,
+    /// CPU use over the window (publishing and draining).
+    pub cpu: CpuUse,
+}
+
+impl Window {
+    /// Deliveries missing.
+    pub fn lost(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
+    }
+    /// Deliveries per second over the publishing time.
+    pub fn deliveries_per_s(&self) -> f64 {
+        self.received as f64 / self.out.elapsed.max(1e-9)
+    }
+    /// Server CPU µs per delivery.
+    pub fn cpu_us_per_delivery(&self) -> f64 {
+        self.cpu.server * 1e6 / (self.received.max(1) as f64)
+    }
+    /// Latency percentile in ms.
+    pub fn lat_ms(&self, p: f64) -> f64 {
+        percentile(&self.latency, p) as f64 / 1e6
+    }
+    /// Makespan percentile in ms.
+    pub fn makespan_ms(&self, p: f64) -> f64 {
+        percentile(&self.makespan, p) as f64 / 1e6
+    }
+}
+
+fn conns_for(rate: f64) -> usize {
+    ((rate / 200.0).ceil() as usize).clamp(2, 32)
+}
+
+fn plan(rate: f64, seconds: f64, channels: Channels, pad: usize) -> Plan {
+    Plan {
+        rate,
+        total: ((rate * seconds).round() as u64).max(1),
+        channels,
+        pad,
+        conns: conns_for(rate),
+        deadline: None,
+    }
+}
+
+fn target(s: &Server) -> Target {
+    Target {
+        addr: s.addr,
+        auth: s.auth.clone(),
+    }
+}
+
+impl Ctx {
+    /// Runs one window against `publish_to`, with `per_publish` subscribers per event,
+    /// counting CPU of `pids`.
+    pub async fn window(
+        &self,
+        pids: &[u32],
+        publish_to: &Target,
+        plan: &Plan,
+        per_publish: u64,
+    ) -> anyhow::Result<Window> {
+        let _ = self.clients.records().await;
+        let before = self.clients.status().await.events;
+        self.clients
+            .reserve((plan.total.min(5_000_000) * per_publish) as usize);
+        let cpu = CpuWindow::start(pids);
+        let out = publisher::run(publish_to, plan).await?;
+        let expected = out.ok * per_publish;
+        // Drain: wait until everything arrived, or nothing new came for a second.
+        let mut last = before;
+        let mut still = 0;
+        loop {
+            let now = self.clients.status().await.events;
+            if now - before >= expected {
+                break;
+            }
+            if now == last {
+                still += 1;
+                if still >= 100 {
+                    break;
+                }
+            } else {
+                still = 0;
+                last = now;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cpu = cpu.stop();
+        let mut recs = self.clients.records().await;
+        recs.retain(|(t, _)| *t >= out.start_ns && *t <= out.end_ns);
+        let mut latency: Vec<u64> = recs.iter().map(|(t, r)| r.saturating_sub(*t)).collect();
+        latency.sort_unstable();
+        recs.sort_unstable();
+        let mut makespan = Vec::new();
+        let mut i = 0;
+        while i < recs.len() {
+            let t = recs[i].0;
+            let (mut lo, mut hi, mut j) = (u64::MAX, 0, i);
+            while j < recs.len() && recs[j].0 == t {
+                lo = lo.min(recs[j].1);
+                hi = hi.max(recs[j].1);
+                j += 1;
+            }
+            if j - i > 1 {
+                makespan.push(hi - lo);
+            }
+            i = j;
+        }
+        makespan.sort_unstable();
+        Ok(Window {
+            out,
+            expected,
+            received: recs.len() as u64,
+            latency,
+            makespan,
+            cpu,
+        })
+    }
+
+    /// Connects `channels.len()` clients to `server`.
+    pub async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+        channels: Vec<String>,
+        rcvbuf: Option<usize>,
+    ) -> ConnectReport {
+        let n = channels.len();
+        self.clients
+            .connect(ConnectSpec {
+                addr,
+                project: servers::PROJECT.to_owned(),
+                channels,
+                concurrency: 128,
+                timeout: Duration::from_secs(10 + n as u64 / 1000),
+                rcvbuf,
+            })
+            .await
+    }
+
+    fn fail(&mut self, what: String) {
+        eprintln!("  !! {what}");
+        self.failures.push(what);
+    }
+
+    /// Records connect failures as failures.
+    fn check_connect(&mut self, peer: Kind, scenario: &str, r: &ConnectReport) -> bool {
+        if r.failed > 0 {
+            self.fail(format!(
+                "{scenario}/{}: {} of {} clients failed to connect and listen: {:?}",
+                peer.name(),
+                r.failed,
+                r.failed + r.ok,
+                r.errors
+            ));
+            return false;
+        }
+        true
+    }
+
+    /// Records publish errors and losses of a window that should have none.
+    fn check_window(&mut self, peer: Kind, scenario: &str, w: &Window) {
+        if w.out.errors > 0 {
+            self.fail(format!(
+                "{scenario}/{}: {} publish errors: {:?}",
+                peer.name(),
+                w.out.errors,
+                w.out.error_samples
+            ));
+        }
+        if w.lost() > 0 {
+            self.fail(format!(
+                "{scenario}/{}: {} of {} deliveries lost",
+                peer.name(),
+                w.lost(),
+                w.expected
+            ));
+        }
+    }
+
+    async fn start(&mut self, kind: Kind, opts: &Options) -> anyhow::Result<Server> {
+        let mut opts = opts.clone();
+        opts.scenario = self.scenario.clone();
+        servers::start(kind, &self.env, &opts)
+            .await
+            .with_context(|| format!("starting {}", kind.name()))
+    }
+
+    async fn finish(&mut self, mut server: Server, scenario: &str) {
+        let status = self.clients.status().await;
+        let closed = status.server_closed - self.server_closed_seen;
+        self.server_closed_seen = status.server_closed;
+        // The slow consumer may legitimately be closed by the server.
+        if closed > 0 && !(scenario == "slow-consumer" && closed == 1) {
+            self.fail(format!(
+                "{scenario}/{}: the server closed {closed} listening clients: {:?}",
+                server.kind.name(),
+                status.close_reasons
+            ));
+        }
+        if status.protocol_errors > 0 || status.system_errors > 0 {
+            self.fail(format!(
+                "{scenario}/{}: {} unreadable frames, {} system_message errors",
+                server.kind.name(),
+                status.protocol_errors,
+                status.system_errors
+            ));
+        }
+        self.clients.close_all().await;
+        if !server.alive() {
+            self.fail(format!(
+                "{scenario}/{}: the server exited during the scenario",
+                server.kind.name()
+            ));
+        }
+        server.stop().await;
+    }
+
+    fn row(&mut self, scenario: &str, case: &str, peer: &str) -> usize {
+        self.rows.push(Row {
+            scenario: scenario.to_owned(),
+            case: case.to_owned(),
+            peer: peer.to_owned(),
+            metrics: BTreeMap::new(),
+            notes: Vec::new(),
+            generator_max_core: 0.0,
+        });
+        self.rows.len() - 1
+    }
+}
+
+/// Adds repetitions of window metrics to a row.
+fn put_windows(row: &mut Row, ws: &[Window], with_makespan: bool) {
+    let m = |f: &dyn Fn(&Window) -> f64| Summary::of(&ws.iter().map(f).collect::<Vec<_>>());
+    row.metrics
+        .insert("deliveries_per_s".into(), m(&|w| w.deliveries_per_s()));
+    row.metrics.insert(
+        "cpu_us_per_delivery".into(),
+        m(&|w| w.cpu_us_per_delivery()),
+    );
+    row.metrics.insert("p50_ms".into(), m(&|w| w.lat_ms(50.0)));
+    row.metrics.insert("p99_ms".into(), m(&|w| w.lat_ms(99.0)));
+    row.metrics.insert("p999_ms".into(), m(&|w| w.lat_ms(99.9)));
+    if with_makespan {
+        row.metrics
+            .insert("makespan_p50_ms".into(), m(&|w| w.makespan_ms(50.0)));
+        row.metrics
+            .insert("makespan_p99_ms".into(), m(&|w| w.makespan_ms(99.0)));
+    }
+    row.metrics.insert("lost".into(), m(&|w| w.lost() as f64));
+    row.metrics
+        .insert("publish_errors".into(), m(&|w| w.out.errors as f64));
+    row.metrics
+        .insert("server_core".into(), m(&|w| w.cpu.server_core()));
+    row.metrics
+        .insert("generator_core".into(), m(&|w| w.cpu.generator_core()));
+    note_generator(row, ws.iter().map(|w| w.cpu.generator_core()));
+}
+
+fn note_generator(row: &mut Row, cores: impl Iterator<Item = f64>) {
+    for g in cores {
+        row.generator_max_core = row.generator_max_core.max(g);
+    }
+    if row.generator_max_core > 0.8 {
+        row.notes.push(format!(
+            "generator used {:.0}% of its core (> 80%): this measurement may be generator-bound",
+            row.generator_max_core * 100.0
+        ));
+    }
+}
+
+async fn settle_rss(settle: Duration, pid: u32) -> f64 {
+    tokio::time::sleep(settle).await;
+    rss_bytes(pid).unwrap_or(0) as f64
+}
+
+/// Idle memory: RSS per connection from the slope between the first and last count, idle and
+/// after traffic.
+pub async fn memory(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "memory";
+    let ns = ctx.sizes.memory.clone();
+    let (first, last) = (ns[0], *ns.last().context("no sizes")?);
+    let r = ctx.row(S, &format!("{first}..{last} sockets"), kind.name());
+    let mut idle = Vec::new();
+    let mut traffic = Vec::new();
+    let mut connect_rate = Vec::new();
+    let mut points: Vec<String> = Vec::new();
+    let mut gen_cores = Vec::new();
+    for rep in 0..ctx.sizes.reps {
+        let server = ctx.start(kind, &Options::default()).await?;
+        let t = target(&server);
+        let pids = server.pids();
+        let pid = server.pid;
+        let c = ctx
+            .connect(server.addr, vec!["idle".into(); first], None)
+            .await;
+        ctx.check_connect(kind, S, &c);
+        connect_rate.push(c.ok as f64 / c.elapsed.as_secs_f64().max(1e-9));
+        let mut listening = c.ok as u64;
+        let r_first_idle = settle_rss(ctx.sizes.settle, pid).await;
+        // Ten events to everyone, then the baseline both slopes start from.
+        let w = ctx
+            .window(
+                &pids,
+                &t,
+                &plan(50.0, 0.2, Channels::One("idle".into()), PAD),
+                listening,
+            )
+            .await?;
+        ctx.check_window(kind, S, &w);
+        let base = settle_rss(ctx.sizes.settle, pid).await;
+        let mut have = first;
+        let mut line = format!(
+            "rep {}: {}k idle {:.0} MB, after traffic {:.0} MB",
+            rep + 1,
+            first / 1000,
+            r_first_idle / 1e6,
+            base / 1e6
+        );
+        let mut r_last_idle = base;
+        for &n in &ns[1..] {
+            let c = ctx
+                .connect(server.addr, vec!["idle".into(); n - have], None)
+                .await;
+            ctx.check_connect(kind, S, &c);
+            connect_rate.push(c.ok as f64 / c.elapsed.as_secs_f64().max(1e-9));
+            listening += c.ok as u64;
+            have = n;
+            r_last_idle = settle_rss(ctx.sizes.settle, pid).await;
+            line.push_str(&format!("; {}k {:.0} MB", n / 1000, r_last_idle / 1e6));
+        }
+        let w = ctx
+            .window(
+                &pids,
+                &t,
+                &plan(50.0, 0.2, Channels::One("idle".into()), PAD),
+                listening,
+            )
+            .await?;
+        ctx.check_window(kind, S, &w);
+        gen_cores.push(w.cpu.generator_core());
+        let r_last_traffic = settle_rss(ctx.sizes.settle, pid).await;
+        line.push_str(&format!("; after traffic {:.0} MB", r_last_traffic / 1e6));
+        let span = (last - first) as f64;
+        idle.push((r_last_idle - base) / span / 1024.0);
+        traffic.push((r_last_traffic - base) / span / 1024.0);
+        points.push(line);
+        ctx.finish(server, S).await;
+    }
+    let row = &mut ctx.rows[r];
+    row.metrics
+        .insert("rss_kb_per_conn_idle".into(), Summary::of(&idle));
+    row.metrics
+        .insert("rss_kb_per_conn_traffic".into(), Summary::of(&traffic));
+    row.metrics
+        .insert("connects_per_s".into(), Summary::of(&connect_rate));
+    row.notes.extend(points);
+    let _ = gen_cores;
+    Ok(())
+}
+
+/// Fan-out to one channel at each subscriber count, at a fixed offered delivery rate.
+pub async fn fanout(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "fanout";
+    for subs in ctx.sizes.fanout.clone() {
+        let rate = ctx.sizes.fanout_rate / subs as f64;
+        let r = ctx.row(S, &format!("{subs} subscribers"), kind.name());
+        let opts = Options {
+            tag: format!("-{subs}"),
+            ..Options::default()
+        };
+        let server = ctx.start(kind, &opts).await?;
+        let t = target(&server);
+        let pids = server.pids();
+        let c = ctx
+            .connect(server.addr, vec!["fan".into(); subs], None)
+            .await;
+        if !ctx.check_connect(kind, S, &c) {
+            ctx.finish(server, S).await;
+            continue;
+        }
+        let ch = || Channels::One("fan".into());
+        let warm = ctx
+            .window(&pids, &t, &plan(rate, 0.5, ch(), PAD), subs as u64)
+            .await?;
+        ctx.check_window(kind, S, &warm);
+        let mut ws = Vec::new();
+        for _ in 0..ctx.sizes.reps {
+            let w = ctx
+                .window(
+                    &pids,
+                    &t,
+                    &plan(rate, ctx.sizes.window, ch(), PAD),
+                    subs as u64,
+                )
+                .await?;
+            ctx.check_window(kind, S, &w);
+            ws.push(w);
+        }
+        put_windows(&mut ctx.rows[r], &ws, true);
+        ctx.rows[r]
+            .notes
+            .push(format!("{rate:.1} publishes/s × {subs} subscribers"));
+        ctx.finish(server, S).await;
+    }
+    Ok(())
+}
+
+/// One step of a ramp passes with no loss, no publish error, p99 < 50 ms and the offered rate
+/// achieved (within 10%).
+fn step_passes(w: &Window, rate: f64) -> bool {
+    w.lost() == 0
+        && w.out.errors == 0
+        && w.lat_ms(99.0) < 50.0
+        && w.out.achieved_rate() >= 0.9 * rate
+}
+
+/// Ramps the publish rate to `subs` subscribers until a step fails; returns the trail and the
+/// windows at the best passing rate (re-measured to `reps`).
+async fn ramp(
+    ctx: &mut Ctx,
+    pids: &[u32],
+    publish_to: &Target,
+    subs: usize,
+) -> anyhow::Result<(Vec<String>, f64, Vec<Window>)> {
+    let mut trail = Vec::new();
+    let mut best: Option<(f64, Window)> = None;
+    for rate in ctx.sizes.ramp.clone() {
+        let w = ctx
+            .window(
+                pids,
+                publish_to,
+                &plan(
+                    rate,
+                    ctx.sizes.ramp_window,
+                    Channels::One("ramp".into()),
+                    PAD,
+                ),
+                subs as u64,
+            )
+            .await?;
+        let ok = step_passes(&w, rate);
+        trail.push(format!(
+            "{}k/s offered: {:.0}k/s, p99 {:.1} ms, lost {}, server {:.0}%, generator {:.0}%{}",
+            rate * subs as f64 / 1000.0,
+            w.deliveries_per_s() / 1000.0,
+            w.lat_ms(99.0),
+            w.lost(),
+            w.cpu.server_core() * 100.0,
+            w.cpu.generator_core() * 100.0,
+            if ok { "" } else { " ✗" }
+        ));
+        if !ok {
+            // Let queues empty before anything else runs.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = ctx.clients.records().await;
+            break;
+        }
+        best = Some((rate, w));
+    }
+    let Some((rate, w)) = best else {
+        return Ok((trail, 0.0, Vec::new()));
+    };
+    let mut ws = vec![w];
+    while ws.len() < ctx.sizes.reps {
+        ws.push(
+            ctx.window(
+                pids,
+                publish_to,
+                &plan(
+                    rate,
+                    ctx.sizes.ramp_window,
+                    Channels::One("ramp".into()),
+                    PAD,
+                ),
+                subs as u64,
+            )
+            .await?,
+        );
+    }
+    Ok((trail, rate, ws))
+}
+
+fn put_ramp(row: &mut Row, trail: Vec<String>, rate: f64, subs: usize, ws: &[Window], top: bool) {
+    if ws.is_empty() {
+        row.notes.push("no step passed".into());
+        row.metrics
+            .insert("max_deliveries_per_s".into(), Summary::of(&[0.0]));
+    } else {
+        let m = |f: &dyn Fn(&Window) -> f64| Summary::of(&ws.iter().map(f).collect::<Vec<_>>());
+        row.metrics
+            .insert("max_deliveries_per_s".into(), m(&|w| w.deliveries_per_s()));
+        row.metrics.insert(
+            "deliveries_per_core_s".into(),
+            m(&|w| w.deliveries_per_s() / w.cpu.server_core().max(1e-9)),
+        );
+        row.metrics.insert("p50_ms".into(), m(&|w| w.lat_ms(50.0)));
+        row.metrics.insert("p99_ms".into(), m(&|w| w.lat_ms(99.0)));
+        row.metrics.insert(
+            "cpu_us_per_delivery".into(),
+            m(&|w| w.cpu_us_per_delivery()),
+        );
+        row.metrics
+            .insert("server_core".into(), m(&|w| w.cpu.server_core()));
+        row.metrics
+            .insert("generator_core".into(), m(&|w| w.cpu.generator_core()));
+        row.metrics.insert("lost".into(), m(&|w| w.lost() as f64));
+        note_generator(row, ws.iter().map(|w| w.cpu.generator_core()));
+        row.notes.push(format!(
+            "best step: {rate:.0} publishes/s × {subs} subscribers (p99 < 50 ms, no loss){}",
+            if top {
+                "; the top of the ramp: the server's limit is higher (the generator's is near)"
+            } else {
+                ""
+            }
+        ));
+    }
+    row.notes.extend(trail);
+}
+
+/// Coalescing ramp at 100 subscribers.
+pub async fn coalescing(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "coalescing";
+    let subs = 100;
+    let r = ctx.row(S, "100 subscribers, ramp", kind.name());
+    let server = ctx.start(kind, &Options::default()).await?;
+    let t = target(&server);
+    let pids = server.pids();
+    let c = ctx
+        .connect(server.addr, vec!["ramp".into(); subs], None)
+        .await;
+    if ctx.check_connect(kind, S, &c) {
+        let (trail, rate, ws) = ramp(ctx, &pids, &t, subs).await?;
+        if ws.is_empty() {
+            ctx.fail(format!(
+                "{S}/{}: not even the first ramp step passed",
+                kind.name()
+            ));
+        }
+        let top = ctx.sizes.ramp.last() == Some(&rate);
+        put_ramp(&mut ctx.rows[r], trail, rate, subs, &ws, top);
+    }
+    ctx.finish(server, S).await;
+    Ok(())
+}
+
+/// Many sockets, each on its own channel; publishes spread over them.
+pub async fn personal(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "personal";
+    let (n, rate) = ctx.sizes.personal;
+    let r = ctx.row(S, &format!("{n} sockets, own channel each"), kind.name());
+    let server = ctx.start(kind, &Options::default()).await?;
+    let t = target(&server);
+    let pids = server.pids();
+    let c = ctx
+        .connect(server.addr, (0..n).map(|i| format!("u{i}")).collect(), None)
+        .await;
+    if ctx.check_connect(kind, S, &c) {
+        let ch = || Channels::Spread {
+            prefix: "u".into(),
+            count: n,
+        };
+        let mut ws = Vec::new();
+        for _ in 0..ctx.sizes.reps {
+            let w = ctx
+                .window(&pids, &t, &plan(rate, ctx.sizes.window, ch(), PAD), 1)
+                .await?;
+            ctx.check_window(kind, S, &w);
+            ws.push(w);
+        }
+        put_windows(&mut ctx.rows[r], &ws, false);
+        ctx.rows[r].metrics.insert(
+            "connects_per_s".into(),
+            Summary::of(&[c.ok as f64 / c.elapsed.as_secs_f64().max(1e-9)]),
+        );
+        ctx.rows[r]
+            .notes
+            .push(format!("{rate:.0} publishes/s, each to one random socket"));
+    }
+    ctx.finish(server, S).await;
+    Ok(())
+}
+
+/// The REST publish path alone: a channel nobody listens to, 16 connections, closed loop.
+pub async fn rest(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "rest";
+    let rate = ctx.sizes.rest_rate;
+    let r = ctx.row(
+        S,
+        &format!(
+            "{}k publishes/s offered to a channel without listeners",
+            rate / 1000.0
+        ),
+        kind.name(),
+    );
+    let server = ctx.start(kind, &Options::default()).await?;
+    let t = target(&server);
+    let pids = server.pids();
+    let mut ws = Vec::new();
+    for _ in 0..ctx.sizes.reps {
+        let p = Plan {
+            rate,
+            total: (rate * ctx.sizes.window) as u64,
+            channels: Channels::One("nobody".into()),
+            pad: PAD,
+            conns: 16,
+            deadline: None,
+        };
+        let w = ctx.window(&pids, &t, &p, 0).await?;
+        ctx.check_window(kind, S, &w);
+        ws.push(w);
+    }
+    let row = &mut ctx.rows[r];
+    let m = |f: &dyn Fn(&Window) -> f64| Summary::of(&ws.iter().map(f).collect::<Vec<_>>());
+    row.metrics
+        .insert("publishes_per_s".into(), m(&|w| w.out.achieved_rate()));
+    row.metrics.insert(
+        "publishes_per_core_s".into(),
+        m(&|w| w.out.achieved_rate() / w.cpu.server_core().max(1e-9)),
+    );
+    row.metrics.insert(
+        "cpu_us_per_publish".into(),
+        m(&|w| w.cpu.server * 1e6 / w.out.ok.max(1) as f64),
+    );
+    let rtt = |w: &Window, p: f64| {
+        let mut v = w.out.rtt_ns.clone();
+        v.sort_unstable();
+        percentile(&v, p) as f64 / 1e6
+    };
+    row.metrics
+        .insert("rtt_p50_ms".into(), m(&|w| rtt(w, 50.0)));
+    row.metrics
+        .insert("rtt_p99_ms".into(), m(&|w| rtt(w, 99.0)));
+    row.metrics
+        .insert("server_core".into(), m(&|w| w.cpu.server_core()));
+    row.metrics
+        .insert("generator_core".into(), m(&|w| w.cpu.generator_core()));
+    note_generator(row, ws.iter().map(|w| w.cpu.generator_core()));
+    row.notes.push(
+        "16 keep-alive connections; publishes_per_core_s = achieved rate / server core share \
+         (the capacity of one core, when the server is not saturated)"
+            .into(),
+    );
+    ctx.finish(server, S).await;
+    Ok(())
+}
+
+/// Two Herald instances over Redis: latency with subscribers on the publishing instance and
+/// on the other one, and the cross-instance throughput ramp.
+pub async fn redis(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "redis";
+    if kind != Kind::Herald && kind != Kind::Node {
+        return Ok(());
+    }
+    let redis = servers::start_redis(&ctx.env).await?;
+    let opts_a = Options {
+        redis_url: Some(redis.url()),
+        tag: "-a".into(),
+        ..Options::default()
+    };
+    let opts_b = Options {
+        redis_url: Some(redis.url()),
+        skip_setup: true,
+        tag: "-b".into(),
+        ..Options::default()
+    };
+    let a = ctx.start(kind, &opts_a).await?;
+    let b = ctx.start(kind, &opts_b).await?;
+    let mut pids = vec![a.pid, b.pid, redis.pid];
+    pids.dedup();
+    let t = target(&a);
+    let subs = ctx.sizes.fanout.get(1).copied().unwrap_or(1000);
+    let rate = ctx.sizes.fanout_rate / subs as f64;
+    for (case, addr) in [("local", a.addr), ("cross", b.addr)] {
+        let r = ctx.row(
+            S,
+            &format!(
+                "{subs} subscribers, {case} (publish to A, subscribers on {})",
+                if case == "local" { "A" } else { "B" }
+            ),
+            kind.name(),
+        );
+        let c = ctx.connect(addr, vec!["fan".into(); subs], None).await;
+        if ctx.check_connect(kind, S, &c) {
+            let ch = || Channels::One("fan".into());
+            let warm = ctx
+                .window(&pids, &t, &plan(rate, 0.5, ch(), PAD), subs as u64)
+                .await?;
+            ctx.check_window(kind, S, &warm);
+            let mut ws = Vec::new();
+            for _ in 0..ctx.sizes.reps {
+                let w = ctx
+                    .window(
+                        &pids,
+                        &t,
+                        &plan(rate, ctx.sizes.window, ch(), PAD),
+                        subs as u64,
+                    )
+                    .await?;
+                ctx.check_window(kind, S, &w);
+                ws.push(w);
+            }
+            put_windows(&mut ctx.rows[r], &ws, true);
+            ctx.rows[r].notes.push(format!(
+                "{rate:.1} publishes/s; CPU = both instances + redis-server, all on the server core"
+            ));
+        }
+        ctx.clients.close_all().await;
+    }
+    // Cross-instance throughput: the coalescing ramp with subscribers on B.
+    let r = ctx.row(S, "100 subscribers on B, ramp (publish to A)", kind.name());
+    let c = ctx.connect(b.addr, vec!["ramp".into(); 100], None).await;
+    if ctx.check_connect(kind, S, &c) {
+        let (trail, best, ws) = ramp(ctx, &pids, &t, 100).await?;
+        let top = ctx.sizes.ramp.last() == Some(&best);
+        put_ramp(&mut ctx.rows[r], trail, best, 100, &ws, top);
+    }
+    ctx.finish(b, S).await;
+    ctx.finish(a, S).await;
+    redis.stop().await;
+    Ok(())
+}
+
+/// One subscriber stops reading while 100 others keep up.
+pub async fn slow(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "slow-consumer";
+    let subs = 100;
+    let rate = 500.0;
+    let pad = 4096;
+    let r = ctx.row(S, "100 readers + 1 stalled, 4 KiB payloads", kind.name());
+    let server = ctx.start(kind, &Options::default()).await?;
+    let t = target(&server);
+    let pids = server.pids();
+    let c = ctx
+        .connect(server.addr, vec!["slow".into(); subs], None)
+        .await;
+    let slow = ctx
+        .connect(server.addr, vec!["slow".into()], Some(16 * 1024))
+        .await;
+    if !ctx.check_connect(kind, S, &c) || !ctx.check_connect(kind, S, &slow) {
+        ctx.finish(server, S).await;
+        return Ok(());
+    }
+    let slow_id = slow.first_id;
+    let ch = || Channels::One("slow".into());
+    let base = ctx
+        .window(
+            &pids,
+            &t,
+            &plan(rate, ctx.sizes.window, ch(), pad),
+            subs as u64 + 1,
+        )
+        .await?;
+    ctx.check_window(kind, S, &base);
+    ctx.clients.set_reading(vec![slow_id], false).await;
+    let rss_before = rss_bytes(server.pid).unwrap_or(0) as f64;
+    // Sample RSS while the stalled window runs.
+    let pid = server.pid;
+    let sampler = tokio::spawn(async move {
+        let mut max = 0u64;
+        for _ in 0..600 {
+            max = max.max(rss_bytes(pid).unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        max
+    });
+    let stalled = ctx
+        .window(
+            &pids,
+            &t,
+            &plan(rate, ctx.sizes.slow_stall, ch(), pad),
+            subs as u64,
+        )
+        .await?;
+    sampler.abort();
+    let rss_after = rss_bytes(server.pid).unwrap_or(0) as f64;
+    // The stalled window expected deliveries only to the readers; anything beyond is the
+    // slow client's, which it cannot have read.
+    ctx.check_window(kind, S, &stalled);
+    let published = base.out.ok + stalled.out.ok;
+    ctx.clients.set_reading(vec![slow_id], true).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let info = ctx.clients.info(slow_id).await;
+    let not_queued = server.not_queued().await;
+    let row = &mut ctx.rows[r];
+    row.metrics
+        .insert("p99_ms_before".into(), Summary::of(&[base.lat_ms(99.0)]));
+    row.metrics.insert(
+        "p99_ms_stalled".into(),
+        Summary::of(&[stalled.lat_ms(99.0)]),
+    );
+    row.metrics.insert(
+        "others_lost".into(),
+        Summary::of(&[stalled.lost() as f64 + base.lost() as f64]),
+    );
+    row.metrics.insert(
+        "rss_growth_mb".into(),
+        Summary::of(&[(rss_after - rss_before) / 1e6]),
+    );
+    row.metrics.insert(
+        "slow_missed".into(),
+        Summary::of(&[published.saturating_sub(info.events) as f64]),
+    );
+    row.metrics.insert(
+        "slow_disconnected".into(),
+        Summary::of(&[if info.open { 0.0 } else { 1.0 }]),
+    );
+    if let Some(n) = not_queued {
+        row.metrics
+            .insert("not_queued".into(), Summary::of(&[n as f64]));
+    }
+    row.notes.push(format!(
+        "stalled {:.1} s at {rate:.0} publishes/s; slow socket {}; it got {} of {published} events",
+        ctx.sizes.slow_stall,
+        match (&info.open, &info.closed) {
+            (true, _) => "still connected, never told".to_owned(),
+            (false, Some(reason)) => format!("closed: {reason}"),
+            (false, None) => "closed".to_owned(),
+        },
+        info.events
+    ));
+    note_generator(
+        row,
+        [base.cpu.generator_core(), stalled.cpu.generator_core()].into_iter(),
+    );
+    ctx.finish(server, S).await;
+    Ok(())
+}
+
+/// Connection churn: batches of 200 clients connect, listen and close, back to back.
+pub async fn churn(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "churn";
+    let r = ctx.row(S, "connect + listen + close, 200 at a time", kind.name());
+    let server = ctx.start(kind, &Options::default()).await?;
+    let pids = server.pids();
+    // Warm-up so the allocator has its working set, then the RSS baseline.
+    let c = ctx
+        .connect(server.addr, vec!["churn".into(); 200], None)
+        .await;
+    ctx.check_connect(kind, S, &c);
+    ctx.clients.close_all().await;
+    let rss0 = settle_rss(ctx.sizes.settle, server.pid).await;
+    let cpu = CpuWindow::start(&pids);
+    let start = std::time::Instant::now();
+    let mut done = 0usize;
+    let mut failed = 0usize;
+    let mut errors = Vec::new();
+    while start.elapsed().as_secs_f64() < ctx.sizes.churn {
+        let c = ctx
+            .connect(server.addr, vec!["churn".into(); 200], None)
+            .await;
+        done += c.ok;
+        failed += c.failed;
+        errors.extend(c.errors);
+        ctx.clients.close_all().await;
+    }
+    let use_ = cpu.stop();
+    let rss1 = settle_rss(ctx.sizes.settle, server.pid).await;
+    if failed > 0 {
+        errors.truncate(5);
+        ctx.fail(format!(
+            "{S}/{}: {failed} of {} churned clients failed: {errors:?}",
+            kind.name(),
+            failed + done
+        ));
+    }
+    let row = &mut ctx.rows[r];
+    row.metrics.insert(
+        "connects_per_s".into(),
+        Summary::of(&[done as f64 / use_.wall.max(1e-9)]),
+    );
+    row.metrics.insert(
+        "cpu_us_per_connect".into(),
+        Summary::of(&[use_.server * 1e6 / done.max(1) as f64]),
+    );
+    row.metrics.insert(
+        "rss_growth_kb_per_1k".into(),
+        Summary::of(&[(rss1 - rss0) / 1024.0 / (done.max(1) as f64 / 1000.0)]),
+    );
+    row.metrics
+        .insert("server_core".into(), Summary::of(&[use_.server_core()]));
+    row.metrics.insert(
+        "generator_core".into(),
+        Summary::of(&[use_.generator_core()]),
+    );
+    note_generator(row, [use_.generator_core()].into_iter());
+    row.notes.push(format!(
+        "{done} connections in {:.1} s; RSS {:.0} → {:.0} MB",
+        use_.wall,
+        rss0 / 1e6,
+        rss1 / 1e6
+    ));
+    ctx.finish(server, S).await;
+    Ok(())
+}
+
+/// Every scenario name, in run order.
+pub const ALL: &[&str] = &[
+    "memory",
+    "fanout",
+    "coalescing",
+    "personal",
+    "rest",
+    "redis",
+    "slow",
+    "churn",
+];
+
+/// Runs scenario `name` for `kind`.
+pub async fn run(ctx: &mut Ctx, name: &str, kind: Kind) -> anyhow::Result<()> {
+    ctx.scenario = name.to_owned();
+    match name {
+        "memory" => memory(ctx, kind).await,
+        "fanout" => fanout(ctx, kind).await,
+        "coalescing" => coalescing(ctx, kind).await,
+        "personal" => personal(ctx, kind).await,
+        "rest" => rest(ctx, kind).await,
+        "redis" => redis(ctx, kind).await,
+        "slow" => slow(ctx, kind).await,
+        "churn" => churn(ctx, kind).await,
+        other => bail!("unknown scenario {other}"),
+    }
+}
