@@ -19,7 +19,9 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 /// `/demo`: the live demo page (files in `server/demo/`).
@@ -171,6 +173,9 @@ pub fn socket_io(config: &ServeConfig, gateway: &Gateway) -> SocketIoBuilder {
         .ws_max_message_size(max_message)
         .ws_max_frame_size(max_message)
         .max_buffer_size(config.socket_buffer)
+        // Read in 1 KiB chunks: most client frames are small, and the buffer lives as long as
+        // the socket (measured: -3 KB RSS per idle socket against the 4 KiB default).
+        .ws_read_buffer_size(1024)
         .connect_timeout(config.connect_timeout())
         .with_parser(
             // Herald's protocol is JSON only: a packet with binary attachments closes the socket.
@@ -245,7 +250,7 @@ pub fn router<A: Adapter>(
                     },
                 ),
         )
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(SequentialRequestId::new()))
 }
 
 /// `GET /livez`: the process serves requests.
@@ -390,5 +395,31 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// Request ids `{instance}-{n}`: a random per-process prefix and a counter. Unique across
+/// instances in practice, and far cheaper per request than a UUIDv4 (no RNG call).
+#[derive(Clone)]
+struct SequentialRequestId {
+    prefix: Arc<str>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl SequentialRequestId {
+    fn new() -> Self {
+        Self {
+            prefix: hex::encode(rand::random::<[u8; 4]>()).into(),
+            next: Arc::default(),
+        }
+    }
+}
+
+impl MakeRequestId for SequentialRequestId {
+    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}-{n}", self.prefix))
+            .ok()
+            .map(RequestId::new)
     }
 }
