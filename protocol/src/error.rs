@@ -131,6 +131,28 @@ error_codes! {
     Internal = "internal" => 500,
 }
 
+impl ErrorCode {
+    /// Whether this code refuses a private-channel token (`token_*`): an authentication
+    /// failure, as opposed to a malformed request.
+    pub fn is_token_refusal(self) -> bool {
+        use ErrorCode::*;
+        matches!(
+            self,
+            TokenMissing
+                | TokenMalformed
+                | TokenBadSignature
+                | TokenBadAlgorithm
+                | TokenWrongAudience
+                | TokenExpired
+                | TokenChannelMismatch
+                | TokenProjectMismatch
+                | TokenKeyRevoked
+                | TokenKeyExpired
+                | TokenKeyScope
+        )
+    }
+}
+
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -183,6 +205,17 @@ mod tests {
             serde_json::to_value(&body).expect("serializes"),
             serde_json::json!({"error": {"code": "payload_too_large", "message": "too big"}})
         );
+    }
+
+    #[test]
+    fn token_refusals_are_exactly_the_token_codes() {
+        for code in ErrorCode::ALL {
+            assert_eq!(
+                code.is_token_refusal(),
+                code.as_str().starts_with("token_"),
+                "{code}"
+            );
+        }
     }
 
     #[test]

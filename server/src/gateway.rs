@@ -186,7 +186,7 @@ async fn on_listen<A: Adapter>(
     if let Err((refusal, _)) = &result {
         let code = refusal.code.as_str();
         metrics::counter!(m::LISTEN_REFUSALS, "code" => code).increment(1);
-        if code.starts_with("token_") {
+        if refusal.code.is_token_refusal() {
             metrics::counter!(m::AUTH_FAILURES, "reason" => code).increment(1);
         }
     }
