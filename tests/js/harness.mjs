@@ -84,6 +84,10 @@ export async function startHerald({ extraArgs = [], env = {}, dataDir } = {}) {
     dir,
     '--admin-token',
     adminToken,
+    // Herald's drain bound (default 10 s) within the 5 s `stop()` allows: a long-poll request
+    // a client abandoned without closing its TCP connection must not outlast the test.
+    '--shutdown-timeout-secs',
+    '2',
     ...extraArgs,
   ];
   // HERALD_* variables of the test's own environment would silently change the server's
