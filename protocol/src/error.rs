@@ -99,6 +99,9 @@ error_codes! {
     NotJoined = "not_joined" => 403,
     /// A client `event` on a public channel (client events are for private channels only).
     ClientEventNotAllowed = "client_event_not_allowed" => 403,
+    /// The socket did not read its events fast enough: its send queue filled, and the server
+    /// closed it (WebSocket close code 4008) after this message. Reconnect and listen again.
+    SlowConsumer = "slow_consumer" => 429,
 
     // --- private channel tokens, in the order they are checked --------------------------
     /// `listen` on a private channel without `authToken`.

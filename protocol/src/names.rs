@@ -206,6 +206,25 @@ impl RoomName {
         Ok((ProjectId::parse(project)?, ChannelName::parse(channel)?))
     }
 
+    /// Parses either form back into a room name (a project's room or a channel's room), as
+    /// it travels between instances.
+    ///
+    /// ```
+    /// use herald_protocol::RoomName;
+    /// assert_eq!(RoomName::parse("acme:news").unwrap().as_str(), "acme:news");
+    /// assert_eq!(RoomName::parse("acme").unwrap().as_str(), "acme");
+    /// assert!(RoomName::parse("acme:bad name").is_err());
+    /// ```
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        match s.split_once(':') {
+            Some(_) => {
+                let (project, channel) = Self::parse_channel(s)?;
+                Ok(Self::channel(&project, &channel))
+            }
+            None => Ok(Self::project(&ProjectId::parse(s)?)),
+        }
+    }
+
     /// The room name as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0

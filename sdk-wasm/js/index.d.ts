@@ -29,6 +29,7 @@ export type ServerErrorCode =
   | 'unknown_event'
   | 'not_joined'
   | 'client_event_not_allowed'
+  | 'slow_consumer'
   | 'token_missing'
   | 'token_malformed'
   | 'token_bad_signature'

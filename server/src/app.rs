@@ -30,6 +30,7 @@ mod demo;
 
 use crate::channel_token::ChannelTokens;
 use crate::config::ServeConfig;
+use crate::direct::{DirectRooms, DirectSettings, DirectTransport};
 use crate::fanout::Fanout;
 use crate::gateway::{Gateway, GatewayInner};
 use crate::keys::AdminToken;
@@ -45,7 +46,6 @@ pub struct AppState(Arc<AppInner>);
 /// Contents of [`AppState`].
 pub struct AppInner {
     gateway: Gateway,
-    fanout: Arc<dyn Fanout>,
     admin_token: AdminToken,
     max_payload_bytes: usize,
     health: Arc<Health>,
@@ -90,14 +90,12 @@ impl AppState {
     pub fn new(
         config: &ServeConfig,
         gateway: Gateway,
-        fanout: Arc<dyn Fanout>,
         admin_token: AdminToken,
         health: Arc<Health>,
         revocation: Arc<Revocation>,
     ) -> Self {
         Self(Arc::new(AppInner {
             gateway,
-            fanout,
             admin_token,
             max_payload_bytes: config.max_payload_bytes,
             health,
@@ -121,8 +119,8 @@ impl AppState {
         &self.0.gateway.tokens
     }
     /// Room broadcasts.
-    pub fn fanout(&self) -> &dyn Fanout {
-        self.0.fanout.as_ref()
+    pub fn fanout(&self) -> &Fanout {
+        &self.0.gateway.fanout
     }
     /// The admin token.
     pub fn admin_token(&self) -> &AdminToken {
@@ -148,9 +146,10 @@ pub struct Backends {
     pub revocations: Arc<dyn RevocationQueue>,
 }
 
-/// The shared part of every Socket.IO handler.
+/// The shared part of every request handler, both transports.
 pub fn gateway(config: &ServeConfig, backends: Backends) -> Gateway {
     Gateway::new(GatewayInner {
+        fanout: Arc::new(Fanout::new(Arc::new(DirectRooms::new()))),
         store: backends.store,
         tracker: backends.tracker,
         tokens: ChannelTokens::new(
@@ -185,12 +184,29 @@ pub fn socket_io(config: &ServeConfig, gateway: &Gateway) -> SocketIoBuilder {
         )
 }
 
-/// The complete HTTP router: REST API, health, the Socket.IO layer, CORS and the Origin check.
+/// The direct transport's settings (socketioxide's heartbeat defaults, Herald's limits).
+pub fn direct_settings(config: &ServeConfig) -> DirectSettings {
+    DirectSettings {
+        ping_interval: Duration::from_secs(25),
+        ping_timeout: Duration::from_secs(20),
+        connect_timeout: config.connect_timeout(),
+        max_message_bytes: config.max_message_bytes(),
+        socket_buffer: config.socket_buffer,
+        close_timeout: crate::direct::conn::DEFAULT_CLOSE_TIMEOUT,
+    }
+}
+
+/// The complete HTTP router: REST API, health, the direct WebSocket transport, the Socket.IO
+/// layer, CORS and the Origin check.
 pub fn router<A: Adapter>(
     config: &ServeConfig,
     state: AppState,
     io_layer: SocketIoLayer<A>,
 ) -> Router {
+    let direct = DirectTransport {
+        gateway: state.0.gateway.clone(),
+        settings: Arc::new(direct_settings(config)),
+    };
     let api = Router::new()
         .route("/v1/publishers/events/publish", post(publisher::publish))
         .route("/v1/publishers/sign", post(publisher::sign))
@@ -227,6 +243,7 @@ pub fn router<A: Adapter>(
 
     let origins = Arc::new(config.allowed_origins.clone());
     api.layer(io_layer)
+        .layer(middleware::from_fn_with_state(direct, crate::direct::intercept))
         .layer(cors_layer(&config.allowed_origins))
         .layer(middleware::from_fn_with_state(origins, check_origin))
         // Outermost first: a request id (kept from the caller's `x-request-id` or a new UUID),

@@ -1,26 +1,47 @@
-//! The broadcast side of Socket.IO behind one object-safe trait, so REST handlers do not care
-//! whether the adapter is local (embedded mode) or Redis (many instances).
+//! Where a published event goes: every socket in its room, on this instance first, then (Redis
+//! mode) on every other instance through Herald's event bus.
+//!
+//! A room's members on one instance sit on two transports: direct WebSocket connections
+//! ([`crate::direct`], the fast path: the event is encoded once into a WebSocket frame that
+//! every member's queue shares) and socketioxide sockets (long-polling and polling→WebSocket
+//! upgrades), reached through socketioxide's local broadcast. Local delivery never waits on
+//! Redis; the bus message goes out after it.
+
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use herald_protocol::RoomName;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
+use socketioxide::socket::Sid;
 use socketioxide::{BroadcastError, SocketIo};
 
-/// What a broadcast reached.
+use crate::direct::{DirectRooms, frame, packet};
+use crate::metrics as m;
+
+/// What a broadcast reached on this instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EmitReport {
     /// Local sockets the packet was queued for.
     pub queued: usize,
-    /// Local sockets the packet could not be queued for (full buffer: slow consumer, or the
+    /// Local sockets the packet could not be queued for (full queue: slow consumer, or the
     /// socket closed meanwhile).
     pub not_queued: usize,
 }
 
-/// Why a broadcast failed as a whole.
+impl std::ops::AddAssign for EmitReport {
+    fn add_assign(&mut self, other: Self) {
+        self.queued += other.queued;
+        self.not_queued += other.not_queued;
+    }
+}
+
+/// Why a broadcast failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
-    /// The adapter's backend (Redis) is unreachable: nothing was sent.
+    /// The bus (Redis) is unreachable: this instance's sockets got the event, the other
+    /// instances' did not.
     #[error("fan-out backend unavailable: {0}")]
     Unavailable(String),
     /// The packet could not be encoded.
@@ -28,64 +49,245 @@ pub enum FanoutError {
     Encode(String),
 }
 
-/// Room-level operations across every instance.
+/// The socketioxide side of an instance's rooms (local operations only).
 #[async_trait]
-pub trait Fanout: Send + Sync + 'static {
-    /// Emits `event` with the pre-encoded JSON `data` to every socket in `room`.
-    async fn emit(
+pub trait SioRooms: Send + Sync + 'static {
+    /// Emits to the room's local socketioxide sockets, except `except`.
+    async fn emit_local(
         &self,
-        room: RoomName,
+        room: &RoomName,
         event: &'static str,
         data: &RawValue,
+        except: Option<Sid>,
     ) -> Result<EmitReport, FanoutError>;
-
-    /// Disconnects every socket in `room`.
-    async fn disconnect(&self, room: RoomName) -> Result<(), FanoutError>;
-
-    /// Closes every local socket (shutdown).
+    /// Disconnects the room's local socketioxide sockets.
+    async fn disconnect_local(&self, room: &RoomName);
+    /// Closes every socketioxide socket (shutdown).
     async fn close(&self);
 }
 
-fn map(e: BroadcastError) -> Result<EmitReport, FanoutError> {
-    match e {
-        BroadcastError::Socket(errors) => Ok(EmitReport {
-            queued: 0,
-            not_queued: errors.len(),
-        }),
-        BroadcastError::Serialize(e) => Err(FanoutError::Encode(e.to_string())),
-        BroadcastError::Adapter(e) => Err(FanoutError::Unavailable(e.to_string())),
-    }
-}
-
 #[async_trait]
-impl<A: Adapter> Fanout for SocketIo<A> {
-    async fn emit(
+impl<A: Adapter> SioRooms for SocketIo<A> {
+    async fn emit_local(
         &self,
-        room: RoomName,
+        room: &RoomName,
         event: &'static str,
         data: &RawValue,
+        except: Option<Sid>,
     ) -> Result<EmitReport, FanoutError> {
-        let local = self.local().to(room.as_str().to_owned()).sockets().len();
-        match self.to(room.into_string()).emit(event, data).await {
+        let members = self.local().to(room.as_str().to_owned()).sockets().len();
+        if members == 0 {
+            return Ok(EmitReport::default());
+        }
+        // A socket's own `broadcast()` leaves the socket out.
+        let ops = match except.and_then(|sid| self.get_socket(sid)) {
+            Some(origin) => origin.broadcast().local(),
+            None => self.local(),
+        };
+        match ops.to(room.as_str().to_owned()).emit(event, data).await {
             Ok(()) => Ok(EmitReport {
-                queued: local,
+                queued: members,
                 not_queued: 0,
             }),
-            Err(e) => map(e).map(|r| EmitReport {
-                queued: local.saturating_sub(r.not_queued),
-                ..r
+            Err(BroadcastError::Socket(errors)) => Ok(EmitReport {
+                queued: members.saturating_sub(errors.len()),
+                not_queued: errors.len(),
             }),
+            Err(BroadcastError::Serialize(e)) => Err(FanoutError::Encode(e.to_string())),
+            Err(BroadcastError::Adapter(e)) => Err(FanoutError::Unavailable(e.to_string())),
         }
     }
 
-    async fn disconnect(&self, room: RoomName) -> Result<(), FanoutError> {
-        self.to(room.into_string())
-            .disconnect()
-            .await
-            .or_else(|e| map(e).map(|_| ()))
+    async fn disconnect_local(&self, room: &RoomName) {
+        if let Err(e) = self.local().to(room.as_str().to_owned()).disconnect().await {
+            tracing::debug!(error = %e, "local disconnect incomplete");
+        }
     }
 
     async fn close(&self) {
         SocketIo::close(self).await;
+    }
+}
+
+/// One message on the event bus between instances.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BusMessage<'a> {
+    /// The instance that sent it (it ignores its own messages).
+    #[serde(rename = "o", borrow)]
+    pub origin: &'a str,
+    /// The room.
+    #[serde(rename = "r", borrow)]
+    pub room: &'a str,
+    /// What to do.
+    #[serde(rename = "k")]
+    pub kind: BusKind,
+    /// The event's JSON (for [`BusKind::Event`]).
+    #[serde(rename = "d", borrow, default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a RawValue>,
+}
+
+/// What a bus message asks the other instances to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BusKind {
+    /// Emit `event` with `data` to the room.
+    #[serde(rename = "e")]
+    Event,
+    /// Disconnect the room's sockets.
+    #[serde(rename = "x")]
+    Disconnect,
+}
+
+/// The link to the other instances (Redis pub/sub in Redis mode).
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// This instance's id, the `origin` of what it sends.
+    fn origin(&self) -> &str;
+    /// Sends one encoded [`BusMessage`] to every instance.
+    async fn publish(&self, message: Vec<u8>) -> Result<(), FanoutError>;
+}
+
+/// Room operations across both transports and every instance.
+pub struct Fanout {
+    direct: Arc<DirectRooms>,
+    sio: OnceLock<Box<dyn SioRooms>>,
+    bus: OnceLock<Arc<dyn Bus>>,
+}
+
+impl Fanout {
+    /// A fan-out over the direct transport's rooms; the socketioxide side and the bus are
+    /// attached once built ([`Fanout::attach_sio`], [`Fanout::attach_bus`]).
+    pub fn new(direct: Arc<DirectRooms>) -> Self {
+        Self {
+            direct,
+            sio: OnceLock::new(),
+            bus: OnceLock::new(),
+        }
+    }
+
+    /// Attaches the socketioxide side (once).
+    pub fn attach_sio(&self, sio: impl SioRooms) {
+        let _ = self.sio.set(Box::new(sio));
+    }
+
+    /// Attaches the bus to other instances (once, Redis mode).
+    pub fn attach_bus(&self, bus: Arc<dyn Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// The direct transport's sockets and rooms.
+    pub fn direct(&self) -> &Arc<DirectRooms> {
+        &self.direct
+    }
+
+    /// Emits `event` with the encoded `data` to every socket in `room` except `except`: this
+    /// instance's sockets first, then the other instances. An `Unavailable` error means only
+    /// this instance's sockets got it.
+    pub async fn emit(
+        &self,
+        room: RoomName,
+        event: &'static str,
+        data: &RawValue,
+        except: Option<Sid>,
+    ) -> Result<EmitReport, FanoutError> {
+        let report = self.emit_local(&room, event, data, except).await?;
+        if let Some(bus) = self.bus.get() {
+            let message = BusMessage {
+                origin: bus.origin(),
+                room: room.as_str(),
+                kind: BusKind::Event,
+                data: Some(data),
+            };
+            let encoded =
+                serde_json::to_vec(&message).map_err(|e| FanoutError::Encode(e.to_string()))?;
+            bus.publish(encoded).await?;
+        }
+        Ok(report)
+    }
+
+    /// Emits to this instance's sockets in `room` only; counts the deliveries and closes the
+    /// direct sockets whose queue was full (slow consumers).
+    pub async fn emit_local(
+        &self,
+        room: &RoomName,
+        event: &'static str,
+        data: &RawValue,
+        except: Option<Sid>,
+    ) -> Result<EmitReport, FanoutError> {
+        let frame = frame::text(&packet::event(event, data.get()));
+        let mut report = self.direct.emit(room, &frame, except);
+        if let Some(sio) = self.sio.get() {
+            report += sio.emit_local(room, event, data, except).await?;
+        }
+        metrics::counter!(m::DELIVERIES, "outcome" => "queued").increment(report.queued as u64);
+        if report.not_queued > 0 {
+            metrics::counter!(m::DELIVERIES, "outcome" => "not_queued")
+                .increment(report.not_queued as u64);
+            tracing::warn!(not_queued = report.not_queued, room = %room, "event not queued for some sockets (slow consumers)");
+        }
+        Ok(report)
+    }
+
+    /// Disconnects every socket in `room`, on every instance.
+    pub async fn disconnect(&self, room: RoomName) -> Result<(), FanoutError> {
+        self.disconnect_local(&room).await;
+        if let Some(bus) = self.bus.get() {
+            let message = BusMessage {
+                origin: bus.origin(),
+                room: room.as_str(),
+                kind: BusKind::Disconnect,
+                data: None,
+            };
+            let encoded =
+                serde_json::to_vec(&message).map_err(|e| FanoutError::Encode(e.to_string()))?;
+            bus.publish(encoded).await?;
+        }
+        Ok(())
+    }
+
+    /// Disconnects this instance's sockets in `room`.
+    pub async fn disconnect_local(&self, room: &RoomName) {
+        self.direct.disconnect(room);
+        if let Some(sio) = self.sio.get() {
+            sio.disconnect_local(room).await;
+        }
+    }
+
+    /// Handles one message from the bus: ignores this instance's own, applies the others'.
+    pub async fn on_bus_message(&self, bytes: &[u8]) {
+        let message: BusMessage<'_> = match serde_json::from_slice(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable bus message ignored");
+                return;
+            }
+        };
+        if self.bus.get().is_some_and(|b| b.origin() == message.origin) {
+            return;
+        }
+        let room = match RoomName::parse(message.room) {
+            Ok(room) => room,
+            Err(e) => {
+                tracing::warn!(error = %e, "bus message for an invalid room ignored");
+                return;
+            }
+        };
+        match (message.kind, message.data) {
+            (BusKind::Event, Some(data)) => {
+                let event = herald_protocol::messages::event_names::EVENT;
+                if let Err(e) = self.emit_local(&room, event, data, None).await {
+                    tracing::warn!(error = %e, "bus event not delivered locally");
+                }
+            }
+            (BusKind::Event, None) => tracing::warn!("bus event without data ignored"),
+            (BusKind::Disconnect, _) => self.disconnect_local(&room).await,
+        }
+    }
+
+    /// Closes every local socket (shutdown).
+    pub async fn close(&self) {
+        self.direct.close_all();
+        if let Some(sio) = self.sio.get() {
+            sio.close().await;
+        }
     }
 }

@@ -24,11 +24,13 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
-use socketioxide::socket::DisconnectReason;
+use socketioxide::socket::{DisconnectReason, Sid};
 use socketioxide_core::adapter::DefinedAdapter;
 use time::OffsetDateTime;
 
 use crate::channel_token::{ChannelTokens, check_signing_key, store_refusal};
+use crate::direct::DirectRooms;
+use crate::fanout::Fanout;
 use crate::metrics as m;
 use crate::revocation::{LocalSockets, RevocationQueue, RevocationReason};
 use crate::store::Store;
@@ -52,6 +54,56 @@ pub struct GatewayInner {
     pub max_payload_bytes: usize,
     /// The revoked-key set (tokens of a revoked key open nothing).
     pub revocations: Arc<dyn RevocationQueue>,
+    /// Where events go: client events relayed to private channels use it too.
+    pub fanout: Arc<Fanout>,
+}
+
+impl GatewayInner {
+    /// The direct transport's sockets and rooms.
+    pub fn direct(&self) -> &Arc<DirectRooms> {
+        self.fanout.direct()
+    }
+}
+
+/// A connected client as the gateway sees it, whichever transport carries it: a socketioxide
+/// socket (HTTP long-polling, upgrades) or a direct WebSocket connection
+/// ([`crate::direct`]). The request handlers below are written once against this trait.
+pub trait Peer: Send + Sync {
+    /// The socket id (tracking entries and logs use it).
+    fn sid(&self) -> Sid;
+    /// The session, once the handshake admitted the socket.
+    fn session(&self) -> Option<Arc<Session>>;
+    /// Joins a room on this instance.
+    fn join(&self, room: &RoomName);
+    /// Leaves a room on this instance.
+    fn leave(&self, room: &RoomName);
+    /// Whether the socket is still connected.
+    fn is_connected(&self) -> bool;
+    /// Sends a `system_message` (dropped with a debug line when the socket is gone or full).
+    fn send_system(&self, message: &SystemMessage);
+}
+
+impl<A: Adapter> Peer for SocketRef<A> {
+    fn sid(&self) -> Sid {
+        self.id
+    }
+    fn session(&self) -> Option<Arc<Session>> {
+        self.extensions.get::<Arc<Session>>()
+    }
+    fn join(&self, room: &RoomName) {
+        socketioxide::socket::Socket::join(self, room.as_str().to_owned());
+    }
+    fn leave(&self, room: &RoomName) {
+        socketioxide::socket::Socket::leave(self, room.as_str().to_owned());
+    }
+    fn is_connected(&self) -> bool {
+        self.connected()
+    }
+    fn send_system(&self, message: &SystemMessage) {
+        if let Err(e) = self.emit(SYSTEM_MESSAGE, message) {
+            tracing::debug!(socket_id = %self.id, error = %e, "system message not delivered");
+        }
+    }
 }
 
 impl Gateway {
@@ -68,13 +120,24 @@ impl std::ops::Deref for Gateway {
     }
 }
 
-/// Per-socket state, kept in the socket's extensions.
+/// Per-socket state, kept in the socket's extensions (socketioxide) or its connection
+/// (direct transport).
 #[derive(Debug)]
 pub struct Session {
     /// The project from the handshake.
     pub project: ProjectId,
     /// Channels this socket listens to; private ones with the API key whose token opened them.
     channels: Mutex<HashMap<ChannelName, Option<ApiKeyId>>>,
+}
+
+impl Session {
+    /// A session in `project` with no channels.
+    pub fn new(project: ProjectId) -> Self {
+        Self {
+            project,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 /// A refused handshake; its `Display` is the `message` of the client's `connect_error`:
@@ -101,7 +164,33 @@ async fn authenticate<A: Adapter>(
     TryData(auth): TryData<Value>,
     State(gw): State<Gateway>,
 ) -> Result<(), ConnectRefusal> {
-    let result = admit(s, auth.ok(), gw).await;
+    admit(s, auth.ok(), gw).await
+}
+
+/// Checks a handshake's `auth`: it must name an existing project. Counts refusals.
+pub async fn check_handshake(
+    gw: &Gateway,
+    sid: Sid,
+    auth: Option<&Value>,
+) -> Result<ProjectId, ConnectRefusal> {
+    let result = async {
+        let auth = HandshakeAuth::parse(auth).map_err(ConnectRefusal)?;
+        match gw.store.project(&auth.project_id).await {
+            Ok(Some(_)) => Ok(auth.project_id),
+            Ok(None) => {
+                tracing::debug!(socket_id = %sid, project_id = %auth.project_id, "handshake refused: unknown project");
+                Err(ConnectRefusal(Refusal::new(
+                    ErrorCode::UnknownProject,
+                    format!("project {} does not exist", auth.project_id),
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(socket_id = %sid, error = %e, "handshake failed: store error");
+                Err(ConnectRefusal(store_refusal(e)))
+            }
+        }
+    }
+    .await;
     if let Err(ConnectRefusal(r)) = &result {
         metrics::counter!(m::CONNECT_REFUSALS, "code" => r.code.as_str()).increment(1);
     }
@@ -113,29 +202,11 @@ async fn admit<A: Adapter>(
     auth: Option<Value>,
     gw: Gateway,
 ) -> Result<(), ConnectRefusal> {
-    let auth = HandshakeAuth::parse(auth.as_ref()).map_err(ConnectRefusal)?;
-    match gw.store.project(&auth.project_id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            tracing::debug!(socket_id = %s.id, project_id = %auth.project_id, "handshake refused: unknown project");
-            return Err(ConnectRefusal(Refusal::new(
-                ErrorCode::UnknownProject,
-                format!("project {} does not exist", auth.project_id),
-            )));
-        }
-        Err(e) => {
-            tracing::warn!(socket_id = %s.id, error = %e, "handshake failed: store error");
-            return Err(ConnectRefusal(store_refusal(e)));
-        }
-    }
-    let project = auth.project_id;
-    s.extensions.insert(Arc::new(Session {
-        project: project.clone(),
-        channels: Mutex::new(HashMap::new()),
-    }));
+    let project = check_handshake(&gw, s.id, auth.as_ref()).await?;
+    s.extensions.insert(Arc::new(Session::new(project.clone())));
     // Handlers are registered here, before socketioxide sends the CONNECT packet: a client
     // may emit `listen` the instant it sees CONNECT, and the connect handler runs only after.
-    s.join(RoomName::project(&project).into_string());
+    Peer::join(&s, &RoomName::project(&project));
     s.on(LISTEN, on_listen::<A>);
     s.on(REMOVE, on_remove::<A>);
     s.on(EVENT, on_client_event::<A>);
@@ -155,24 +226,38 @@ fn session<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Session>> {
     s.extensions.get::<Arc<Session>>()
 }
 
-/// Answers a request through the ack (if asked) and a `system_message`.
-fn reply<A: Adapter>(
-    s: &SocketRef<A>,
-    ack: AckSender<A>,
-    result: Result<SystemMessage, (Refusal, Option<ChannelName>)>,
-) {
-    let (ack_body, message) = match result {
+/// What a request handler answers: a success message, or a refusal (and the channel it is
+/// about).
+pub type Outcome = Result<SystemMessage, (Refusal, Option<ChannelName>)>;
+
+/// Splits an outcome into the ack body and the `system_message`.
+pub fn answer(result: Outcome) -> (Ack, SystemMessage) {
+    match result {
         Ok(message) => (Ack::Ok, message),
         Err((refusal, channel)) => {
             let message = SystemMessage::error(&refusal, channel.as_ref());
             (Ack::Refused(refusal), message)
         }
-    };
+    }
+}
+
+/// Answers a request through the ack (if asked) and a `system_message`.
+fn reply<A: Adapter>(s: &SocketRef<A>, ack: AckSender<A>, result: Outcome) {
+    let (ack_body, message) = answer(result);
     if let Err(e) = ack.send(&ack_body) {
         tracing::debug!(socket_id = %s.id, error = %e, "ack not delivered");
     }
-    if let Err(e) = s.emit(SYSTEM_MESSAGE, &message) {
-        tracing::debug!(socket_id = %s.id, error = %e, "system message not delivered");
+    s.send_system(&message);
+}
+
+/// Counts a refused `listen`.
+pub fn count_listen(result: &Outcome) {
+    if let Err((refusal, _)) = result {
+        let code = refusal.code.as_str();
+        metrics::counter!(m::LISTEN_REFUSALS, "code" => code).increment(1);
+        if refusal.code.is_token_refusal() {
+            metrics::counter!(m::AUTH_FAILURES, "reason" => code).increment(1);
+        }
     }
 }
 
@@ -183,22 +268,14 @@ async fn on_listen<A: Adapter>(
     State(gw): State<Gateway>,
 ) {
     let result = listen(&s, &gw, body.ok()).await;
-    if let Err((refusal, _)) = &result {
-        let code = refusal.code.as_str();
-        metrics::counter!(m::LISTEN_REFUSALS, "code" => code).increment(1);
-        if refusal.code.is_token_refusal() {
-            metrics::counter!(m::AUTH_FAILURES, "reason" => code).increment(1);
-        }
-    }
+    count_listen(&result);
     reply(&s, ack, result);
 }
 
-async fn listen<A: Adapter>(
-    s: &SocketRef<A>,
-    gw: &Gateway,
-    body: Option<Value>,
-) -> Result<SystemMessage, (Refusal, Option<ChannelName>)> {
-    let session = session(s).ok_or_else(|| (not_connected(), None))?;
+/// `listen {channelName, authToken?}`.
+pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcome {
+    let sid = s.sid();
+    let session = s.session().ok_or_else(|| (not_connected(), None))?;
     let req = ListenRequest::parse(&body.unwrap_or(Value::Null)).map_err(|r| (r, None))?;
     let channel = req.channel_name;
     let fail = |r: Refusal| (r, Some(channel.clone()));
@@ -217,7 +294,7 @@ async fn listen<A: Adapter>(
                 )
                 .await
                 .map_err(|r| {
-                    tracing::info!(socket_id = %s.id, project_id = %session.project, channel = %channel, code = %r.code, "private listen refused");
+                    tracing::info!(socket_id = %sid, project_id = %session.project, channel = %channel, code = %r.code, "private listen refused");
                     fail(r)
                 })?,
         ),
@@ -244,12 +321,12 @@ async fn listen<A: Adapter>(
             .is_none()
         {
             subscription_gauge(channel.kind()).increment(1.0);
+            s.join(&room);
         }
-        s.join(room.clone().into_string());
     }
 
     if let Some(key) = &signing_key {
-        let sid = s.id.to_string();
+        let sid = sid.to_string();
         if let Err(e) = gw.tracker.add(&sid, &room, key).await {
             // Without a tracking entry the key's revocation could not find this socket:
             // refuse the join instead of leaving an untracked member.
@@ -260,7 +337,7 @@ async fn listen<A: Adapter>(
                 "connection tracking is unavailable, try again shortly",
             )));
         }
-        if !s.connected() {
+        if !s.is_connected() {
             // The socket went away while we were checking; its disconnect clean-up may have
             // run before our entry existed.
             let _ = gw.tracker.remove(&sid, &room).await;
@@ -273,18 +350,18 @@ async fn listen<A: Adapter>(
             return Err(fail(revoked_refusal()));
         }
     }
-    tracing::debug!(socket_id = %s.id, project_id = %session.project, channel = %channel, "listening");
+    tracing::debug!(socket_id = %sid, project_id = %session.project, channel = %channel, "listening");
     Ok(SystemMessage::success(
         format!("listening to {channel}"),
         &channel,
     ))
 }
 
-fn leave<A: Adapter>(s: &SocketRef<A>, session: &Session, channel: &ChannelName, room: &RoomName) {
+fn leave<P: Peer + ?Sized>(s: &P, session: &Session, channel: &ChannelName, room: &RoomName) {
     if session.channels.lock().remove(channel).is_some() {
         subscription_gauge(channel.kind()).decrement(1.0);
     }
-    s.leave(room.as_str().to_owned());
+    s.leave(room);
 }
 
 fn subscription_gauge(kind: ChannelKind) -> metrics::Gauge {
@@ -301,24 +378,26 @@ async fn on_remove<A: Adapter>(
     ack: AckSender<A>,
     State(gw): State<Gateway>,
 ) {
-    let result = async {
-        let session = session(&s).ok_or_else(|| (not_connected(), None))?;
-        let req = RemoveRequest::parse(&body.ok().unwrap_or(Value::Null)).map_err(|r| (r, None))?;
-        let channel = req.channel_name;
-        let room = RoomName::channel(&session.project, &channel);
-        leave(&s, &session, &channel, &room);
-        if channel.is_private()
-            && let Err(e) = gw.tracker.remove(&s.id.to_string(), &room).await
-        {
-            tracing::warn!(socket_id = %s.id, error = %e, "tracking clean-up on remove failed");
-        }
-        Ok(SystemMessage::success(
-            format!("removed from {channel}"),
-            &channel,
-        ))
-    }
-    .await;
+    let result = remove(&s, &gw, body.ok()).await;
     reply(&s, ack, result);
+}
+
+/// `remove {channelName}`.
+pub async fn remove<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcome {
+    let session = s.session().ok_or_else(|| (not_connected(), None))?;
+    let req = RemoveRequest::parse(&body.unwrap_or(Value::Null)).map_err(|r| (r, None))?;
+    let channel = req.channel_name;
+    let room = RoomName::channel(&session.project, &channel);
+    leave(s, &session, &channel, &room);
+    if channel.is_private()
+        && let Err(e) = gw.tracker.remove(&s.sid().to_string(), &room).await
+    {
+        tracing::warn!(socket_id = %s.sid(), error = %e, "tracking clean-up on remove failed");
+    }
+    Ok(SystemMessage::success(
+        format!("removed from {channel}"),
+        &channel,
+    ))
 }
 
 async fn on_client_event<A: Adapter>(
@@ -327,55 +406,71 @@ async fn on_client_event<A: Adapter>(
     ack: AckSender<A>,
     State(gw): State<Gateway>,
 ) {
-    let result = async {
-        let session = session(&s).ok_or_else(|| (not_connected(), None))?;
-        let ev = ClientEvent::parse(&body.ok().unwrap_or(Value::Null)).map_err(|r| (r, None))?;
-        let channel = ev.channel_name;
-        let fail = |r: Refusal| (r, Some(channel.clone()));
-        if !channel.is_private() {
-            return Err(fail(Refusal::new(
-                ErrorCode::ClientEventNotAllowed,
-                "clients may send events only to private channels they joined",
-            )));
-        }
-        if !session.channels.lock().contains_key(&channel) {
-            return Err(fail(Refusal::new(
-                ErrorCode::NotJoined,
-                format!("this socket does not listen to {channel}"),
-            )));
-        }
-        let size = serde_json::to_string(&ev.payload)
-            .map(|s| s.len())
-            .unwrap_or(usize::MAX);
-        herald_protocol::api::check_payload_size(size, gw.max_payload_bytes).map_err(fail)?;
-        let room = RoomName::channel(&session.project, &channel);
-        let event = ChannelEvent {
-            id: None,
-            channel_name: channel.clone(),
-            payload: ev.payload,
-        };
-        if let Err(e) = s.to(room.into_string()).emit(EVENT, &event).await {
-            tracing::warn!(socket_id = %s.id, error = %e, "client event relay incomplete");
-        }
-        metrics::counter!(m::CLIENT_EVENTS).increment(1);
-        Ok(SystemMessage::success(
-            format!("event sent to {channel}"),
-            &channel,
-        ))
-    }
-    .await;
+    let result = client_event(&s, &gw, body.ok()).await;
     reply(&s, ack, result);
 }
 
+/// A client `event {channelName, payload}`: relayed to the other members of a private
+/// channel the socket joined, on every instance.
+pub async fn client_event<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcome {
+    let session = s.session().ok_or_else(|| (not_connected(), None))?;
+    let ev = ClientEvent::parse(&body.unwrap_or(Value::Null)).map_err(|r| (r, None))?;
+    let channel = ev.channel_name;
+    let fail = |r: Refusal| (r, Some(channel.clone()));
+    if !channel.is_private() {
+        return Err(fail(Refusal::new(
+            ErrorCode::ClientEventNotAllowed,
+            "clients may send events only to private channels they joined",
+        )));
+    }
+    if !session.channels.lock().contains_key(&channel) {
+        return Err(fail(Refusal::new(
+            ErrorCode::NotJoined,
+            format!("this socket does not listen to {channel}"),
+        )));
+    }
+    let size = serde_json::to_string(&ev.payload)
+        .map(|s| s.len())
+        .unwrap_or(usize::MAX);
+    herald_protocol::api::check_payload_size(size, gw.max_payload_bytes).map_err(fail)?;
+    let room = RoomName::channel(&session.project, &channel);
+    let event = ChannelEvent {
+        id: None,
+        channel_name: channel.clone(),
+        payload: ev.payload,
+    };
+    let encoded = serde_json::value::to_raw_value(&event).map_err(|_| {
+        fail(Refusal::new(
+            ErrorCode::Internal,
+            "event could not be encoded",
+        ))
+    })?;
+    if let Err(e) = gw.fanout.emit(room, EVENT, &encoded, Some(s.sid())).await {
+        tracing::warn!(socket_id = %s.sid(), error = %e, "client event relay incomplete");
+    }
+    metrics::counter!(m::CLIENT_EVENTS).increment(1);
+    Ok(SystemMessage::success(
+        format!("event sent to {channel}"),
+        &channel,
+    ))
+}
+
 async fn on_unknown_event<A: Adapter>(s: SocketRef<A>, Event(event): Event, ack: AckSender<A>) {
-    let refusal = Refusal::new(
-        ErrorCode::UnknownEvent,
-        format!(
-            "unknown event {:?}; clients send listen, remove or event",
-            event.chars().take(64).collect::<String>()
+    reply(&s, ack, unknown_event(&event));
+}
+
+/// Any other event name.
+pub fn unknown_event(event: &str) -> Outcome {
+    Err((
+        Refusal::new(
+            ErrorCode::UnknownEvent,
+            format!(
+                "unknown event {:?}; clients send listen, remove or event",
+                event.chars().take(64).collect::<String>()
+            ),
         ),
-    );
-    reply(&s, ack, Err((refusal, None)));
+        None,
+    ))
 }
 
 async fn on_disconnect<A: Adapter>(
@@ -383,16 +478,21 @@ async fn on_disconnect<A: Adapter>(
     reason: DisconnectReason,
     State(gw): State<Gateway>,
 ) {
-    let sid = s.id.to_string();
+    disconnected(&gw, s.id, session(&s), &format!("{reason:?}")).await;
+}
+
+/// Clean-up after a socket that passed the handshake went away: gauges and tracking entries.
+pub async fn disconnected(gw: &Gateway, sid: Sid, session: Option<Arc<Session>>, reason: &str) {
+    let sid = sid.to_string();
     metrics::gauge!(m::SOCKETS_CONNECTED).decrement(1.0);
-    if let Some(session) = session(&s) {
+    if let Some(session) = session {
         for channel in session.channels.lock().drain() {
             subscription_gauge(channel.0.kind()).decrement(1.0);
         }
     }
     match gw.tracker.remove_socket(&sid).await {
         Ok(removed) => {
-            tracing::debug!(socket_id = %sid, ?reason, tracked = removed.len(), "socket disconnected")
+            tracing::debug!(socket_id = %sid, reason, tracked = removed.len(), "socket disconnected")
         }
         Err(e) => {
             tracing::warn!(socket_id = %sid, error = %e, "tracking clean-up on disconnect failed")
@@ -419,16 +519,63 @@ fn revoked_refusal() -> Refusal {
     )
 }
 
-/// This instance's sockets, for the revocation workflow.
+/// This instance's sockets (both transports), for the revocation workflow.
 pub struct GatewaySockets<A: Adapter> {
     io: SocketIo<A>,
+    direct: Arc<DirectRooms>,
     tracker: Arc<dyn ConnectionTracker>,
 }
 
 impl<A: Adapter> GatewaySockets<A> {
-    /// Wraps the Socket.IO handle.
-    pub fn new(io: SocketIo<A>, tracker: Arc<dyn ConnectionTracker>) -> Self {
-        Self { io, tracker }
+    /// Wraps the Socket.IO handle and the direct transport's sockets.
+    pub fn new(
+        io: SocketIo<A>,
+        direct: Arc<DirectRooms>,
+        tracker: Arc<dyn ConnectionTracker>,
+    ) -> Self {
+        Self {
+            io,
+            direct,
+            tracker,
+        }
+    }
+
+    /// Removes one socket from the private channels `key` opened; whether it had any.
+    async fn revoke_on<P: Peer>(&self, s: &P, key: &ApiKeyId, reason: RevocationReason) -> bool {
+        let Some(session) = s.session() else {
+            return false;
+        };
+        let removed: Vec<ChannelName> = {
+            let mut channels = session.channels.lock();
+            let gone: Vec<ChannelName> = channels
+                .iter()
+                .filter(|(_, k)| k.as_ref() == Some(key))
+                .map(|(c, _)| c.clone())
+                .collect();
+            for c in &gone {
+                channels.remove(c);
+                subscription_gauge(ChannelKind::Private).decrement(1.0);
+                s.leave(&RoomName::channel(&session.project, c));
+            }
+            gone
+        };
+        if removed.is_empty() {
+            return false;
+        }
+        metrics::counter!(m::REVOCATION_SOCKETS_REMOVED).increment(1);
+        s.send_system(&SystemMessage::removed_from_channels(
+            reason.message(),
+            &removed,
+        ));
+        let sid = s.sid().to_string();
+        for c in &removed {
+            let room = RoomName::channel(&session.project, c);
+            if let Err(e) = self.tracker.remove(&sid, &room).await {
+                tracing::warn!(socket_id = %sid, error = %e, "tracking clean-up after revocation failed");
+            }
+        }
+        tracing::info!(socket_id = %sid, api_key_id = %key, channels = removed.len(), "socket removed from private channels");
+        true
     }
 }
 
@@ -437,48 +584,26 @@ impl<A: Adapter> LocalSockets for GatewaySockets<A> {
     async fn revoke_key(&self, key: &ApiKeyId, reason: RevocationReason) -> usize {
         let mut affected = 0;
         for s in self.io.local().sockets() {
-            let Some(session) = session(&s) else { continue };
-            let removed: Vec<ChannelName> = {
-                let mut channels = session.channels.lock();
-                let gone: Vec<ChannelName> = channels
-                    .iter()
-                    .filter(|(_, k)| k.as_ref() == Some(key))
-                    .map(|(c, _)| c.clone())
-                    .collect();
-                for c in &gone {
-                    channels.remove(c);
-                    subscription_gauge(ChannelKind::Private).decrement(1.0);
-                    s.leave(RoomName::channel(&session.project, c).into_string());
-                }
-                gone
-            };
-            if removed.is_empty() {
-                continue;
-            }
-            affected += 1;
-            metrics::counter!(m::REVOCATION_SOCKETS_REMOVED).increment(1);
-            let message = SystemMessage::removed_from_channels(reason.message(), &removed);
-            if let Err(e) = s.emit(SYSTEM_MESSAGE, &message) {
-                tracing::debug!(socket_id = %s.id, error = %e, "RemovedFromChannel not delivered");
-            }
-            let sid = s.id.to_string();
-            for c in &removed {
-                let room = RoomName::channel(&session.project, c);
-                if let Err(e) = self.tracker.remove(&sid, &room).await {
-                    tracing::warn!(socket_id = %sid, error = %e, "tracking clean-up after revocation failed");
-                }
-            }
-            tracing::info!(socket_id = %sid, api_key_id = %key, channels = removed.len(), "socket removed from private channels");
+            affected += usize::from(self.revoke_on(&s, key, reason).await);
+        }
+        for c in self.direct.connections() {
+            affected += usize::from(self.revoke_on(c.as_ref(), key, reason).await);
         }
         affected
     }
 
     fn keys_in_use(&self) -> HashSet<ApiKeyId> {
         let mut keys = HashSet::new();
-        for s in self.io.local().sockets() {
-            if let Some(session) = session(&s) {
-                keys.extend(session.channels.lock().values().flatten().cloned());
-            }
+        let direct = self.direct.connections();
+        let sessions = self
+            .io
+            .local()
+            .sockets()
+            .into_iter()
+            .filter_map(|s| session(&s))
+            .chain(direct.iter().filter_map(|c| c.session()));
+        for session in sessions {
+            keys.extend(session.channels.lock().values().flatten().cloned());
         }
         keys
     }

@@ -17,6 +17,7 @@ pub mod app;
 pub mod channel_token;
 pub mod cli;
 pub mod config;
+pub mod direct;
 pub mod fanout;
 pub mod gateway;
 pub mod keys;
@@ -73,8 +74,12 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
     let gateway = app::gateway(config, backends);
     let (io_layer, io) = app::socket_io(config, &gateway).build_layer();
     gateway::register(&io);
-    let local: Arc<dyn revocation::LocalSockets> =
-        Arc::new(gateway::GatewaySockets::new(io.clone(), tracker.clone()));
+    gateway.fanout.attach_sio(io.clone());
+    let local: Arc<dyn revocation::LocalSockets> = Arc::new(gateway::GatewaySockets::new(
+        io,
+        gateway.direct().clone(),
+        tracker.clone(),
+    ));
     let (revocation, _tasks) = revocation::start(
         queue,
         store,
@@ -85,7 +90,7 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
         Arc::default(),
     );
     let health = Arc::new(app::Health::new(true));
-    let state = app::AppState::new(config, gateway, Arc::new(io), admin, health, revocation);
+    let state = app::AppState::new(config, gateway, admin, health, revocation);
     let router = app::router(config, state.clone(), io_layer);
     Ok(EmbeddedServer {
         state,

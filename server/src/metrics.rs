@@ -13,7 +13,8 @@
 //! | `herald_auth_failures_total` | counter | `reason` (error code: API key, admin token, channel token) |
 //! | `herald_publishes_total` | counter | `outcome` = ok / refused / unavailable / error |
 //! | `herald_publish_duration_seconds` | histogram | |
-//! | `herald_deliveries_total` | counter | `outcome` = queued / not_queued (local sockets of events published here) |
+//! | `herald_deliveries_total` | counter | `outcome` = queued / not_queued (this instance's sockets, events published anywhere) |
+//! | `herald_slow_consumers_total` | counter | |
 //! | `herald_api_key_requests_total` | counter | `api_key_id`, `operation` = publish / sign |
 //! | `herald_client_events_total` | counter | |
 //! | `herald_revocation_jobs_total` | counter | `event` = queued / done / retried / dead |
@@ -42,8 +43,11 @@ pub const AUTH_FAILURES: &str = "herald_auth_failures_total";
 pub const PUBLISHES: &str = "herald_publishes_total";
 /// Histogram: publish handling time, authentication to fan-out hand-off.
 pub const PUBLISH_DURATION: &str = "herald_publish_duration_seconds";
-/// Counter: local deliveries of events published on this instance, by outcome.
+/// Counter: deliveries to this instance's sockets (events published on any instance), by
+/// outcome.
 pub const DELIVERIES: &str = "herald_deliveries_total";
+/// Counter: sockets closed because their send queue filled (slow consumers).
+pub const SLOW_CONSUMERS: &str = "herald_slow_consumers_total";
 /// Counter: authenticated publisher calls per API key id and operation.
 pub const API_KEY_REQUESTS: &str = "herald_api_key_requests_total";
 /// Counter: client-to-client events relayed.

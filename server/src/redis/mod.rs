@@ -9,6 +9,7 @@
 //! Herald starts even when Redis is down: clients reconnect in the background, `/readyz` says
 //! not-ready, publish answers `503 unavailable`, and everything resumes when Redis is back.
 
+pub mod bus;
 pub mod client;
 pub mod driver;
 pub mod probe;
@@ -166,6 +167,13 @@ pub fn start(
     let (io_layer, io) = app::socket_io(config, &gateway)
         .with_adapter::<HeraldAdapter>(adapter)
         .build_layer();
+    gateway.fanout.attach_sio(io.clone());
+    let bus = Arc::new(bus::RedisBus::new(
+        client.clone(),
+        format!("{prefix}:events"),
+        instance_id.clone(),
+    ));
+    gateway.fanout.attach_bus(bus.clone());
 
     let health = Arc::new(Health::new(false));
     let namespace_ready = Arc::new(AtomicBool::new(false));
@@ -238,8 +246,14 @@ pub fn start(
 
     // Revocation: notices travel on `{prefix}:revoke` through the subscriber connection; the
     // reconciler runs at once whenever that connection comes back.
-    let local: Arc<dyn LocalSockets> =
-        Arc::new(gateway::GatewaySockets::new(io.clone(), tracker.clone()));
+    tasks.push(tokio::spawn(
+        bus.listen(driver.clone(), gateway.fanout.clone()),
+    ));
+    let local: Arc<dyn LocalSockets> = Arc::new(gateway::GatewaySockets::new(
+        io,
+        gateway.direct().clone(),
+        tracker.clone(),
+    ));
     let notifier = Arc::new(RedisNotifier {
         client: client.clone(),
         channel: format!("{prefix}:revoke"),
@@ -265,7 +279,7 @@ pub fn start(
         }));
     }
 
-    let state = AppState::new(config, gateway, Arc::new(io), admin, health, revocation);
+    let state = AppState::new(config, gateway, admin, health, revocation);
     let router = app::router(config, state.clone(), io_layer);
     Ok((state, router, RedisMode { tracker, tasks }))
 }

@@ -185,17 +185,8 @@ impl AppState {
             tracing::error!(error = %e, "event serialization failed");
             ApiError::new(ErrorCode::Internal, "event could not be encoded")
         })?;
-        match self.fanout().emit(room, EVENT, &encoded).await {
-            Ok(report) => {
-                metrics::counter!(m::DELIVERIES, "outcome" => "queued")
-                    .increment(report.queued as u64);
-                metrics::counter!(m::DELIVERIES, "outcome" => "not_queued")
-                    .increment(report.not_queued as u64);
-                if report.not_queued > 0 {
-                    tracing::warn!(not_queued = report.not_queued, channel = %event.channel_name, "event not queued for some sockets (slow consumers)");
-                }
-                Ok(())
-            }
+        match self.fanout().emit(room, EVENT, &encoded, None).await {
+            Ok(_) => Ok(()),
             Err(FanoutError::Encode(e)) => {
                 tracing::error!(error = %e, "event encoding failed");
                 Err(ApiError::new(

@@ -1,0 +1,429 @@
+//! The direct transport: Herald's own Engine.IO v4 WebSocket endpoint, the fast path for every
+//! client that opens `/socket.io/?EIO=4&transport=websocket` directly (Herald's SDKs, and
+//! `socket.io-client` with `transports: ["websocket"]`).
+//!
+//! Why it exists: socketioxide re-frames each event per socket and feeds it through a channel,
+//! a task and a WebSocket sink per socket, and skips a socket whose queue is full without
+//! saying which. Here an event becomes one WebSocket frame (`Bytes`) shared by every member of
+//! the room; each socket has one bounded queue and one writer task that writes a lone frame as
+//! it is and coalesces a backlog into one `write`; a socket whose queue fills is told
+//! (`system_message` `slow_consumer`) and closed with WebSocket code 4008.
+//!
+//! Everything else (HTTP long-polling, polling→WebSocket upgrades, Engine.IO v3) stays with
+//! socketioxide; the request handlers ([`crate::gateway`]) serve both through
+//! [`crate::gateway::Peer`], and [`crate::fanout::Fanout`] delivers to both.
+
+pub mod conn;
+pub mod frame;
+pub mod packet;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::Bytes;
+use herald_protocol::{RoomName, SystemMessage};
+use parking_lot::{Mutex, RwLock};
+use sha1::{Digest, Sha1};
+use socketioxide::socket::Sid;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::fanout::EmitReport;
+use crate::gateway::{Gateway, Peer, Session};
+use crate::metrics as m;
+
+/// Settings of the direct transport (from `herald serve`'s flags).
+#[derive(Debug, Clone)]
+pub struct DirectSettings {
+    /// Engine.IO ping interval.
+    pub ping_interval: Duration,
+    /// How long a client may take to answer a ping.
+    pub ping_timeout: Duration,
+    /// How long a client may take to join the namespace.
+    pub connect_timeout: Duration,
+    /// Largest client message (WebSocket message = one Engine.IO packet).
+    pub max_message_bytes: usize,
+    /// Frames queued per socket before it counts as a slow consumer.
+    pub socket_buffer: usize,
+    /// How long a closing socket may take to receive its last frames.
+    pub close_timeout: Duration,
+}
+
+/// Why a direct connection ends; decides what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed (WebSocket close, Engine.IO close, namespace disconnect, EOF).
+    Client,
+    /// The client did not answer pings.
+    HeartbeatTimeout,
+    /// The client did not join the namespace in time.
+    ConnectTimeout,
+    /// The client broke the protocol: close code and reason.
+    Protocol(u16, &'static str),
+    /// The socket's queue filled: `system_message` `slow_consumer`, close 4008.
+    SlowConsumer,
+    /// The server disconnected the socket (its project was deleted): Socket.IO DISCONNECT.
+    Disconnected,
+    /// The server is shutting down: close 1001, the client reconnects elsewhere.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The frames the client gets before the connection closes.
+    pub fn goodbye(self) -> Vec<Bytes> {
+        match self {
+            CloseReason::Client => vec![frame::close(frame::CLOSE_NORMAL, "")],
+            CloseReason::HeartbeatTimeout => {
+                vec![frame::close(frame::CLOSE_POLICY, "ping timeout")]
+            }
+            CloseReason::ConnectTimeout => {
+                vec![frame::close(frame::CLOSE_POLICY, "connect timeout")]
+            }
+            CloseReason::Protocol(code, reason) => vec![frame::close(code, reason)],
+            CloseReason::SlowConsumer => {
+                let refusal = herald_protocol::Refusal::new(
+                    herald_protocol::ErrorCode::SlowConsumer,
+                    "this socket did not read its events fast enough; it is closed, reconnect and listen again",
+                );
+                let message = serde_json::to_string(&SystemMessage::error(&refusal, None))
+                    .unwrap_or_else(|_| "{}".to_owned());
+                vec![
+                    frame::text(&packet::event(
+                        herald_protocol::messages::event_names::SYSTEM_MESSAGE,
+                        &message,
+                    )),
+                    frame::close(frame::CLOSE_SLOW_CONSUMER, "slow_consumer"),
+                ]
+            }
+            CloseReason::Disconnected => vec![
+                frame::text("41"),
+                frame::close(frame::CLOSE_NORMAL, "disconnected by the server"),
+            ],
+            CloseReason::Shutdown => vec![frame::close(
+                frame::CLOSE_GOING_AWAY,
+                "server shutting down",
+            )],
+        }
+    }
+}
+
+/// One direct connection, as rooms, the gateway and the revocation workflow see it.
+pub struct DirectConn {
+    sid: Sid,
+    tx: mpsc::Sender<Bytes>,
+    rooms: Arc<DirectRooms>,
+    session: OnceLock<Arc<Session>>,
+    closing: OnceLock<CloseReason>,
+    writer: OnceLock<AbortHandle>,
+    close_timeout: Duration,
+}
+
+impl DirectConn {
+    /// Queues a frame; a full queue closes the socket as a slow consumer.
+    pub fn send(&self, frame: Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseReason::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the connection to close with `reason` (the first reason wins): the writer drops
+    /// what is queued, writes the goodbye frames and ends; a writer that cannot finish within
+    /// the close timeout (the client stopped reading) is aborted.
+    pub fn close(&self, reason: CloseReason) {
+        if self.closing.set(reason).is_err() {
+            return;
+        }
+        if reason == CloseReason::SlowConsumer {
+            metrics::counter!(m::SLOW_CONSUMERS).increment(1);
+            tracing::warn!(socket_id = %self.sid, "slow consumer: queue full, closing the socket");
+        }
+        // Wakes an idle writer; a busy one (full queue) sees the flag after its write.
+        let _ = self.tx.try_send(Bytes::new());
+        if let Some(writer) = self.writer.get() {
+            let writer = writer.clone();
+            let timeout = self.close_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                writer.abort();
+            });
+        }
+    }
+
+    /// The reason the connection is closing, once asked.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.closing.get().copied()
+    }
+}
+
+impl Peer for DirectConn {
+    fn sid(&self) -> Sid {
+        self.sid
+    }
+    fn session(&self) -> Option<Arc<Session>> {
+        self.session.get().cloned()
+    }
+    fn join(&self, room: &RoomName) {
+        self.rooms.join(room, self.sid, self.tx.clone());
+    }
+    fn leave(&self, room: &RoomName) {
+        self.rooms.leave(room, self.sid);
+    }
+    fn is_connected(&self) -> bool {
+        self.closing.get().is_none() && !self.tx.is_closed()
+    }
+    fn send_system(&self, message: &SystemMessage) {
+        match serde_json::to_string(message) {
+            Ok(json) => {
+                self.send(frame::text(&packet::event(
+                    herald_protocol::messages::event_names::SYSTEM_MESSAGE,
+                    &json,
+                )));
+            }
+            Err(e) => tracing::error!(error = %e, "system message not encodable"),
+        }
+    }
+}
+
+struct Member {
+    sid: Sid,
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// This instance's direct connections and the rooms they are in.
+#[derive(Default)]
+pub struct DirectRooms {
+    rooms: RwLock<HashMap<RoomName, Vec<Member>>>,
+    conns: Mutex<HashMap<Sid, Arc<DirectConn>>>,
+}
+
+impl DirectRooms {
+    /// No connections yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn join(&self, room: &RoomName, sid: Sid, tx: mpsc::Sender<Bytes>) {
+        let mut rooms = self.rooms.write();
+        let members = rooms.entry(room.clone()).or_default();
+        if !members.iter().any(|m| m.sid == sid) {
+            members.push(Member { sid, tx });
+        }
+    }
+
+    fn leave(&self, room: &RoomName, sid: Sid) {
+        let mut rooms = self.rooms.write();
+        if let Some(members) = rooms.get_mut(room) {
+            if let Some(i) = members.iter().position(|m| m.sid == sid) {
+                members.swap_remove(i);
+            }
+            if members.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    /// Queues `frame` for every member of `room` except `except`. Never blocks: a member whose
+    /// queue is full is closed as a slow consumer (after the room lock is released).
+    pub fn emit(&self, room: &RoomName, frame: &Bytes, except: Option<Sid>) -> EmitReport {
+        let mut report = EmitReport::default();
+        let mut full = Vec::new();
+        {
+            let rooms = self.rooms.read();
+            let Some(members) = rooms.get(room) else {
+                return report;
+            };
+            for m in members {
+                if Some(m.sid) == except {
+                    continue;
+                }
+                match m.tx.try_send(frame.clone()) {
+                    Ok(()) => report.queued += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        report.not_queued += 1;
+                        full.push(m.sid);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => report.not_queued += 1,
+                }
+            }
+        }
+        for sid in full {
+            if let Some(conn) = self.get(sid) {
+                conn.close(CloseReason::SlowConsumer);
+            }
+        }
+        report
+    }
+
+    /// Disconnects every member of `room`.
+    pub fn disconnect(&self, room: &RoomName) {
+        let sids: Vec<Sid> = match self.rooms.read().get(room) {
+            Some(members) => members.iter().map(|m| m.sid).collect(),
+            None => return,
+        };
+        for sid in sids {
+            if let Some(conn) = self.get(sid) {
+                conn.close(CloseReason::Disconnected);
+            }
+        }
+    }
+
+    /// Closes every connection (shutdown).
+    pub fn close_all(&self) {
+        for conn in self.connections() {
+            conn.close(CloseReason::Shutdown);
+        }
+    }
+
+    /// Every connection (a snapshot).
+    pub fn connections(&self) -> Vec<Arc<DirectConn>> {
+        self.conns.lock().values().cloned().collect()
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.conns.lock().len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, sid: Sid) -> Option<Arc<DirectConn>> {
+        self.conns.lock().get(&sid).cloned()
+    }
+
+    fn register(
+        self: &Arc<Self>,
+        tx: mpsc::Sender<Bytes>,
+        close_timeout: Duration,
+    ) -> Arc<DirectConn> {
+        let conn = Arc::new(DirectConn {
+            sid: Sid::new(),
+            tx,
+            rooms: self.clone(),
+            session: OnceLock::new(),
+            closing: OnceLock::new(),
+            writer: OnceLock::new(),
+            close_timeout,
+        });
+        self.conns.lock().insert(conn.sid, conn.clone());
+        conn
+    }
+
+    /// Removes a connection from every room it is in and from the connection list.
+    fn unregister(&self, conn: &DirectConn) {
+        if let Some(session) = conn.session.get() {
+            let mut rooms = self.rooms.write();
+            let project_room = RoomName::project(&session.project);
+            let prefix = format!("{}:", session.project);
+            rooms.retain(|name, members| {
+                if name == &project_room || name.as_str().starts_with(&prefix) {
+                    members.retain(|m| m.sid != conn.sid);
+                }
+                !members.is_empty()
+            });
+        }
+        self.conns.lock().remove(&conn.sid);
+    }
+}
+
+/// What the upgrade middleware needs.
+#[derive(Clone)]
+pub struct DirectTransport {
+    /// Request handlers' shared state.
+    pub gateway: Gateway,
+    /// Timing and limits.
+    pub settings: Arc<DirectSettings>,
+}
+
+/// Whether a request opens a direct connection: `GET /socket.io/?EIO=4&transport=websocket`
+/// without a `sid` (an upgrade of a polling session stays with socketioxide), with the
+/// WebSocket upgrade headers.
+fn is_direct(req: &Request) -> bool {
+    if req.method() != axum::http::Method::GET || !req.uri().path().starts_with("/socket.io") {
+        return false;
+    }
+    let Some(query) = req.uri().query() else {
+        return false;
+    };
+    let mut eio4 = false;
+    let mut websocket = false;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("EIO", "4")) => eio4 = true,
+            Some(("transport", "websocket")) => websocket = true,
+            Some(("sid", _)) => return false,
+            _ => {}
+        }
+    }
+    eio4 && websocket && header_has(req.headers(), header::UPGRADE, "websocket")
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Middleware in front of socketioxide's layer: takes direct WebSocket handshakes, passes
+/// everything else on.
+pub async fn intercept(
+    State(transport): State<DirectTransport>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    if !is_direct(&req) {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (Some(key), true) = (key, version_ok) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade needs Sec-WebSocket-Version 13 and a Sec-WebSocket-Key",
+        )
+            .into_response();
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            "this connection cannot be upgraded",
+        )
+            .into_response();
+    };
+    let mut hasher = Sha1::new();
+    hasher.update(key.as_bytes());
+    hasher.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(hasher.finalize());
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => conn::run(hyper_util::rt::TokioIo::new(upgraded), transport).await,
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut res = Response::new(axum::body::Body::empty());
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    res
+}
