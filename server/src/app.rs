@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
@@ -19,10 +18,6 @@ use socketioxide::layer::SocketIoLayer;
 use socketioxide::{ParserConfig, SocketIo, SocketIoBuilder};
 use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::trace::TraceLayer;
 
 /// `/demo`: the live demo page (files in `server/demo/`).
 #[path = "../demo/demo.rs"]
@@ -243,31 +238,12 @@ pub fn router<A: Adapter>(
 
     let origins = Arc::new(config.allowed_origins.clone());
     api.layer(io_layer)
-        .layer(middleware::from_fn_with_state(direct, crate::direct::intercept))
         .layer(cors_layer(&config.allowed_origins))
-        .layer(middleware::from_fn_with_state(origins, check_origin))
-        // Outermost first: a request id (kept from the caller's `x-request-id` or a new UUID),
-        // a span carrying it for every log line of the request, and the id echoed back.
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|req: &Request| {
-                    let request_id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    // The path only: a query string is never logged.
-                    tracing::info_span!("request", %request_id, method = %req.method(), path = %req.uri().path())
-                })
-                .on_request(())
-                .on_response(
-                    |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
-                        tracing::debug!(status = res.status().as_u16(), latency_us = latency.as_micros() as u64, "response");
-                    },
-                ),
-        )
-        .layer(SetRequestIdLayer::x_request_id(SequentialRequestId::new()))
+        .layer(EdgeLayer {
+            origins,
+            direct,
+            request_ids: SequentialRequestId::new(),
+        })
 }
 
 /// `GET /livez`: the process serves requests.
@@ -327,28 +303,122 @@ fn cors_layer(allowed: &[String]) -> CorsLayer {
     }
 }
 
-/// Refuses requests (REST and the Socket.IO handshake/upgrade alike) whose `Origin` is not in
-/// the allowlist. Requests without `Origin` (servers, CLIs) pass: browsers always send it.
-async fn check_origin(
-    State(allowed): State<Arc<Vec<String>>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if !allowed.is_empty()
-        && let Some(origin) = req.headers().get(header::ORIGIN)
-    {
-        let ok = origin
-            .to_str()
-            .is_ok_and(|o| allowed.iter().any(|a| a.trim() == o));
-        if !ok {
-            return ApiError::new(
+/// The first thing every request meets, in one hand-written service (no boxed service clone
+/// per request, unlike a stack of `from_fn` and `tower-http` layers):
+///
+/// 1. a request id: the caller's `x-request-id`, or a new one; echoed on the response;
+/// 2. a `request` span with the id, method and path (never the query) around everything
+///    that handles the request, so every log line carries the id;
+/// 3. the Origin check;
+/// 4. direct WebSocket handshakes taken off to [`crate::direct`]; everything else goes on to
+///    CORS, socketioxide and the router.
+#[derive(Clone)]
+struct EdgeLayer {
+    origins: Arc<Vec<String>>,
+    direct: DirectTransport,
+    request_ids: SequentialRequestId,
+}
+
+impl<S> tower::Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Edge<S> {
+    inner: S,
+    layer: EdgeLayer,
+}
+
+const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+impl<S> tower::Service<Request> for Edge<S>
+where
+    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        use tracing::Instrument;
+        let request_id = match req.headers().get(&REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.layer.request_ids.next();
+                req.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let span = tracing::info_span!(
+            "request",
+            request_id = request_id.to_str().unwrap_or("-"),
+            method = %req.method(),
+            path = req.uri().path()
+        );
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
+        let answer = move |mut res: Response, request_id: HeaderValue| {
+            res.headers_mut().insert(REQUEST_ID, request_id);
+            if let Some(started) = started {
+                tracing::debug!(
+                    status = res.status().as_u16(),
+                    latency_us = started.elapsed().as_micros() as u64,
+                    "response"
+                );
+            }
+            Ok(res)
+        };
+        let _entered = span.enter();
+        if !origin_allowed(&self.layer.origins, &req) {
+            let res = ApiError::new(
                 ErrorCode::OriginNotAllowed,
                 "this origin is not in the server's allowlist",
             )
             .into_response();
+            return Box::pin(std::future::ready(answer(res, request_id)));
         }
+        if crate::direct::is_direct(&req) {
+            let res = crate::direct::upgrade(req, &self.layer.direct);
+            return Box::pin(std::future::ready(answer(res, request_id)));
+        }
+        let inner = self.inner.call(req);
+        drop(_entered);
+        Box::pin(
+            async move {
+                let Ok(res) = inner.await;
+                answer(res, request_id)
+            }
+            .instrument(span),
+        )
     }
-    next.run(req).await
+}
+
+/// Refuses requests (REST and the Socket.IO handshake/upgrade alike) whose `Origin` is not in
+/// the allowlist. Requests without `Origin` (servers, CLIs) pass: browsers always send it.
+fn origin_allowed(allowed: &[String], req: &Request) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match req.headers().get(header::ORIGIN) {
+        None => true,
+        Some(origin) => origin
+            .to_str()
+            .is_ok_and(|o| allowed.iter().any(|a| a.trim() == o)),
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then: readiness false, `grace`
@@ -430,13 +500,11 @@ impl SequentialRequestId {
             next: Arc::default(),
         }
     }
-}
 
-impl MakeRequestId for SequentialRequestId {
-    fn make_request_id<B>(&mut self, _request: &axum::http::Request<B>) -> Option<RequestId> {
+    /// The next id.
+    fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         HeaderValue::from_str(&format!("{}-{n}", self.prefix))
-            .ok()
-            .map(RequestId::new)
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
     }
 }

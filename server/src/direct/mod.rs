@@ -21,9 +21,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::Bytes;
@@ -351,7 +350,7 @@ pub struct DirectTransport {
 /// Whether a request opens a direct connection: `GET /socket.io/?EIO=4&transport=websocket`
 /// without a `sid` (an upgrade of a polling session stays with socketioxide), with the
 /// WebSocket upgrade headers.
-fn is_direct(req: &Request) -> bool {
+pub fn is_direct(req: &Request) -> bool {
     if req.method() != axum::http::Method::GET || !req.uri().path().starts_with("/socket.io") {
         return false;
     }
@@ -378,16 +377,10 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
     })
 }
 
-/// Middleware in front of socketioxide's layer: takes direct WebSocket handshakes, passes
-/// everything else on.
-pub async fn intercept(
-    State(transport): State<DirectTransport>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    if !is_direct(&req) {
-        return next.run(req).await;
-    }
+/// Answers a direct WebSocket handshake (see [`is_direct`]): `101 Switching Protocols`, and
+/// the connection is served by [`conn::run`] once hyper hands it over.
+pub fn upgrade(mut req: Request, transport: &DirectTransport) -> Response {
+    let transport = transport.clone();
     let headers = req.headers();
     let version_ok = headers
         .get(header::SEC_WEBSOCKET_VERSION)
