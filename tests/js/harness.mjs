@@ -323,6 +323,14 @@ export async function signToken(h, key, channelName) {
 }
 
 /**
+ * Transports `connect` uses unless a test says otherwise: `HERALD_TEST_TRANSPORTS`
+ * (comma-separated), by default WebSocket only, which Herald serves on its direct transport.
+ * `polling,websocket` (socket.io-client's own default) runs a suite over socketioxide's
+ * long-polling and upgrade path instead.
+ */
+export const defaultTransports = (process.env.HERALD_TEST_TRANSPORTS ?? 'websocket').split(',');
+
+/**
  * Opens a Socket.IO connection to project `projectId` (no `auth` at all when it is
  * `undefined`; `opts.auth` overrides). Resolves with the connected socket, or rejects with the
  * `connect_error`.
@@ -330,7 +338,7 @@ export async function signToken(h, key, channelName) {
 export function connect(h, projectId, opts = {}) {
   const { timeoutMs = 10_000, ...ioOpts } = opts;
   const socket = io(h.url, {
-    transports: ['websocket'],
+    transports: defaultTransports,
     forceNew: true,
     reconnection: false,
     timeout: timeoutMs,

@@ -51,9 +51,14 @@ where
     };
     let reason = reader.read_loop(rd, &mut writer).await;
     conn.close(reason);
-    // The writer ends after the goodbye frames (or is aborted by `close`'s watchdog).
-    if !writer.is_finished() {
-        let _ = writer.await;
+    // The writer ends after the goodbye frames; one that cannot deliver them in time (the
+    // client reads nothing) is aborted.
+    if !writer.is_finished()
+        && tokio::time::timeout(settings.close_timeout, &mut writer)
+            .await
+            .is_err()
+    {
+        writer.abort();
     }
     rooms.unregister(&conn);
     if let Some(session) = conn.session.get() {

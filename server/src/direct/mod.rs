@@ -149,7 +149,14 @@ impl DirectConn {
         }
         // Wakes an idle writer; a busy one (full queue) sees the flag after its write.
         let _ = self.tx.try_send(Bytes::new());
-        if let Some(writer) = self.writer.get() {
+        // Closes decided elsewhere than in the connection's own reader need a watchdog: the
+        // reader waits for the writer, which may be stuck on a client that reads nothing.
+        // (The reader bounds its own closes itself.)
+        let from_outside = matches!(
+            reason,
+            CloseReason::SlowConsumer | CloseReason::Disconnected | CloseReason::Shutdown
+        );
+        if from_outside && let Some(writer) = self.writer.get() {
             let writer = writer.clone();
             let timeout = self.close_timeout;
             tokio::spawn(async move {
