@@ -11,7 +11,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::serve::ListenerExt;
 use herald_protocol::ErrorCode;
 use socketioxide::adapter::Adapter;
 use socketioxide::layer::SocketIoLayer;
@@ -432,12 +431,8 @@ pub async fn serve(
     grace: Duration,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        // Nagle would hold small frames back by up to 40 ms.
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
+    // TCP_NODELAY on every socket, and sockets shared with the direct transport.
+    let listener = crate::direct::wire::WireListener(listener);
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
     let signal = async move {
@@ -448,7 +443,8 @@ pub async fn serve(
         signal_state.fanout().close().await;
         let _ = drained_tx.send(());
     };
-    let server = axum::serve(listener, router).with_graceful_shutdown(signal);
+    let service = router.into_make_service_with_connect_info::<crate::direct::wire::Wire>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(signal);
     tokio::select! {
         r = server => r,
         _ = async {

@@ -8,28 +8,29 @@ use std::time::Duration;
 use bytes::Bytes;
 use herald_protocol::messages::event_names::{EVENT, LISTEN, REMOVE};
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::packet::{self, ClientPacket};
-use super::{CloseReason, DirectConn, DirectTransport, frame};
+use super::{CloseReason, DirectConn, DirectTransport, frame, wire};
 use crate::gateway::{self, Outcome, Peer, Session};
 use crate::metrics as m;
 
 /// Largest write when a backlog is coalesced.
 const COALESCE_BYTES: usize = 64 * 1024;
 
-/// Serves one upgraded connection until it closes.
-pub async fn run<IO>(io: IO, transport: DirectTransport)
+/// Serves one upgraded connection until it closes: reads through `io` (hyper's upgraded
+/// stream, which holds any bytes already read), writes to `wire` (the same socket).
+pub async fn run<IO>(io: IO, wire: Arc<TcpStream>, transport: DirectTransport)
 where
-    IO: AsyncRead + AsyncWrite + Send + 'static,
+    IO: AsyncRead + Send + Unpin + 'static,
 {
     let settings = transport.settings.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(settings.socket_buffer.max(2));
     let rooms = transport.gateway.direct().clone();
-    let conn = rooms.register(tx, settings.close_timeout);
-    let (rd, wr) = tokio::io::split(io);
+    let conn = rooms.register(wire, tx, settings.close_timeout);
     let open = packet::open(
         &conn.sid.to_string(),
         settings.ping_interval.as_millis() as u64,
@@ -37,7 +38,7 @@ where
         settings.max_message_bytes,
     );
     conn.send(frame::text(&open));
-    let mut writer = tokio::spawn(write_loop(wr, rx, conn.clone()));
+    let mut writer = tokio::spawn(write_loop(rx, conn.clone()));
     let _ = conn.writer.set(writer.abort_handle());
 
     let mut reader = Reader {
@@ -49,7 +50,7 @@ where
         next_ping: Instant::now() + settings.ping_interval,
         connect_deadline: Some(Instant::now() + settings.connect_timeout),
     };
-    let reason = reader.read_loop(rd, &mut writer).await;
+    let reason = reader.read_loop(io, &mut writer).await;
     conn.close(reason);
     // The writer ends after the goodbye frames; one that cannot deliver them in time (the
     // client reads nothing) is aborted.
@@ -72,21 +73,19 @@ where
     }
 }
 
-/// Drains the queue: a lone frame is written as it is, a backlog is coalesced into writes of up
-/// to 64 KiB. Ends with the goodbye frames once the connection is closing.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut wr: W,
-    mut rx: mpsc::Receiver<Bytes>,
-    conn: Arc<DirectConn>,
-) {
+/// Writes what [`DirectConn::send`] queued because the socket was busy: a lone frame as it is,
+/// a backlog coalesced into writes of up to 64 KiB. Once the queue is empty the connection is
+/// marked idle again (direct writes resume). Ends with the goodbye frames once closing.
+async fn write_loop(mut rx: mpsc::Receiver<Bytes>, conn: Arc<DirectConn>) {
+    let tcp = conn.wire.clone();
     let mut out: Vec<u8> = Vec::new();
     while let Some(first) = rx.recv().await {
         if conn.closing().is_some() {
             break;
         }
         let result = match rx.try_recv() {
-            Err(_) if first.is_empty() => continue,
-            Err(_) => wr.write_all(&first).await,
+            Err(_) if first.is_empty() => Ok(()),
+            Err(_) => wire::write_all(&tcp, &first).await,
             Ok(second) => {
                 // The buffer lives only while there is a backlog: an idle socket holds none.
                 out.reserve(COALESCE_BYTES.min(16 * (first.len() + second.len())));
@@ -98,7 +97,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         Err(_) => break,
                     }
                 }
-                let r = wr.write_all(&out).await;
+                let r = wire::write_all(&tcp, &out).await;
                 out = Vec::new();
                 r
             }
@@ -107,19 +106,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             conn.close(CloseReason::Client);
             return;
         }
+        // Under the lock a sender either still sees `busy` (and queues: we receive it next)
+        // or sees the socket idle after we cleared it (and writes directly, after us).
+        let mut state = conn.wire_state.lock();
+        state.last_write = std::time::Instant::now();
+        if rx.is_empty() && conn.closing().is_none() {
+            state.busy = false;
+        }
     }
     // Closing: what is still queued is dropped, the client gets the reason.
     rx.close();
     while rx.try_recv().is_ok() {}
     if let Some(reason) = conn.closing() {
         for f in reason.goodbye() {
-            if wr.write_all(&f).await.is_err() {
+            if wire::write_all(&tcp, &f).await.is_err() {
                 return;
             }
         }
     }
-    let _ = wr.flush().await;
-    let _ = wr.shutdown().await;
+    let _ = wire::shutdown_write(&tcp);
 }
 
 struct Reader {
@@ -348,15 +353,24 @@ impl Reader {
             other => gateway::unknown_event(other),
         };
         let (ack_body, message) = gateway::answer(result);
+        // The ack and the system_message leave in one write, so a client sees both at once.
+        let mut reply = Vec::new();
         if let Some(id) = ack {
             match serde_json::to_string(&ack_body) {
-                Ok(json) => {
-                    conn.send(frame::text(&packet::ack(id, &json)));
-                }
+                Ok(json) => reply.extend_from_slice(&frame::text(&packet::ack(id, &json))),
                 Err(e) => tracing::error!(error = %e, "ack not encodable"),
             }
         }
-        conn.send_system(&message);
+        match serde_json::to_string(&message) {
+            Ok(json) => reply.extend_from_slice(&frame::text(&packet::event(
+                herald_protocol::messages::event_names::SYSTEM_MESSAGE,
+                &json,
+            ))),
+            Err(e) => tracing::error!(error = %e, "system message not encodable"),
+        }
+        if !reply.is_empty() {
+            conn.send(Bytes::from(reply));
+        }
     }
 }
 

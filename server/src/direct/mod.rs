@@ -16,10 +16,11 @@
 pub mod conn;
 pub mod frame;
 pub mod packet;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -30,6 +31,7 @@ use herald_protocol::{RoomName, SystemMessage};
 use parking_lot::{Mutex, RwLock};
 use sha1::{Digest, Sha1};
 use socketioxide::socket::Sid;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
@@ -115,6 +117,10 @@ impl CloseReason {
 /// One direct connection, as rooms, the gateway and the revocation workflow see it.
 pub struct DirectConn {
     sid: Sid,
+    /// The socket, written directly while nothing is queued.
+    wire: Arc<TcpStream>,
+    /// Whether frames wait in `tx`, and when the socket was last written.
+    wire_state: Mutex<WireState>,
     tx: mpsc::Sender<Bytes>,
     rooms: Arc<DirectRooms>,
     session: OnceLock<Arc<Session>>,
@@ -123,16 +129,80 @@ pub struct DirectConn {
     close_timeout: Duration,
 }
 
+/// How a connection's frames currently reach its socket.
+#[derive(Debug)]
+struct WireState {
+    /// Frames wait in the queue (or the writer task is writing): new frames queue behind them.
+    /// While false, `send` may write straight to the socket.
+    busy: bool,
+    /// When a frame was last written (directly or by the writer).
+    last_write: Instant,
+}
+
+/// A socket written to less than this long ago gets its next frame through the queue: under a
+/// high event rate frames then pile up and the writer coalesces them into one `write`, instead
+/// of one system call per frame. Below the rate (most sockets, most of the time), each frame
+/// goes straight to the socket from the fan-out loop: no queue, no task wake-up.
+const COALESCE_WINDOW: Duration = Duration::from_millis(1);
+
+/// What [`DirectConn::send`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Written to the socket.
+    Written,
+    /// Queued behind earlier frames (the writer task writes it).
+    Queued,
+    /// Not sent: the queue was full (the socket is now closing as a slow consumer) or the
+    /// connection is closed.
+    Dropped,
+}
+
 impl DirectConn {
-    /// Queues a frame; a full queue closes the socket as a slow consumer.
-    pub fn send(&self, frame: Bytes) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
+    /// Sends a frame, in order with every earlier one: straight to the socket when nothing is
+    /// waiting and the kernel takes it whole (no task wake-up, no copy), else through the
+    /// queue. A full queue closes the socket as a slow consumer.
+    pub fn send(&self, frame: Bytes) -> Sent {
+        self.send_at(frame, Instant::now())
+    }
+
+    /// [`DirectConn::send`] with the time already read (once per broadcast).
+    pub fn send_at(&self, frame: Bytes, now: Instant) -> Sent {
+        let outcome = {
+            let mut state = self.wire_state.lock();
+            let frame = if state.busy {
+                frame
+            } else if now.saturating_duration_since(state.last_write) < COALESCE_WINDOW {
+                state.busy = true;
+                frame
+            } else {
+                state.last_write = now;
+                match self.wire.try_write(&frame) {
+                    Ok(n) if n == frame.len() => return Sent::Written,
+                    Ok(n) => {
+                        state.busy = true;
+                        frame.slice(n..)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        state.busy = true;
+                        frame
+                    }
+                    Err(_) => {
+                        state.busy = true;
+                        drop(state);
+                        self.close(CloseReason::Client);
+                        return Sent::Dropped;
+                    }
+                }
+            };
+            self.tx.try_send(frame)
+        };
+        match outcome {
+            Ok(()) => Sent::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close(CloseReason::SlowConsumer);
-                false
+                Sent::Dropped
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => Sent::Dropped,
         }
     }
 
@@ -143,6 +213,8 @@ impl DirectConn {
         if self.closing.set(reason).is_err() {
             return;
         }
+        // No more direct writes: everything goes through the writer, which says goodbye.
+        self.wire_state.lock().busy = true;
         if reason == CloseReason::SlowConsumer {
             metrics::counter!(m::SLOW_CONSUMERS).increment(1);
             tracing::warn!(socket_id = %self.sid, "slow consumer: queue full, closing the socket");
@@ -180,7 +252,7 @@ impl Peer for DirectConn {
         self.session.get().cloned()
     }
     fn join(&self, room: &RoomName) {
-        self.rooms.join(room, self.sid, self.tx.clone());
+        self.rooms.join(room, self.sid);
     }
     fn leave(&self, room: &RoomName) {
         self.rooms.leave(room, self.sid);
@@ -201,15 +273,10 @@ impl Peer for DirectConn {
     }
 }
 
-struct Member {
-    sid: Sid,
-    tx: mpsc::Sender<Bytes>,
-}
-
 /// This instance's direct connections and the rooms they are in.
 #[derive(Default)]
 pub struct DirectRooms {
-    rooms: RwLock<HashMap<RoomName, Vec<Member>>>,
+    rooms: RwLock<HashMap<RoomName, Vec<Arc<DirectConn>>>>,
     conns: Mutex<HashMap<Sid, Arc<DirectConn>>>,
 }
 
@@ -219,11 +286,14 @@ impl DirectRooms {
         Self::default()
     }
 
-    fn join(&self, room: &RoomName, sid: Sid, tx: mpsc::Sender<Bytes>) {
+    fn join(&self, room: &RoomName, sid: Sid) {
+        let Some(conn) = self.get(sid) else {
+            return;
+        };
         let mut rooms = self.rooms.write();
         let members = rooms.entry(room.clone()).or_default();
         if !members.iter().any(|m| m.sid == sid) {
-            members.push(Member { sid, tx });
+            members.push(conn);
         }
     }
 
@@ -239,33 +309,23 @@ impl DirectRooms {
         }
     }
 
-    /// Queues `frame` for every member of `room` except `except`. Never blocks: a member whose
-    /// queue is full is closed as a slow consumer (after the room lock is released).
+    /// Sends `frame` to every member of `room` except `except`. Never blocks: each member gets
+    /// it written or queued ([`DirectConn::send`]); a member whose queue is full is closed as a
+    /// slow consumer. The room lock is held only to copy the member list.
     pub fn emit(&self, room: &RoomName, frame: &Bytes, except: Option<Sid>) -> EmitReport {
         let mut report = EmitReport::default();
-        let mut full = Vec::new();
-        {
-            let rooms = self.rooms.read();
-            let Some(members) = rooms.get(room) else {
-                return report;
-            };
-            for m in members {
-                if Some(m.sid) == except {
-                    continue;
-                }
-                match m.tx.try_send(frame.clone()) {
-                    Ok(()) => report.queued += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        report.not_queued += 1;
-                        full.push(m.sid);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => report.not_queued += 1,
-                }
+        let members: Vec<Arc<DirectConn>> = match self.rooms.read().get(room) {
+            Some(members) => members.clone(),
+            None => return report,
+        };
+        let now = Instant::now();
+        for m in &members {
+            if Some(m.sid) == except {
+                continue;
             }
-        }
-        for sid in full {
-            if let Some(conn) = self.get(sid) {
-                conn.close(CloseReason::SlowConsumer);
+            match m.send_at(frame.clone(), now) {
+                Sent::Written | Sent::Queued => report.queued += 1,
+                Sent::Dropped => report.not_queued += 1,
             }
         }
         report
@@ -312,11 +372,17 @@ impl DirectRooms {
 
     fn register(
         self: &Arc<Self>,
+        wire: Arc<TcpStream>,
         tx: mpsc::Sender<Bytes>,
         close_timeout: Duration,
     ) -> Arc<DirectConn> {
         let conn = Arc::new(DirectConn {
             sid: Sid::new(),
+            wire,
+            wire_state: Mutex::new(WireState {
+                busy: false,
+                last_write: Instant::now() - COALESCE_WINDOW,
+            }),
             tx,
             rooms: self.clone(),
             session: OnceLock::new(),
@@ -354,9 +420,16 @@ pub struct DirectTransport {
     pub settings: Arc<DirectSettings>,
 }
 
+/// The socket under the request, when it came through [`wire::WireListener`].
+pub fn wire_of(req: &Request) -> Option<Arc<TcpStream>> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<wire::Wire>>()
+        .map(|info| info.0.0.clone())
+}
+
 /// Whether a request opens a direct connection: `GET /socket.io/?EIO=4&transport=websocket`
 /// without a `sid` (an upgrade of a polling session stays with socketioxide), with the
-/// WebSocket upgrade headers.
+/// WebSocket upgrade headers, on a connection accepted by [`wire::WireListener`].
 pub fn is_direct(req: &Request) -> bool {
     if req.method() != axum::http::Method::GET || !req.uri().path().starts_with("/socket.io") {
         return false;
@@ -374,7 +447,11 @@ pub fn is_direct(req: &Request) -> bool {
             _ => {}
         }
     }
-    eio4 && websocket && header_has(req.headers(), header::UPGRADE, "websocket")
+    eio4 && websocket && header_has(req.headers(), header::UPGRADE, "websocket") && {
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<wire::Wire>>()
+            .is_some()
+    }
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -388,6 +465,13 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 /// the connection is served by [`conn::run`] once hyper hands it over.
 pub fn upgrade(mut req: Request, transport: &DirectTransport) -> Response {
     let transport = transport.clone();
+    let Some(wire) = wire_of(&req) else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the direct transport needs the server's own listener",
+        )
+            .into_response();
+    };
     let headers = req.headers();
     let version_ok = headers
         .get(header::SEC_WEBSOCKET_VERSION)
@@ -413,7 +497,9 @@ pub fn upgrade(mut req: Request, transport: &DirectTransport) -> Response {
     let accept = base64::engine::general_purpose::STANDARD.encode(hasher.finalize());
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => conn::run(hyper_util::rt::TokioIo::new(upgraded), transport).await,
+            Ok(upgraded) => {
+                conn::run(hyper_util::rt::TokioIo::new(upgraded), wire, transport).await
+            }
             Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
         }
     });
