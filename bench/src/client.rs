@@ -214,7 +214,8 @@ struct Pending {
 struct Engine {
     poll: Poll,
     conns: Vec<Option<Conn>>,
-    closed: HashMap<usize, String>,
+    /// Closed connections: why, and how many events they had received.
+    closed: HashMap<usize, (String, u64)>,
     rbuf: Vec<u8>,
     records: Vec<(u64, u64)>,
     events: u64,
@@ -369,11 +370,14 @@ impl Engine {
                         open: true,
                         closed: None,
                     },
-                    _ => ConnInfo {
-                        events: 0,
-                        open: false,
-                        closed: self.closed.get(&id).cloned(),
-                    },
+                    _ => {
+                        let closed = self.closed.get(&id).cloned();
+                        ConnInfo {
+                            events: closed.as_ref().map_or(0, |c| c.1),
+                            open: false,
+                            closed: closed.map(|c| c.0),
+                        }
+                    }
                 };
                 let _ = reply.send(info);
             }
@@ -527,7 +531,7 @@ impl Engine {
                             .push(format!("{reason} (in state {:?})", c.state));
                     }
                 }
-                self.closed.insert(id, reason);
+                self.closed.insert(id, (reason, c.events));
             }
         }
     }
