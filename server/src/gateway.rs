@@ -138,6 +138,15 @@ impl Session {
             channels: Mutex::new(HashMap::new()),
         }
     }
+
+    /// Every room this session is in: its project's and its channels'.
+    pub fn rooms(&self) -> Vec<RoomName> {
+        let channels = self.channels.lock();
+        let mut rooms = Vec::with_capacity(channels.len() + 1);
+        rooms.push(RoomName::project(&self.project));
+        rooms.extend(channels.keys().map(|c| RoomName::channel(&self.project, c)));
+        rooms
+    }
 }
 
 /// A refused handshake; its `Display` is the `message` of the client's `connect_error`:

@@ -397,15 +397,9 @@ impl DirectRooms {
     /// Removes a connection from every room it is in and from the connection list.
     fn unregister(&self, conn: &DirectConn) {
         if let Some(session) = conn.session.get() {
-            let mut rooms = self.rooms.write();
-            let project_room = RoomName::project(&session.project);
-            let prefix = format!("{}:", session.project);
-            rooms.retain(|name, members| {
-                if name == &project_room || name.as_str().starts_with(&prefix) {
-                    members.retain(|m| m.sid != conn.sid);
-                }
-                !members.is_empty()
-            });
+            for room in session.rooms() {
+                self.leave(&room, conn.sid);
+            }
         }
         self.conns.lock().remove(&conn.sid);
     }
