@@ -7,6 +7,7 @@
 //! upgrades), reached through socketioxide's local broadcast. Local delivery never waits on
 //! Redis; the bus message goes out after it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
@@ -109,12 +110,10 @@ impl<A: Adapter> SioRooms for SocketIo<A> {
     }
 }
 
-/// One message on the event bus between instances.
+/// One message on the event bus between instances (JSON). Messages travel in batches
+/// ([`encode_batch`]) that name the sending instance once.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BusMessage<'a> {
-    /// The instance that sent it (it ignores its own messages).
-    #[serde(rename = "o", borrow)]
-    pub origin: &'a str,
     /// The room.
     #[serde(rename = "r", borrow)]
     pub room: &'a str,
@@ -124,6 +123,34 @@ pub struct BusMessage<'a> {
     /// The event's JSON (for [`BusKind::Event`]).
     #[serde(rename = "d", borrow, default, skip_serializing_if = "Option::is_none")]
     pub data: Option<&'a RawValue>,
+}
+
+/// A batch on the wire: `origin` `\n`, then each message as a 4-byte big-endian length and
+/// its JSON. The origin comes first so an instance skips its own batches without parsing them.
+pub fn encode_batch(origin: &str, messages: &[Vec<u8>]) -> Vec<u8> {
+    let size = origin.len() + 1 + messages.iter().map(|m| m.len() + 4).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(origin.as_bytes());
+    out.push(b'\n');
+    for m in messages {
+        out.extend_from_slice(&(m.len() as u32).to_be_bytes());
+        out.extend_from_slice(m);
+    }
+    out
+}
+
+/// Splits a batch into its origin and messages; `None` if it is malformed.
+pub fn decode_batch(bytes: &[u8]) -> Option<(&str, Vec<&[u8]>)> {
+    let nl = bytes.iter().position(|b| *b == b'\n')?;
+    let origin = std::str::from_utf8(&bytes[..nl]).ok()?;
+    let mut rest = &bytes[nl + 1..];
+    let mut messages = Vec::new();
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        messages.push(rest.get(4..4 + len)?);
+        rest = &rest[4 + len..];
+    }
+    Some((origin, messages))
 }
 
 /// What a bus message asks the other instances to do.
@@ -142,7 +169,8 @@ pub enum BusKind {
 pub trait Bus: Send + Sync + 'static {
     /// This instance's id, the `origin` of what it sends.
     fn origin(&self) -> &str;
-    /// Sends one encoded [`BusMessage`] to every instance.
+    /// Sends one encoded [`BusMessage`] to every other instance (possibly batched with
+    /// others); resolves once the bus took it.
     async fn publish(&self, message: Vec<u8>) -> Result<(), FanoutError>;
 }
 
@@ -150,6 +178,9 @@ pub trait Bus: Send + Sync + 'static {
 pub struct Fanout {
     direct: Arc<DirectRooms>,
     sio: OnceLock<Box<dyn SioRooms>>,
+    /// Admitted socketioxide sockets on this instance: while there are none, broadcasts skip
+    /// socketioxide altogether.
+    sio_sockets: AtomicUsize,
     bus: OnceLock<Arc<dyn Bus>>,
 }
 
@@ -160,6 +191,7 @@ impl Fanout {
         Self {
             direct,
             sio: OnceLock::new(),
+            sio_sockets: AtomicUsize::new(0),
             bus: OnceLock::new(),
         }
     }
@@ -179,6 +211,18 @@ impl Fanout {
         &self.direct
     }
 
+    /// A socketioxide socket was admitted.
+    pub fn sio_socket_joined(&self) {
+        self.sio_sockets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An admitted socketioxide socket went away.
+    pub fn sio_socket_left(&self) {
+        let _ = self
+            .sio_sockets
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
     /// Emits `event` with the encoded `data` to every socket in `room` except `except`: this
     /// instance's sockets first, then the other instances. An `Unavailable` error means only
     /// this instance's sockets got it.
@@ -192,7 +236,6 @@ impl Fanout {
         let report = self.emit_local(&room, event, data, except).await?;
         if let Some(bus) = self.bus.get() {
             let message = BusMessage {
-                origin: bus.origin(),
                 room: room.as_str(),
                 kind: BusKind::Event,
                 data: Some(data),
@@ -215,7 +258,9 @@ impl Fanout {
     ) -> Result<EmitReport, FanoutError> {
         let frame = frame::text(&packet::event(event, data.get()));
         let mut report = self.direct.emit(room, &frame, except);
-        if let Some(sio) = self.sio.get() {
+        if self.sio_sockets.load(Ordering::Relaxed) > 0
+            && let Some(sio) = self.sio.get()
+        {
             report += sio.emit_local(room, event, data, except).await?;
         }
         metrics::counter!(m::DELIVERIES, "outcome" => "queued").increment(report.queued as u64);
@@ -232,7 +277,6 @@ impl Fanout {
         self.disconnect_local(&room).await;
         if let Some(bus) = self.bus.get() {
             let message = BusMessage {
-                origin: bus.origin(),
                 room: room.as_str(),
                 kind: BusKind::Disconnect,
                 data: None,
@@ -252,8 +296,22 @@ impl Fanout {
         }
     }
 
-    /// Handles one message from the bus: ignores this instance's own, applies the others'.
-    pub async fn on_bus_message(&self, bytes: &[u8]) {
+    /// Handles one batch from the bus: ignores this instance's own, applies the others', in
+    /// order.
+    pub async fn on_bus_batch(&self, bytes: &[u8]) {
+        let Some((origin, messages)) = decode_batch(bytes) else {
+            tracing::warn!("malformed bus batch ignored");
+            return;
+        };
+        if self.bus.get().is_some_and(|b| b.origin() == origin) {
+            return;
+        }
+        for m in messages {
+            self.on_bus_message(m).await;
+        }
+    }
+
+    async fn on_bus_message(&self, bytes: &[u8]) {
         let message: BusMessage<'_> = match serde_json::from_slice(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -261,9 +319,6 @@ impl Fanout {
                 return;
             }
         };
-        if self.bus.get().is_some_and(|b| b.origin() == message.origin) {
-            return;
-        }
         let room = match RoomName::parse(message.room) {
             Ok(room) => room,
             Err(e) => {
@@ -289,5 +344,26 @@ impl Fanout {
         if let Some(sio) = self.sio.get() {
             sio.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_and_malformed_ones_are_refused() {
+        // A payload may hold raw newlines: the framing is by length, not by line.
+        let a = b"{\"r\":\"p:c\",\"k\":\"e\",\"d\":{\"x\":\n1}}".to_vec();
+        let b = br#"{"r":"p","k":"x"}"#.to_vec();
+        let batch = encode_batch("instance-1", &[a.clone(), b.clone()]);
+        let (origin, messages) = decode_batch(&batch).expect("valid");
+        assert_eq!(origin, "instance-1");
+        assert_eq!(messages, vec![&a[..], &b[..]]);
+        let message: BusMessage<'_> = serde_json::from_slice(messages[0]).expect("json");
+        assert_eq!(message.kind, BusKind::Event);
+        assert!(decode_batch(&batch[..batch.len() - 1]).is_none());
+        assert!(decode_batch(b"no newline").is_none());
+        assert_eq!(decode_batch(b"x\n").map(|(_, m)| m.len()), Some(0));
     }
 }

@@ -221,6 +221,7 @@ async fn admit<A: Adapter>(
     s.on(EVENT, on_client_event::<A>);
     s.on_fallback(on_unknown_event::<A>);
     s.on_disconnect(on_disconnect::<A>);
+    gw.fanout.sio_socket_joined();
     Ok(())
 }
 
@@ -487,6 +488,7 @@ async fn on_disconnect<A: Adapter>(
     reason: DisconnectReason,
     State(gw): State<Gateway>,
 ) {
+    gw.fanout.sio_socket_left();
     disconnected(&gw, s.id, session(&s), &format!("{reason:?}")).await;
 }
 

@@ -168,12 +168,9 @@ pub fn start(
         .with_adapter::<HeraldAdapter>(adapter)
         .build_layer();
     gateway.fanout.attach_sio(io.clone());
-    let bus = Arc::new(bus::RedisBus::new(
-        client.clone(),
-        format!("{prefix}:events"),
-        instance_id.clone(),
-    ));
-    gateway.fanout.attach_bus(bus.clone());
+    let bus_channel = format!("{prefix}:events");
+    let bus = bus::RedisBus::new(client.clone(), bus_channel.clone(), instance_id.clone());
+    gateway.fanout.attach_bus(bus);
 
     let health = Arc::new(Health::new(false));
     let namespace_ready = Arc::new(AtomicBool::new(false));
@@ -246,9 +243,11 @@ pub fn start(
 
     // Revocation: notices travel on `{prefix}:revoke` through the subscriber connection; the
     // reconciler runs at once whenever that connection comes back.
-    tasks.push(tokio::spawn(
-        bus.listen(driver.clone(), gateway.fanout.clone()),
-    ));
+    tasks.push(tokio::spawn(bus::RedisBus::listen(
+        bus_channel,
+        driver.clone(),
+        gateway.fanout.clone(),
+    )));
     let local: Arc<dyn LocalSockets> = Arc::new(gateway::GatewaySockets::new(
         io,
         gateway.direct().clone(),
