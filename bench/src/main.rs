@@ -317,6 +317,7 @@ async fn suite(cli: Cli, machine: Machine) -> anyhow::Result<bool> {
         rows: Vec::new(),
         failures: Vec::new(),
         server_closed_seen: 0,
+        errors_seen: (0, 0),
         scenario: String::new(),
     };
     for name in &names {
