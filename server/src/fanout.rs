@@ -257,7 +257,7 @@ impl Fanout {
         except: Option<Sid>,
     ) -> Result<EmitReport, FanoutError> {
         let frame = frame::text(&packet::event(event, data.get()));
-        let mut report = self.direct.emit(room, &frame, except);
+        let mut report = self.direct.emit(room, &frame, except).await;
         if self.sio_sockets.load(Ordering::Relaxed) > 0
             && let Some(sio) = self.sio.get()
         {

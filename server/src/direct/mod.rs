@@ -145,6 +145,9 @@ struct WireState {
 /// goes straight to the socket from the fan-out loop: no queue, no task wake-up.
 const COALESCE_WINDOW: Duration = Duration::from_millis(1);
 
+/// Members a fan-out serves before it lets other tasks run.
+pub const YIELD_EVERY: usize = 256;
+
 /// What [`DirectConn::send`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
@@ -309,17 +312,23 @@ impl DirectRooms {
         }
     }
 
-    /// Sends `frame` to every member of `room` except `except`. Never blocks: each member gets
-    /// it written or queued ([`DirectConn::send`]); a member whose queue is full is closed as a
-    /// slow consumer. The room lock is held only to copy the member list.
-    pub fn emit(&self, room: &RoomName, frame: &Bytes, except: Option<Sid>) -> EmitReport {
+    /// Sends `frame` to every member of `room` except `except`. Never waits on a socket: each
+    /// member gets it written or queued ([`DirectConn::send`]); a member whose queue is full is
+    /// closed as a slow consumer. The room lock is held only to copy the member list, and the
+    /// loop yields to other tasks every [`YIELD_EVERY`] members, so a large room does not hold
+    /// a runtime worker for the whole fan-out.
+    pub async fn emit(&self, room: &RoomName, frame: &Bytes, except: Option<Sid>) -> EmitReport {
         let mut report = EmitReport::default();
         let members: Vec<Arc<DirectConn>> = match self.rooms.read().get(room) {
             Some(members) => members.clone(),
             None => return report,
         };
-        let now = Instant::now();
-        for m in &members {
+        let mut now = Instant::now();
+        for (i, m) in members.iter().enumerate() {
+            if i > 0 && i % YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+                now = Instant::now();
+            }
             if Some(m.sid) == except {
                 continue;
             }
