@@ -99,7 +99,10 @@ impl CloseReason {
                         herald_protocol::messages::event_names::SYSTEM_MESSAGE,
                         &message,
                     )),
-                    frame::close(frame::CLOSE_SLOW_CONSUMER, "slow_consumer"),
+                    frame::close(
+                        frame::CLOSE_SLOW_CONSUMER,
+                        herald_protocol::ErrorCode::SlowConsumer.as_str(),
+                    ),
                 ]
             }
             CloseReason::Disconnected => vec![
@@ -363,16 +366,6 @@ impl DirectRooms {
     /// Every connection (a snapshot).
     pub fn connections(&self) -> Vec<Arc<DirectConn>> {
         self.conns.lock().values().cloned().collect()
-    }
-
-    /// How many connections are open.
-    pub fn len(&self) -> usize {
-        self.conns.lock().len()
-    }
-
-    /// Whether no connection is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn get(&self, sid: Sid) -> Option<Arc<DirectConn>> {

@@ -28,6 +28,11 @@ struct RawClient {
 
 impl RawClient {
     async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, "").await
+    }
+
+    /// Upgrades with `extra` header lines (each ending in `\r\n`).
+    async fn connect_with(url: &str, extra: &str) -> anyhow::Result<Self> {
         let addr = url.trim_start_matches("http://");
         let mut stream = TcpStream::connect(addr).await?;
         stream
@@ -35,7 +40,7 @@ impl RawClient {
                 format!(
                     "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {addr}\r\n\
                      Upgrade: websocket\r\nConnection: Upgrade\r\n\
-                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
                 )
                 .as_bytes(),
             )
@@ -262,6 +267,33 @@ async fn direct_handshake_refusals_and_protocol_errors_are_explicit() -> anyhow:
         Frame::Other(op) => assert_eq!(op, 0xA),
         other => bail!("expected pong, got {other:?}"),
     }
+    h.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn origin_allowlist_and_request_ids_cover_the_direct_handshake() -> anyhow::Result<()> {
+    let h = Herald::start(&["--allowed-origins", "https://good.example"]).await?;
+    h.create_project("edge").await?;
+
+    let refused = RawClient::connect_with(&h.url, "Origin: https://evil.example\r\n").await;
+    let refused = refused.err().context("a foreign origin was upgraded")?;
+    assert!(refused.to_string().contains("403"), "{refused}");
+    let mut c = RawClient::connect_with(&h.url, "Origin: https://good.example\r\n").await?;
+    assert!(c.next_text().await?.starts_with("0{"));
+
+    // Every answer carries a request id: the caller's, or a new one.
+    let http = reqwest::Client::new();
+    let echoed = http
+        .get(format!("{}/livez", h.url))
+        .header("x-request-id", "trace-42")
+        .send()
+        .await?;
+    assert_eq!(echoed.headers()["x-request-id"], "trace-42");
+    let a = http.get(format!("{}/livez", h.url)).send().await?;
+    let b = http.get(format!("{}/livez", h.url)).send().await?;
+    let (a, b) = (&a.headers()["x-request-id"], &b.headers()["x-request-id"]);
+    assert!(!a.is_empty() && a != b, "{a:?} {b:?}");
     h.stop().await?;
     Ok(())
 }
