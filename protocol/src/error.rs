@@ -116,6 +116,9 @@ error_codes! {
     TokenWrongAudience = "token_wrong_audience" => 401,
     /// The token is past its `exp` (or before its `nbf`).
     TokenExpired = "token_expired" => 401,
+    /// The token lives longer than the server accepts: `exp - iat` or `exp - now` is over the
+    /// server's `--max-token-ttl-secs`, or `iat` is in the future.
+    TokenLifetimeExceeded = "token_lifetime_exceeded" => 401,
     /// The token was signed for another channel.
     TokenChannelMismatch = "token_channel_mismatch" => 401,
     /// The token was signed for another project.
@@ -147,6 +150,7 @@ impl ErrorCode {
                 | TokenBadAlgorithm
                 | TokenWrongAudience
                 | TokenExpired
+                | TokenLifetimeExceeded
                 | TokenChannelMismatch
                 | TokenProjectMismatch
                 | TokenKeyRevoked

@@ -18,6 +18,11 @@ pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Default lifetime of a private-channel token: 10 minutes.
 pub const DEFAULT_CHANNEL_TOKEN_TTL_SECS: u64 = 600;
 
+/// Default cap on a private-channel token's lifetime: 1 hour. A token whose `exp - iat`, or
+/// whose `exp - now`, is longer is refused (`token_lifetime_exceeded`), whoever signed it; the
+/// server's signing lifetime may not exceed it.
+pub const DEFAULT_MAX_CHANNEL_TOKEN_TTL_SECS: u64 = 3600;
+
 /// Default `aud` claim of private-channel tokens.
 pub const DEFAULT_CHANNEL_AUTH_AUDIENCE: &str = "herald-channel";
 

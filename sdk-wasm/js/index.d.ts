@@ -36,6 +36,7 @@ export type ServerErrorCode =
   | 'token_bad_algorithm'
   | 'token_wrong_audience'
   | 'token_expired'
+  | 'token_lifetime_exceeded'
   | 'token_channel_mismatch'
   | 'token_project_mismatch'
   | 'token_key_revoked'

@@ -141,19 +141,17 @@ pub struct Backends {
 }
 
 /// The shared part of every request handler, both transports.
-pub fn gateway(config: &ServeConfig, backends: Backends) -> Gateway {
-    Gateway::new(GatewayInner {
+/// Fails on a configuration Herald refuses to run with (see [`ServeConfig::channel_tokens`]).
+pub fn gateway(config: &ServeConfig, backends: Backends) -> anyhow::Result<Gateway> {
+    Ok(Gateway::new(GatewayInner {
         fanout: Arc::new(Fanout::new(Arc::new(DirectRooms::new()))),
         store: backends.store,
         tracker: backends.tracker,
-        tokens: ChannelTokens::new(
-            config.channel_auth_audience.clone(),
-            Duration::from_secs(config.channel_token_ttl_secs),
-        ),
+        tokens: config.channel_tokens()?,
         max_channels_per_socket: config.max_channels_per_socket,
         max_payload_bytes: config.max_payload_bytes,
         revocations: backends.revocations,
-    })
+    }))
 }
 
 /// A Socket.IO builder with Herald's limits and the gateway state; embedded mode builds it as

@@ -10,10 +10,12 @@
 //!    (`token_bad_signature`; also when that project does not exist);
 //! 5. `aud` equals the configured audience (`token_wrong_audience`);
 //! 6. `exp` / `nbf` with 5 s leeway (`token_expired`);
-//! 7. `channelName` claim equals the requested channel (`token_channel_mismatch`);
-//! 8. `projectId` claim equals the socket's project (`token_project_mismatch`);
-//! 9. the signing API key still exists (`token_key_revoked`), has not expired
-//!    (`token_key_expired`) and still has `sign_token` (`token_key_scope`).
+//! 7. lifetime: `exp - iat` and `exp - now` at most the server's cap (`--max-token-ttl-secs`),
+//!    `iat` not in the future beyond the leeway (`token_lifetime_exceeded`);
+//! 8. `channelName` claim equals the requested channel (`token_channel_mismatch`);
+//! 9. `projectId` claim equals the socket's project (`token_project_mismatch`);
+//! 10. the signing API key still exists (`token_key_revoked`), has not expired
+//!     (`token_key_expired`) and still has `sign_token` (`token_key_scope`).
 //!
 //! The algorithm is checked before the signature: the header is read only to refuse anything
 //! but HS256 (`none`, RS/HS confusion); the algorithm used to verify is always Herald's own,
@@ -22,12 +24,15 @@
 //! on a socket of project B is then refused as `token_project_mismatch`, which tells the
 //! integrator exactly what went wrong. jsonwebtoken verifies the signature and requires `exp` and
 //! `aud`; Herald compares `aud` and the times itself so the order above is stable.
+//!
+//! A refusal's message is a fixed sentence per check: never the text of a base64, JSON or JWT
+//! library error, and never a piece of the token.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use base64::Engine;
-use herald_protocol::claims::{CHANNEL_TOKEN_ISSUER, ChannelTokenClaims};
+use herald_protocol::claims::{CHANNEL_TOKEN_ALGORITHM, CHANNEL_TOKEN_ISSUER, ChannelTokenClaims};
 use herald_protocol::limits::CHANNEL_TOKEN_LEEWAY_SECS;
 use herald_protocol::{ApiKeyId, ApiKeyScope, ChannelName, ErrorCode, ProjectId, Refusal};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -35,11 +40,12 @@ use time::OffsetDateTime;
 
 use crate::store::{ApiKeyRecord, ProjectRecord, SigningSecret, Store, StoreError};
 
-/// Signs and verifies channel tokens with the server's audience and lifetime.
+/// Signs and verifies channel tokens with the server's audience, lifetime and lifetime cap.
 #[derive(Debug, Clone)]
 pub struct ChannelTokens {
     audience: String,
     ttl: Duration,
+    max_ttl: Duration,
 }
 
 /// Why signing failed (never a client mistake).
@@ -47,13 +53,88 @@ pub struct ChannelTokens {
 #[error("signing a channel token failed: {0}")]
 pub struct SignError(String);
 
+/// The one sentence a client sees for each way a token can be malformed. Messages are fixed:
+/// never the `Display` of a base64, JSON or JWT library error, never a piece of the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Malformed {
+    Shape,
+    Encoding,
+    Claims,
+}
+
+impl Malformed {
+    fn refusal(self) -> Refusal {
+        Refusal::new(
+            ErrorCode::TokenMalformed,
+            match self {
+                Malformed::Shape => {
+                    "authToken is not a channel token: expected three dot-separated base64url parts"
+                }
+                Malformed::Encoding => {
+                    "authToken is not a channel token: its header or claims are not base64url-encoded JSON objects"
+                }
+                Malformed::Claims => {
+                    "authToken is not a channel token: its header or claims lack a required field (aud, iat, exp, channelName, projectId, apiKeyId) or have one of the wrong type"
+                }
+            },
+        )
+    }
+}
+
+/// Steps 2 and 3 of the checks, on untrusted input: the token's shape and algorithm. Returns
+/// the project the (still unverified) token names, whose secret must verify it.
+///
+/// A plain function of the token text, total on any input (it never panics), so a fuzz target
+/// can call it directly.
+pub fn peek_project(token: &str) -> Result<ProjectId, Refusal> {
+    let mut parts = token.split('.');
+    let (Some(header), Some(claims), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Malformed::Shape.refusal());
+    };
+    let decode = |part: &str| -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| Malformed::Encoding.refusal())?;
+        serde_json::from_slice(&bytes).map_err(|_| Malformed::Encoding.refusal())
+    };
+    let header = decode(header)?;
+    if header.get("alg").and_then(|a| a.as_str()) != Some(CHANNEL_TOKEN_ALGORITHM) {
+        return Err(Refusal::new(
+            ErrorCode::TokenBadAlgorithm,
+            "token algorithm is not accepted: channel tokens are HS256",
+        ));
+    }
+    let claims = decode(claims)?;
+    claims
+        .get("projectId")
+        .and_then(|p| p.as_str())
+        .and_then(|p| ProjectId::parse(p).ok())
+        .ok_or_else(|| Malformed::Claims.refusal())
+}
+
 impl ChannelTokens {
-    /// Tokens with `aud = audience` living `ttl`.
-    pub fn new(audience: impl Into<String>, ttl: Duration) -> Self {
-        Self {
+    /// Tokens with `aud = audience` living `ttl`; tokens living longer than `max_ttl` are
+    /// refused. Fails when `ttl` exceeds `max_ttl` (the server would sign tokens it refuses).
+    pub fn new(
+        audience: impl Into<String>,
+        ttl: Duration,
+        max_ttl: Duration,
+    ) -> Result<Self, TtlOverCap> {
+        if ttl > max_ttl {
+            return Err(TtlOverCap { ttl, max_ttl });
+        }
+        Ok(Self {
             audience: audience.into(),
             ttl,
-        }
+            max_ttl,
+        })
+    }
+
+    /// The longest lifetime a token may have.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
     }
 
     /// Signs a token for `channel` of `project`, on behalf of `key`.
@@ -87,57 +168,19 @@ impl ChannelTokens {
         Ok((token, expires_at))
     }
 
-    /// Steps 2 and 3: shape and algorithm. Returns the project the (still unverified) token
-    /// names, whose secret must verify it.
+    /// Steps 2 and 3: see [`peek_project`].
     pub fn peek_project(&self, token: &str) -> Result<ProjectId, Refusal> {
-        let malformed = |why: &str| {
-            Refusal::new(
-                ErrorCode::TokenMalformed,
-                format!("authToken is not a valid channel token: {why}"),
-            )
-        };
-        let mut parts = token.split('.');
-        let (Some(header), Some(claims), Some(_), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed("expected three dot-separated parts"));
-        };
-        let decode = |part: &str, what: &str| -> Result<serde_json::Value, Refusal> {
-            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(part)
-                .map_err(|_| malformed(&format!("{what} is not base64url")))?;
-            serde_json::from_slice(&bytes).map_err(|_| malformed(&format!("{what} is not JSON")))
-        };
-        let header = decode(header, "header")?;
-        let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
-        if alg != "HS256" {
-            return Err(Refusal::new(
-                ErrorCode::TokenBadAlgorithm,
-                format!("token algorithm {alg:?} is not accepted; channel tokens are HS256"),
-            ));
-        }
-        let claims = decode(claims, "claims")?;
-        claims
-            .get("projectId")
-            .and_then(|p| p.as_str())
-            .and_then(|p| ProjectId::parse(p).ok())
-            .ok_or_else(|| malformed("no valid projectId claim"))
+        peek_project(token)
     }
 
-    /// Steps 4 to 6: signature with `secret`, audience, time. Call [`Self::peek_project`]
-    /// first.
+    /// Steps 4 to 7: signature with `secret`, audience, time, lifetime cap. Call
+    /// [`peek_project`] first.
     pub fn verify(
         &self,
         token: &str,
         secret: &SigningSecret,
         now: OffsetDateTime,
     ) -> Result<ChannelTokenClaims, Refusal> {
-        let malformed = |why: &str| {
-            Refusal::new(
-                ErrorCode::TokenMalformed,
-                format!("authToken is not a valid channel token: {why}"),
-            )
-        };
         let mut validation = Validation::new(Algorithm::HS256);
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "aud".to_owned()]);
         validation.validate_exp = false;
@@ -149,15 +192,22 @@ impl ChannelTokens {
             &DecodingKey::from_secret(&secret.0),
             &validation,
         )
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => Refusal::new(
-                ErrorCode::TokenBadSignature,
-                "token signature does not verify with the project's current secret",
-            ),
-            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => {
-                Refusal::new(ErrorCode::TokenBadAlgorithm, "channel tokens are HS256")
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::InvalidSignature => Refusal::new(
+                    ErrorCode::TokenBadSignature,
+                    "token signature does not verify with the project's current secret",
+                ),
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Refusal::new(
+                    ErrorCode::TokenBadAlgorithm,
+                    "token algorithm is not accepted: channel tokens are HS256",
+                ),
+                ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                    Malformed::Encoding.refusal()
+                }
+                _ => Malformed::Claims.refusal(),
             }
-            other => malformed(&format!("{other:?}")),
         })?
         .claims;
 
@@ -180,10 +230,25 @@ impl ChannelTokens {
                 "token is not valid yet",
             ));
         }
+        let cap = self.max_ttl.as_secs();
+        if claims.iat > now.saturating_add(CHANNEL_TOKEN_LEEWAY_SECS)
+            || claims.exp.saturating_sub(claims.iat) > cap
+            || claims.exp
+                > now
+                    .saturating_add(cap)
+                    .saturating_add(CHANNEL_TOKEN_LEEWAY_SECS)
+        {
+            return Err(Refusal::new(
+                ErrorCode::TokenLifetimeExceeded,
+                format!(
+                    "token lifetime is over this server's cap of {cap} s (or it was issued in the future)"
+                ),
+            ));
+        }
         Ok(claims)
     }
 
-    /// All nine steps for a `listen` on `channel` by a socket of `project`. Returns the id of
+    /// Every step for a `listen` on `channel` by a socket of `project`. Returns the id of
     /// the key that signed, for connection tracking.
     pub async fn authorize_listen(
         &self,
@@ -199,7 +264,7 @@ impl ChannelTokens {
                 format!("channel {channel} is private: listen needs an authToken"),
             )
         })?;
-        let claimed_project = self.peek_project(token)?;
+        let claimed_project = peek_project(token)?;
         let record = store
             .project(&claimed_project)
             .await
@@ -233,7 +298,21 @@ impl ChannelTokens {
     }
 }
 
-/// Step 9: the signing key must exist, be unexpired and keep `sign_token`.
+/// The configured signing lifetime is longer than the lifetime cap.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--channel-token-ttl-secs ({}) exceeds --max-token-ttl-secs ({}): Herald would sign tokens it refuses; lower the first or raise the second",
+    ttl.as_secs(),
+    max_ttl.as_secs()
+)]
+pub struct TtlOverCap {
+    /// The signing lifetime.
+    pub ttl: Duration,
+    /// The cap.
+    pub max_ttl: Duration,
+}
+
+/// Step 10: the signing key must exist, be unexpired and keep `sign_token`.
 pub fn check_signing_key(key: Option<&ApiKeyRecord>, now: OffsetDateTime) -> Result<(), Refusal> {
     let key = key.ok_or_else(|| {
         Refusal::new(
@@ -316,7 +395,12 @@ mod tests {
         let (project, key) = sample("tok");
         store.create_project(&project).await.expect("project");
         store.create_api_key(&key).await.expect("key");
-        let tokens = ChannelTokens::new("herald-channel", Duration::from_secs(600));
+        let tokens = ChannelTokens::new(
+            "herald-channel",
+            Duration::from_secs(600),
+            Duration::from_secs(3600),
+        )
+        .expect("ttl under the cap");
         let now = OffsetDateTime::now_utc();
         let channel = ChannelName::parse("private-u1").expect("valid");
         let other_project = ProjectId::parse("p-other").expect("valid");
@@ -530,5 +614,242 @@ mod tests {
             code(check(Some(good), &channel, &project.id, now).await),
             Some(ErrorCode::TokenBadSignature)
         );
+    }
+
+    /// Every class of bad token gets its code and a fixed sentence: never a parser's error
+    /// text (`Json(Error(..`, `Base64(InvalidByte(..`, `missing field`) nor the token itself.
+    #[tokio::test]
+    async fn every_bad_token_class_has_a_clean_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let (project, key) = sample("msg");
+        store.create_project(&project).await.expect("project");
+        store.create_api_key(&key).await.expect("key");
+        let tokens = ChannelTokens::new(
+            "herald-channel",
+            Duration::from_secs(600),
+            Duration::from_secs(3600),
+        )
+        .expect("ttl under the cap");
+        let now = OffsetDateTime::now_utc();
+        let t = unix(now);
+        let channel = ChannelName::parse("private-u1").expect("valid");
+        let secret = project.signing_secret.0;
+        let hs = serde_json::json!({"alg": "HS256", "typ": "JWT"});
+        let claims = serde_json::json!({
+            "aud": "herald-channel", "iss": "herald", "iat": t, "exp": t + 60,
+            "channelName": "private-u1", "projectId": project.id, "apiKeyId": key.id,
+        });
+        let with = |changes: &[(&str, Option<serde_json::Value>)]| {
+            let mut c = claims.clone();
+            for (field, value) in changes {
+                match value {
+                    Some(v) => c[*field] = v.clone(),
+                    None => {
+                        c.as_object_mut().map(|o| o.remove(*field));
+                    }
+                }
+            }
+            forge(hs.clone(), c, &secret)
+        };
+        let good_claims = b64(&claims);
+        let cases: Vec<(&str, String, ErrorCode)> = vec![
+            ("one segment", "garbage".into(), ErrorCode::TokenMalformed),
+            ("two segments", "a.b".into(), ErrorCode::TokenMalformed),
+            ("four segments", "a.b.c.d".into(), ErrorCode::TokenMalformed),
+            (
+                "header not base64",
+                format!("!!!*.{good_claims}.sig"),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "claims not base64",
+                format!("{}.%%%é.sig", b64(&hs)),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "signature not base64",
+                format!("{}.{good_claims}.***", b64(&hs)),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "header not JSON",
+                format!("{}.{good_claims}.sig", URL_SAFE_NO_PAD.encode("{not json")),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "claims an array",
+                forge(hs.clone(), serde_json::json!([1, 2, 3]), &secret),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "claims a string",
+                forge(hs.clone(), serde_json::json!("claims"), &secret),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "projectId of the wrong type",
+                with(&[("projectId", Some(42.into()))]),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "apiKeyId missing",
+                with(&[("apiKeyId", None)]),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "iat missing",
+                with(&[("iat", None)]),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "exp a string",
+                with(&[("exp", Some("soon".into()))]),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "invalid channelName claim",
+                with(&[("channelName", Some("private-ÿ\"".into()))]),
+                ErrorCode::TokenMalformed,
+            ),
+            (
+                "alg none",
+                format!(
+                    "{}.{good_claims}.",
+                    b64(&serde_json::json!({"alg": "none"}))
+                ),
+                ErrorCode::TokenBadAlgorithm,
+            ),
+            (
+                "alg RS256",
+                forge(serde_json::json!({"alg": "RS256"}), claims.clone(), &secret),
+                ErrorCode::TokenBadAlgorithm,
+            ),
+            (
+                "alg not a string",
+                forge(
+                    serde_json::json!({"alg": ["HS256"]}),
+                    claims.clone(),
+                    &secret,
+                ),
+                ErrorCode::TokenBadAlgorithm,
+            ),
+            (
+                "wrong secret",
+                forge(hs.clone(), claims.clone(), b"another secret"),
+                ErrorCode::TokenBadSignature,
+            ),
+            (
+                "wrong audience",
+                with(&[("aud", Some("elsewhere".into()))]),
+                ErrorCode::TokenWrongAudience,
+            ),
+            (
+                "expired",
+                with(&[("exp", Some((t - 60).into()))]),
+                ErrorCode::TokenExpired,
+            ),
+            (
+                "exp - iat over the cap",
+                with(&[
+                    ("iat", Some((t - 3000).into())),
+                    ("exp", Some((t + 601).into())),
+                ]),
+                ErrorCode::TokenLifetimeExceeded,
+            ),
+            (
+                "exp far in the future",
+                with(&[("exp", Some((t + 10 * 365 * 86_400).into()))]),
+                ErrorCode::TokenLifetimeExceeded,
+            ),
+            (
+                "iat in the future, lifetime itself short",
+                with(&[
+                    ("iat", Some((t + 3000).into())),
+                    ("exp", Some((t + 3060).into())),
+                ]),
+                ErrorCode::TokenLifetimeExceeded,
+            ),
+            (
+                "exp at u64::MAX",
+                with(&[("exp", Some(u64::MAX.into()))]),
+                ErrorCode::TokenLifetimeExceeded,
+            ),
+        ];
+        for (what, token, expected) in cases {
+            let refusal = tokens
+                .authorize_listen(&store, &project.id, &channel, Some(&token), now)
+                .await
+                .expect_err(what);
+            assert_eq!(refusal.code, expected, "{what}: {}", refusal.message);
+            let message = &refusal.message;
+            for leak in [
+                "Error(",
+                "InvalidByte",
+                "missing field",
+                "invalid type",
+                "Json",
+                "Base64",
+            ] {
+                assert!(
+                    !message.contains(leak),
+                    "{what}: {message:?} contains {leak:?}"
+                );
+            }
+            assert!(!message.contains(&token), "{what}: message holds the token");
+            for part in token.split('.').filter(|p| p.len() > 3) {
+                assert!(!message.contains(part), "{what}: message holds {part:?}");
+            }
+        }
+        // At the cap exactly (and within the leeway of now) the token passes.
+        let at_cap = with(&[
+            ("iat", Some((t - 100).into())),
+            ("exp", Some((t + 3500).into())),
+        ]);
+        assert_eq!(
+            tokens
+                .authorize_listen(&store, &project.id, &channel, Some(&at_cap), now)
+                .await,
+            Ok(key.id.clone())
+        );
+        let clock_skew = with(&[
+            ("iat", Some((t + 3).into())),
+            ("exp", Some((t + 63).into())),
+        ]);
+        assert!(
+            tokens
+                .authorize_listen(&store, &project.id, &channel, Some(&clock_skew), now)
+                .await
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn signing_lifetime_over_the_cap_is_refused() {
+        let err = ChannelTokens::new("a", Duration::from_secs(3601), Duration::from_secs(3600))
+            .expect_err("over the cap");
+        assert!(err.to_string().contains("--max-token-ttl-secs"), "{err}");
+        assert!(
+            ChannelTokens::new("a", Duration::from_secs(3600), Duration::from_secs(3600)).is_ok()
+        );
+    }
+
+    #[test]
+    fn peek_project_never_panics_on_odd_input() {
+        for input in [
+            "",
+            ".",
+            "..",
+            "...",
+            "é.é.é",
+            "\u{0}.\u{0}.\u{0}",
+            "eyJ.eyJ.x",
+        ] {
+            assert_eq!(
+                peek_project(input).map_err(|r| r.code),
+                Err(ErrorCode::TokenMalformed),
+                "{input:?}"
+            );
+        }
     }
 }

@@ -88,9 +88,16 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_CHANNEL_AUTH_AUDIENCE", default_value = limits::DEFAULT_CHANNEL_AUTH_AUDIENCE)]
     pub channel_auth_audience: String,
 
-    /// Lifetime of private-channel tokens, in seconds.
+    /// Lifetime of the private-channel tokens this server signs, in seconds. May not exceed
+    /// `--max-token-ttl-secs` (Herald refuses to start otherwise).
     #[arg(long, env = "HERALD_CHANNEL_TOKEN_TTL_SECS", default_value_t = limits::DEFAULT_CHANNEL_TOKEN_TTL_SECS)]
     pub channel_token_ttl_secs: u64,
+
+    /// Longest lifetime of a private-channel token `listen` accepts, in seconds: a token whose
+    /// `exp - iat` or `exp - now` is longer, or whose `iat` is in the future, is refused with
+    /// `token_lifetime_exceeded`, whoever signed it.
+    #[arg(long, env = "HERALD_MAX_TOKEN_TTL_SECS", default_value_t = limits::DEFAULT_MAX_CHANNEL_TOKEN_TTL_SECS)]
+    pub max_token_ttl_secs: u64,
 
     /// Milliseconds between turning `/readyz` false and closing sockets on shutdown, so a load
     /// balancer stops sending new clients first.
@@ -128,6 +135,24 @@ impl ServeConfig {
     pub fn max_message_bytes(&self) -> usize {
         self.max_payload_bytes
             .saturating_add(limits::ENVELOPE_ALLOWANCE_BYTES)
+    }
+
+    /// The channel token signer and checker. Fails when `--channel-token-ttl-secs` exceeds
+    /// `--max-token-ttl-secs`: Herald would sign tokens it refuses.
+    pub fn channel_tokens(
+        &self,
+    ) -> Result<crate::channel_token::ChannelTokens, crate::channel_token::TtlOverCap> {
+        crate::channel_token::ChannelTokens::new(
+            self.channel_auth_audience.clone(),
+            Duration::from_secs(self.channel_token_ttl_secs),
+            Duration::from_secs(self.max_token_ttl_secs),
+        )
+    }
+
+    /// Refuses settings Herald cannot run with, before anything starts.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.channel_tokens()?;
+        Ok(())
     }
 
     /// Connect timeout as a duration.

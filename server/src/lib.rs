@@ -71,7 +71,7 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
         tracker: tracker.clone(),
         revocations: queue.clone(),
     };
-    let gateway = app::gateway(config, backends);
+    let gateway = app::gateway(config, backends)?;
     let (io_layer, io) = app::socket_io(config, &gateway).build_layer();
     gateway::register(&io);
     gateway.fanout.attach_sio(io.clone());
@@ -102,6 +102,7 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
 /// Runs `herald serve` until ctrl-c or SIGTERM. Prints `herald listening on http://ADDR` on
 /// stdout once the socket is bound (tests and scripts wait for that line).
 pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
+    config.validate().context("invalid configuration")?;
     let (admin, source) =
         AdminToken::load_or_generate(config.admin_token.as_deref(), &config.data_dir)
             .with_context(|| {

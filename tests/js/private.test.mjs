@@ -42,6 +42,9 @@ async function assertRefused(h, socket, key, channel, token, code) {
   const ack = await listen(socket, channel, token);
   assert.equal(ack.ok, false, `expected ${code}, got ${JSON.stringify(ack)}`);
   assert.equal(ack.code, code);
+  // Messages are fixed sentences: never the token, never a parser's error text.
+  if (token) assert.ok(!ack.message.includes(token), ack.message);
+  assert.ok(!/Error\(|InvalidByte|missing field/.test(ack.message), ack.message);
   const sys = await message;
   assert.equal(sys.code, 'Error');
   assert.equal(sys.data.errorCode, code);
@@ -183,12 +186,28 @@ describe('token audience and expiry', () => {
       const foreignAud = await sign(s1, key, channel);
       await s1.stop();
 
+      // Server 2 signs two-hour tokens (it raised its own cap to allow it).
+      const s2 = await startHerald({
+        dataDir,
+        extraArgs: ['--channel-token-ttl-secs', '7200', '--max-token-ttl-secs', '7200'],
+      });
+      const longLived = await sign(s2, key, channel);
+      const lc = claimsOf(longLived.token);
+      assert.equal(lc.exp - lc.iat, 7200);
+      await s2.stop();
+
       // Same data, default audience, tokens that expire at once.
       const h = await startHerald({ dataDir, extraArgs: ['--channel-token-ttl-secs', '0'] });
       try {
         const expiring = await sign(h, key, channel);
         const socket = await connect(h, project);
         await assertRefused(h, socket, key, channel, foreignAud.token, 'token_wrong_audience');
+        // The default cap is one hour: a genuine, unexpired two-hour token is refused.
+        const message = nextEvent(socket, 'system_message');
+        const ack = await listen(socket, channel, longLived.token);
+        assert.equal(ack.code, 'token_lifetime_exceeded');
+        assert.ok(!ack.message.includes(longLived.token) && !/Error\(|missing field/.test(ack.message), ack.message);
+        assert.equal((await message).data.errorCode, 'token_lifetime_exceeded');
         // exp = now; the server allows 5 s of clock skew.
         await sleep(6200);
         await assertRefused(h, socket, key, channel, expiring.token, 'token_expired');

@@ -154,7 +154,7 @@ pub fn start(
             tracker: tracker.clone(),
             revocations: queue.clone(),
         },
-    );
+    )?;
 
     let driver = HeraldDriver::new(subscriber);
     let adapter = RedisAdapterCtr::new_with_driver(
