@@ -206,6 +206,10 @@ impl PublishRequest<Box<RawValue>> {
         let channel_name = channel_field(&serde_json::json!({ "channelName": wire.channel_name }))?;
         let payload = wire.payload;
         check_payload_size(payload.get().len(), max_payload)?;
+        crate::depth::check_depth(
+            crate::depth::nesting_depth(payload.get().as_bytes()),
+            "payload",
+        )?;
         Ok(Self {
             channel_name,
             payload,

@@ -49,6 +49,9 @@ error_codes! {
     InvalidProjectId = "invalid_project_id" => 400,
     /// The payload (or the whole body) is larger than the configured limit.
     PayloadTooLarge = "payload_too_large" => 413,
+    /// The payload (or the handshake `auth`) nests arrays and objects deeper than
+    /// [`MAX_JSON_DEPTH`](crate::limits::MAX_JSON_DEPTH).
+    PayloadTooDeep = "payload_too_deep" => 400,
     /// An `expiresAt` that is not in the future.
     InvalidExpiry = "invalid_expiry" => 400,
     /// A token was requested for a public channel (tokens are for `private-` channels).

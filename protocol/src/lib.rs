@@ -9,7 +9,8 @@
 //! * [`api`]: the publisher and admin REST bodies, [`ApiKeyScope`] and the API key format.
 //! * [`claims`]: the claims of a private-channel token.
 //! * [`error`]: every [`ErrorCode`] Herald answers with, and its HTTP status.
-//! * [`limits`]: default limits shared by server and clients.
+//! * [`limits`]: default limits shared by server and clients; [`depth`]: the JSON nesting
+//!   bound of payloads.
 //! * `codec` (feature `codec`): the client side of the Socket.IO / Engine.IO framing, shared
 //!   by the Rust subscriber and the browser client.
 //!
@@ -29,6 +30,7 @@ pub mod api;
 pub mod claims;
 #[cfg(feature = "codec")]
 pub mod codec;
+pub mod depth;
 pub mod error;
 pub mod limits;
 pub mod messages;

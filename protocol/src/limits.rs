@@ -31,3 +31,8 @@ pub const CHANNEL_TOKEN_LEEWAY_SECS: u64 = 5;
 
 /// Longest accepted API key or project display name, in bytes.
 pub const MAX_DISPLAY_NAME_BYTES: usize = 200;
+
+/// Deepest nesting of arrays and objects accepted in an event payload (REST publish, client
+/// `event`) and in the handshake `auth`: 32 levels. Deeper is refused with `payload_too_deep`.
+/// See [`crate::depth`].
+pub const MAX_JSON_DEPTH: usize = 32;

@@ -49,6 +49,9 @@ impl HandshakeAuth {
     /// assert_eq!(HandshakeAuth::parse(None).unwrap_err().code, ErrorCode::MissingProjectId);
     /// ```
     pub fn parse(auth: Option<&Value>) -> Result<Self, Refusal> {
+        if let Some(auth) = auth {
+            crate::depth::check_depth(crate::depth::value_depth(auth), "handshake auth")?;
+        }
         let missing = || {
             Refusal::new(
                 ErrorCode::MissingProjectId,
@@ -134,6 +137,7 @@ impl ClientEvent {
             .get("payload")
             .cloned()
             .ok_or_else(|| Refusal::new(ErrorCode::InvalidBody, "missing \"payload\""))?;
+        crate::depth::check_depth(crate::depth::value_depth(&payload), "payload")?;
         Ok(Self {
             channel_name,
             payload,

@@ -8,6 +8,7 @@ export type ServerErrorCode =
   | 'ambiguous_channel_name'
   | 'invalid_project_id'
   | 'payload_too_large'
+  | 'payload_too_deep'
   | 'invalid_expiry'
   | 'channel_not_private'
   | 'missing_api_key'
