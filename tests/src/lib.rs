@@ -110,8 +110,13 @@ impl Herald {
         });
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let stdout_sink = logs.clone();
         let url = tokio::time::timeout(Duration::from_secs(20), async {
             while let Some(line) = lines.next_line().await? {
+                if let Ok(mut l) = stdout_sink.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
                 if let Some(url) = line.strip_prefix("herald listening on ") {
                     return Ok(url.trim().to_owned());
                 }
@@ -167,9 +172,16 @@ impl Herald {
         self.child.as_ref().and_then(|c| c.id())
     }
 
-    /// Everything the server logged so far.
+    /// Everything the server logged so far (stderr, and stdout up to the listening line).
     pub fn logs(&self) -> String {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The Prometheus endpoint, when the server was started with `--metrics-bind`.
+    pub fn metrics_url(&self) -> Option<String> {
+        self.logs()
+            .lines()
+            .find_map(|l| Some(l.strip_prefix("herald metrics on ")?.trim().to_owned()))
     }
 
     /// A raw request with optional bearer token and body.

@@ -30,7 +30,12 @@ where
     let settings = transport.settings.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(settings.socket_buffer.max(2));
     let rooms = transport.gateway.direct().clone();
-    let conn = rooms.register(wire, tx, settings.close_timeout);
+    let registration = Registration {
+        conn: rooms.register(wire, tx, settings.close_timeout),
+        rooms,
+        gateway: transport.gateway.clone(),
+    };
+    let conn = registration.conn.clone();
     let open = packet::open(
         &conn.sid.to_string(),
         settings.ping_interval.as_millis() as u64,
@@ -61,15 +66,42 @@ where
     {
         writer.abort();
     }
-    rooms.unregister(&conn);
-    if let Some(session) = conn.session.get() {
-        gateway::disconnected(
-            &reader.transport.gateway,
-            conn.sid,
-            Some(session.clone()),
-            &format!("{reason:?}"),
-        )
-        .await;
+    // Clean-up is `registration`'s drop: here, and on every other way out of this function,
+    // a panic in a request handler included.
+    drop(registration);
+}
+
+/// Owns one registered connection. Dropping it, however the connection's task ends (return or
+/// panic), removes the connection from its rooms and the connection list, makes sure its
+/// writer stops (a connection that was not closing yet is closed with 1011, and its writer
+/// aborted after the close timeout), and runs the gateway's disconnect clean-up (gauges,
+/// tracking entries) in a task of its own.
+struct Registration {
+    conn: Arc<DirectConn>,
+    rooms: Arc<super::DirectRooms>,
+    gateway: gateway::Gateway,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // A no-op when the connection already closes for a reason of its own.
+        self.conn.close(CloseReason::Internal);
+        self.rooms.unregister(&self.conn);
+        let Some(session) = self.conn.session.get().cloned() else {
+            return;
+        };
+        let reason = format!("{:?}", self.conn.closing().unwrap_or(CloseReason::Internal));
+        let (gateway, sid) = (self.gateway.clone(), self.conn.sid);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    gateway::disconnected(&gateway, sid, Some(session), &reason).await;
+                });
+            }
+            Err(_) => {
+                tracing::debug!(socket_id = %sid, "no runtime left for the disconnect clean-up")
+            }
+        }
     }
 }
 
@@ -376,3 +408,234 @@ impl Reader {
 
 /// How long `close` waits for a writer to deliver the goodbye frames by default.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    //! The direct transport's invariants on real loopback sockets: frame order across direct
+    //! and queued writes, and clean-up on every way a connection ends.
+    use super::*;
+    use crate::channel_token::ChannelTokens;
+    use crate::direct::{DirectRooms, DirectSettings, Sent};
+    use crate::fanout::Fanout;
+    use crate::gateway::{Gateway, GatewayInner};
+    use crate::revocation::embedded::EmbeddedQueue;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::tracking::ConnectionTracker;
+    use crate::tracking::memory::MemoryTracker;
+    use herald_protocol::{ApiKeyId, ChannelName, ProjectId, RoomName};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    struct Fixture {
+        transport: DirectTransport,
+        tracker: Arc<MemoryTracker>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(settings: DirectSettings) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
+        let queue = Arc::new(EmbeddedQueue::open(store.database()).expect("queue"));
+        let tracker = Arc::new(MemoryTracker::new());
+        let gateway = Gateway::new(GatewayInner {
+            store,
+            tracker: tracker.clone(),
+            tokens: ChannelTokens::new("herald", Duration::from_secs(600)),
+            max_channels_per_socket: 10,
+            max_payload_bytes: 1024,
+            revocations: queue,
+            fanout: Arc::new(Fanout::new(Arc::new(DirectRooms::new()))),
+        });
+        Fixture {
+            transport: DirectTransport {
+                gateway,
+                settings: Arc::new(settings),
+            },
+            tracker,
+            _dir: dir,
+        }
+    }
+
+    fn settings() -> DirectSettings {
+        DirectSettings {
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(20),
+            max_message_bytes: 4096,
+            socket_buffer: 64,
+            close_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// A connected pair: (server side, client side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (accepted.expect("accept").0, client.expect("connect"))
+    }
+
+    fn masked_text(text: &str) -> Vec<u8> {
+        let mut out = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        out.extend_from_slice(text.as_bytes());
+        out
+    }
+
+    /// Reads server frames' text payloads until EOF (small unmasked frames only).
+    async fn read_texts(mut client: TcpStream) -> Vec<String> {
+        let mut bytes = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut bytes)).await;
+        let mut texts = Vec::new();
+        let mut rest = &bytes[..];
+        while rest.len() >= 2 {
+            let (len, header) = match rest[1] {
+                126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+                n => (n as usize, 2),
+            };
+            if rest.len() < header + len {
+                break;
+            }
+            if rest[0] & 0x0f == frame::TEXT {
+                texts.push(String::from_utf8_lossy(&rest[header..header + len]).into_owned());
+            }
+            rest = &rest[header + len..];
+        }
+        texts
+    }
+
+    #[tokio::test]
+    async fn frames_reach_the_wire_in_send_order_across_direct_and_queued_writes() {
+        let f = fixture(settings());
+        let (server, client) = pair().await;
+        let (tx, rx) = mpsc::channel(100_000);
+        let rooms = f.transport.gateway.direct().clone();
+        let conn = rooms.register(Arc::new(server), tx, Duration::from_secs(1));
+        let writer = tokio::spawn(write_loop(rx, conn.clone()));
+        let reading = tokio::spawn(read_texts(client));
+        let mut outcomes = Vec::new();
+        for i in 0..5_000u32 {
+            outcomes.push(conn.send(frame::text(&i.to_string())));
+            // Now and then a pause longer than the coalescing window: direct writes resume.
+            if i % 500 == 0 {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+        assert!(outcomes.contains(&Sent::Written) && outcomes.contains(&Sent::Queued));
+        // Closing drops what is still queued: wait until the writer drained the queue.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while conn.wire_state.lock().busy {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("queue drained");
+        conn.close(CloseReason::Client);
+        writer.await.expect("writer");
+        let texts = reading.await.expect("reader");
+        let expected: Vec<String> = (0..5_000u32).map(|i| i.to_string()).collect();
+        let first_wrong = texts.iter().zip(&expected).position(|(a, b)| a != b);
+        assert_eq!(first_wrong, None, "frames out of order");
+        assert_eq!(
+            texts.len(),
+            expected.len(),
+            "frames lost: {:?}",
+            texts.last()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_still_cleans_up() {
+        let f = fixture(settings());
+        let rooms = f.transport.gateway.direct().clone();
+        let (server, _client) = pair().await;
+        let (tx, rx) = mpsc::channel(8);
+        let conn = rooms.register(Arc::new(server), tx, Duration::from_millis(200));
+        let writer = tokio::spawn(write_loop(rx, conn.clone()));
+        let _ = conn.writer.set(writer.abort_handle());
+        let project = ProjectId::parse("p").expect("project");
+        let room = RoomName::channel(&project, &ChannelName::parse("news").expect("channel"));
+        let _ = conn.session.set(Arc::new(Session::new(project.clone())));
+        conn.join(&RoomName::project(&project));
+        let sid = conn.sid.to_string();
+        f.tracker
+            .add(
+                &sid,
+                &room,
+                &ApiKeyId::parse(&"a".repeat(herald_protocol::api::API_KEY_ID_HEX_LEN))
+                    .expect("key id"),
+            )
+            .await
+            .expect("tracked");
+        let registration = Registration {
+            conn: conn.clone(),
+            rooms: rooms.clone(),
+            gateway: f.transport.gateway.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let _registration = registration;
+            panic!("a handler bug");
+        });
+        assert!(task.await.is_err(), "the task panicked");
+        assert!(rooms.connections().is_empty(), "still registered");
+        assert_eq!(conn.closing(), Some(CloseReason::Internal));
+        // The writer says goodbye (or is aborted) and lets go of the socket.
+        tokio::time::timeout(Duration::from_secs(2), writer)
+            .await
+            .expect("writer stopped")
+            .ok();
+        let untracked = tokio::time::timeout(Duration::from_secs(2), async {
+            while !f.tracker.by_socket(&sid).await.expect("tracker").is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(untracked.is_ok(), "tracking entries left behind");
+        assert_eq!(
+            Arc::strong_count(&conn),
+            1,
+            "something still holds the connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_way_a_connection_ends_unregisters_it() {
+        let mut quick = settings();
+        quick.connect_timeout = Duration::from_millis(300);
+        quick.ping_interval = Duration::from_millis(200);
+        quick.ping_timeout = Duration::from_millis(200);
+        let f = fixture(quick);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("client EOF", vec![]),
+            ("malformed packet", masked_text("4é")),
+            ("unknown engine.io type", masked_text("9")),
+            ("binary frame", vec![0x82, 0x80, 0, 0, 0, 0]),
+            ("unmasked frame", vec![0x81, 0x01, b'2']),
+            ("oversized", vec![0x81, 0xff, 0, 0, 0, 0, 0, 0x10, 0, 0]),
+            ("close frame", vec![0x88, 0x80, 0, 0, 0, 0]),
+            ("connect timeout", b"wait".to_vec()),
+        ];
+        for (case, bytes) in cases {
+            let rooms = f.transport.gateway.direct().clone();
+            let (server, mut client) = pair().await;
+            let server = Arc::new(server);
+            let io = wire::SharedTcp(server.clone());
+            let served = tokio::spawn(run(io, server, f.transport.clone()));
+            if bytes == b"wait" {
+                // Never CONNECTs: closed by the connect timeout (pings answered or not).
+            } else if bytes.is_empty() {
+                client.shutdown().await.expect("shutdown");
+            } else {
+                client.write_all(&bytes).await.expect("write");
+            }
+            tokio::time::timeout(Duration::from_secs(5), served)
+                .await
+                .unwrap_or_else(|_| panic!("{case}: connection never ended"))
+                .expect("no panic");
+            assert!(rooms.connections().is_empty(), "{case}: still registered");
+            // The server closed its side: the client reads to EOF.
+            let mut rest = Vec::new();
+            let eof = tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut rest));
+            assert!(eof.await.is_ok(), "{case}: socket not closed");
+        }
+    }
+}

@@ -4,7 +4,10 @@
 //! Only what Engine.IO needs: text frames (fragmented or not), ping/pong, close. Binary data
 //! frames are refused (Herald's protocol is JSON), as are frames above the size limit.
 
+use std::io::Cursor;
+
 use bytes::Bytes;
+use tungstenite::protocol::frame::FrameHeader;
 
 /// Opcode of a text frame.
 pub const TEXT: u8 = 0x1;
@@ -31,6 +34,8 @@ pub const CLOSE_UNSUPPORTED: u16 = 1003;
 pub const CLOSE_POLICY: u16 = 1008;
 /// Close code: a message above the size limit.
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the server met an unexpected condition.
+pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code (application range): the client did not read fast enough and its queue filled.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
@@ -92,47 +97,27 @@ pub struct FrameError {
 
 /// Parses the first frame of `buf`: `Ok(None)` when more bytes are needed, else the frame and
 /// the number of bytes it used. Client frames must be masked; a payload above `max_len` is an
-/// error before any of it is buffered.
+/// error before any of it is buffered. The header is read by tungstenite's `FrameHeader`
+/// (the parser under socketioxide's WebSocket transport); Herald adds only its own rules and
+/// the unmasking. Panic-free for any input (fuzzed: `server/fuzz`).
 pub fn parse(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>, FrameError> {
-    if buf.len() < 2 {
-        return Ok(None);
-    }
-    if buf[0] & 0x70 != 0 {
-        return Err(FrameError {
-            code: CLOSE_PROTOCOL_ERROR,
-            reason: "reserved bits set (no extension was negotiated)",
-        });
-    }
-    let fin = buf[0] & 0x80 != 0;
-    let opcode = buf[0] & 0x0f;
-    if buf[1] & 0x80 == 0 {
-        return Err(FrameError {
-            code: CLOSE_PROTOCOL_ERROR,
-            reason: "client frames must be masked",
-        });
-    }
-    let (len, mut pos) = match buf[1] & 0x7f {
-        126 => {
-            if buf.len() < 4 {
-                return Ok(None);
-            }
-            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return Ok(None);
-            }
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(b), 10)
-        }
-        n => (n as u64, 2),
+    let mut cursor = Cursor::new(buf);
+    let (header, len) = match FrameHeader::parse(&mut cursor) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(_) => return Err(protocol_error("unknown opcode")),
     };
-    if opcode >= 0x8 && (len > 125 || !fin) {
-        return Err(FrameError {
-            code: CLOSE_PROTOCOL_ERROR,
-            reason: "invalid control frame",
-        });
+    if header.rsv1 || header.rsv2 || header.rsv3 {
+        return Err(protocol_error(
+            "reserved bits set (no extension was negotiated)",
+        ));
+    }
+    let Some(mask) = header.mask else {
+        return Err(protocol_error("client frames must be masked"));
+    };
+    let opcode = u8::from(header.opcode);
+    if opcode >= 0x8 && (len > 125 || !header.is_final) {
+        return Err(protocol_error("invalid control frame"));
     }
     if len > max_len as u64 {
         return Err(FrameError {
@@ -140,25 +125,37 @@ pub fn parse(buf: &[u8], max_len: usize) -> Result<Option<(Frame, usize)>, Frame
             reason: "message too big",
         });
     }
-    let len = len as usize;
-    if buf.len() < pos + 4 + len {
+    // Both fit in usize: the header is at most 14 bytes and `len` is at most `max_len`.
+    let start = cursor.position() as usize;
+    let Some(end) = start.checked_add(len as usize) else {
+        return Err(FrameError {
+            code: CLOSE_TOO_BIG,
+            reason: "message too big",
+        });
+    };
+    let Some(masked) = buf.get(start..end) else {
         return Ok(None);
-    }
-    let mask = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
-    pos += 4;
-    let payload = buf[pos..pos + len]
+    };
+    let payload = masked
         .iter()
-        .enumerate()
-        .map(|(i, b)| b ^ mask[i % 4])
+        .zip(mask.iter().cycle())
+        .map(|(b, m)| b ^ m)
         .collect();
     Ok(Some((
         Frame {
-            fin,
+            fin: header.is_final,
             opcode,
             payload,
         },
-        pos + len,
+        end,
     )))
+}
+
+fn protocol_error(reason: &'static str) -> FrameError {
+    FrameError {
+        code: CLOSE_PROTOCOL_ERROR,
+        reason,
+    }
 }
 
 #[cfg(test)]

@@ -25,11 +25,9 @@ use std::time::{Duration, Instant};
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use bytes::Bytes;
 use herald_protocol::{RoomName, SystemMessage};
 use parking_lot::{Mutex, RwLock};
-use sha1::{Digest, Sha1};
 use socketioxide::socket::Sid;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -73,6 +71,9 @@ pub enum CloseReason {
     Disconnected,
     /// The server is shutting down: close 1001, the client reconnects elsewhere.
     Shutdown,
+    /// The connection's task ended without a reason of its own (a bug: a panic in a request
+    /// handler): close 1011, the client reconnects; its state was cleaned up all the same.
+    Internal,
 }
 
 impl CloseReason {
@@ -113,6 +114,7 @@ impl CloseReason {
                 frame::CLOSE_GOING_AWAY,
                 "server shutting down",
             )],
+            CloseReason::Internal => vec![frame::close(frame::CLOSE_INTERNAL, "internal error")],
         }
     }
 }
@@ -232,7 +234,10 @@ impl DirectConn {
         // (The reader bounds its own closes itself.)
         let from_outside = matches!(
             reason,
-            CloseReason::SlowConsumer | CloseReason::Disconnected | CloseReason::Shutdown
+            CloseReason::SlowConsumer
+                | CloseReason::Disconnected
+                | CloseReason::Shutdown
+                | CloseReason::Internal
         );
         if from_outside && let Some(writer) = self.writer.get() {
             let writer = writer.clone();
@@ -397,7 +402,7 @@ impl DirectRooms {
     }
 
     /// Removes a connection from every room it is in and from the connection list.
-    fn unregister(&self, conn: &DirectConn) {
+    pub(crate) fn unregister(&self, conn: &DirectConn) {
         if let Some(session) = conn.session.get() {
             for room in session.rooms() {
                 self.leave(&room, conn.sid);
@@ -487,10 +492,7 @@ pub fn upgrade(mut req: Request, transport: &DirectTransport) -> Response {
         )
             .into_response();
     };
-    let mut hasher = Sha1::new();
-    hasher.update(key.as_bytes());
-    hasher.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    let accept = base64::engine::general_purpose::STANDARD.encode(hasher.finalize());
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {

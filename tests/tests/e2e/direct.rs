@@ -297,3 +297,171 @@ async fn origin_allowlist_and_request_ids_cover_the_direct_handshake() -> anyhow
     h.stop().await?;
     Ok(())
 }
+
+/// Open file descriptors of a process (Linux `/proc`).
+fn fd_count(pid: u32) -> anyhow::Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+/// The value of an unlabelled gauge in a Prometheus scrape (0 when absent).
+async fn gauge(metrics_url: &str, name: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(metrics_url).await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// Client bytes a stranger can send: every Engine.IO and Socket.IO packet type followed by
+/// multibyte UTF-8 (the byte after a packet type is not always a character boundary), broken
+/// Socket.IO framing, and WebSocket frames RFC 6455 forbids.
+fn malformed_texts() -> Vec<String> {
+    let mut texts = Vec::new();
+    for tail in ["é", "€", "😀", "\u{0}", "ø/,[", ""] {
+        for eio in '0'..='9' {
+            texts.push(format!("{eio}{tail}"));
+        }
+        for sio in '0'..='9' {
+            texts.push(format!("4{sio}{tail}"));
+            texts.push(format!("4{sio}/{tail}"));
+            texts.push(format!("4{sio}/{tail},"));
+            texts.push(format!("4{sio}/x,{tail}"));
+            texts.push(format!("4{sio}1{tail}"));
+            texts.push(format!("4{sio}99999999999999999999999{tail}[\"listen\"]"));
+            texts.push(format!("4{sio}1-{tail}"));
+        }
+        texts.push(format!("4{tail}"));
+        texts.push(format!("é4{tail}"));
+    }
+    texts.extend(
+        [
+            r#"42["listen","not an object"]"#,
+            r#"42["listen",{"channelName":"é"}]"#,
+            r#"421["listen",{"channelName":"private-x","authToken":"é.é.é"}]"#,
+            r#"421["listen",{"channelName":"private-x","authToken":"a.b"}]"#,
+            r#"42[{"not":"a name"}]"#,
+            r#"42[null]"#,
+            r#"42"just a string""#,
+            r#"40["not","auth"]"#,
+            r#"40{"projectId":"é"}"#,
+            r#"40{"projectId":{"nested":[[[[]]]]}}"#,
+        ]
+        .map(str::to_owned),
+    );
+    texts
+}
+
+/// Raw WebSocket frames (already masked where a client must mask).
+fn malformed_frames() -> Vec<Vec<u8>> {
+    let masked = |first: u8, payload: &[u8]| {
+        let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    };
+    vec![
+        vec![0x81, 0x02, b'4', b'2'],            // unmasked
+        masked(0xC1, b"42"),                     // RSV1 without an extension
+        masked(0x83, b"x"),                      // reserved opcode
+        masked(0x09, b"ping"),                   // fragmented control frame
+        masked(0x80, b"orphan continuation"),    // continuation with nothing to continue
+        masked(0x81, &[0xff, 0xfe, 0x34, 0x32]), // text that is not UTF-8
+        masked(0x01, &[b'4', b'2', 0xc3]),       // a character split across fragments...
+        masked(0x88, &[0x03]),                   // close with a 1-byte payload
+        vec![
+            0x81, 0xff, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+        ], // 2^63 bytes
+        vec![0x81, 0xfe, 0xff, 0xff],            // 64 KiB announced, never sent
+        [masked(0x01, b"42[\"li"), masked(0x81, &[0xe9])].concat(), // invalid UTF-8 at the seam
+    ]
+}
+
+#[tokio::test]
+async fn malformed_input_never_leaks_a_socket_or_kills_a_task() -> anyhow::Result<()> {
+    let h = Herald::start(&["--metrics-bind", "127.0.0.1:0"]).await?;
+    let metrics_url = h.metrics_url().context("no metrics URL")?;
+    h.create_project("fuzz").await?;
+    let key = h.create_key("fuzz", &["publish_event"], None).await?;
+    let key = key["key"].as_str().context("key")?.to_owned();
+    let pid = h.pid().context("pid")?;
+    let baseline = fd_count(pid)?;
+
+    // Each input on its own connection, once before the namespace CONNECT and once after;
+    // 32 connections at a time.
+    let inputs: Vec<(bool, Vec<u8>, bool)> = [false, true]
+        .into_iter()
+        .flat_map(|connect_first| {
+            let texts = malformed_texts()
+                .into_iter()
+                .map(move |t| (connect_first, t.into_bytes(), true));
+            let frames = malformed_frames()
+                .into_iter()
+                .map(move |f| (connect_first, f, false));
+            texts.chain(frames)
+        })
+        .collect();
+    let sent = inputs.len();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (connect_first, bytes, is_text) in inputs {
+        let (url, limit) = (h.url.clone(), limit.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            let mut c = RawClient::connect(&url).await?;
+            c.next_text().await?;
+            if connect_first {
+                c.send(r#"40{"projectId":"fuzz"}"#).await?;
+                c.next_text().await?;
+            }
+            if is_text {
+                c.send_frame(0x1, &bytes).await?;
+            } else {
+                c.stream.write_all(&bytes).await?;
+            }
+            // Whatever the server answers (or not), the client hangs up after a moment.
+            let _ = timeout(Duration::from_millis(100), c.next()).await;
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    assert!(sent > 1000, "{sent} inputs");
+
+    // Every connection is gone again: counted sockets and file descriptors back to baseline.
+    let settled = timeout(Duration::from_secs(20), async {
+        loop {
+            let sockets = gauge(&metrics_url, "herald_sockets_connected").await?;
+            let fds = fd_count(pid)?;
+            if sockets == 0.0 && fds <= baseline {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let logs = h.logs();
+    assert!(
+        !logs.contains("panicked"),
+        "a task panicked:\n{}",
+        logs.lines()
+            .filter(|l| l.contains("panicked"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    settled.with_context(|| {
+        format!(
+            "sockets or fds not back to baseline ({baseline} fds): now {} fds",
+            fd_count(pid).unwrap_or(0)
+        )
+    })??;
+
+    // And a normal client is still served.
+    let mut c = RawClient::join(&h.url, "fuzz", "news").await?;
+    let a = h.publish(&key, "news", json!({"after": "fuzz"})).await?;
+    assert_eq!(a.status, 200, "{a:?}");
+    let event = c.next_text().await?;
+    assert!(event.contains(r#""after":"fuzz""#), "{event}");
+    h.stop().await?;
+    Ok(())
+}
