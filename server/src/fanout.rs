@@ -19,6 +19,7 @@ use socketioxide::socket::Sid;
 use socketioxide::{BroadcastError, SocketIo};
 
 use crate::direct::{DirectRooms, frame, packet};
+use crate::log_throttle::LogThrottle;
 use crate::metrics as m;
 
 /// What a broadcast reached on this instance.
@@ -182,6 +183,10 @@ pub struct Fanout {
     /// socketioxide altogether.
     sio_sockets: AtomicUsize,
     bus: OnceLock<Arc<dyn Bus>>,
+    /// The "not queued" warning, at most once per room per interval: a socket that never
+    /// reads would otherwise log a line for every event of its rooms. socketioxide's
+    /// broadcast error does not name the sockets, so the key is the room.
+    not_queued_log: LogThrottle<RoomName>,
 }
 
 impl Fanout {
@@ -193,6 +198,7 @@ impl Fanout {
             sio: OnceLock::new(),
             sio_sockets: AtomicUsize::new(0),
             bus: OnceLock::new(),
+            not_queued_log: LogThrottle::new("not_queued"),
         }
     }
 
@@ -267,7 +273,15 @@ impl Fanout {
         if report.not_queued > 0 {
             metrics::counter!(m::DELIVERIES, "outcome" => "not_queued")
                 .increment(report.not_queued as u64);
-            tracing::warn!(not_queued = report.not_queued, room = %room, "event not queued for some sockets (slow consumers)");
+            if let Some(pass) = self.not_queued_log.check(room) {
+                tracing::warn!(
+                    not_queued = report.not_queued,
+                    room = %room,
+                    suppressed = pass.suppressed,
+                    other_rooms = pass.overflow,
+                    "event not queued for some sockets (slow consumers); at most one line per room every 10 s, `suppressed` counts the others"
+                );
+            }
         }
         Ok(report)
     }

@@ -31,6 +31,7 @@ use time::OffsetDateTime;
 use crate::channel_token::{ChannelTokens, check_signing_key, store_refusal};
 use crate::direct::DirectRooms;
 use crate::fanout::Fanout;
+use crate::log_throttle::{LogThrottle, backend_faults};
 use crate::metrics as m;
 use crate::revocation::{LocalSockets, RevocationQueue, RevocationReason};
 use crate::store::Store;
@@ -194,7 +195,9 @@ pub async fn check_handshake(
                 )))
             }
             Err(e) => {
-                tracing::warn!(socket_id = %sid, error = %e, "handshake failed: store error");
+                if let Some(p) = backend_faults().check(&"handshake") {
+                    tracing::warn!(socket_id = %sid, error = %e, suppressed = p.suppressed, "handshake failed: store error");
+                }
                 Err(ConnectRefusal(store_refusal(e)))
             }
         }
@@ -304,7 +307,9 @@ pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
                 )
                 .await
                 .map_err(|r| {
-                    tracing::info!(socket_id = %sid, project_id = %session.project, channel = %channel, code = %r.code, "private listen refused");
+                    if let Some(p) = refused_listen_log().check(&sid) {
+                    tracing::info!(socket_id = %sid, project_id = %session.project, channel = %channel, code = %r.code, suppressed = p.suppressed, "private listen refused");
+                }
                     fail(r)
                 })?,
         ),
@@ -340,7 +345,9 @@ pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
         if let Err(e) = gw.tracker.add(&sid, &room, key).await {
             // Without a tracking entry the key's revocation could not find this socket:
             // refuse the join instead of leaving an untracked member.
-            tracing::warn!(socket_id = %sid, error = %e, "tracking failed; listen undone");
+            if let Some(p) = backend_faults().check(&"listen_tracking") {
+                tracing::warn!(socket_id = %sid, error = %e, suppressed = p.suppressed, "tracking failed; listen undone");
+            }
             leave(s, &session, &channel, &room);
             return Err(fail(Refusal::new(
                 ErrorCode::Unavailable,
@@ -365,6 +372,14 @@ pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
         format!("listening to {channel}"),
         &channel,
     ))
+}
+
+/// "private listen refused": one line per socket per interval (a client may retry a bad
+/// token in a loop); every refusal is counted in `herald_listen_refusals_total` anyway.
+fn refused_listen_log() -> &'static LogThrottle<Sid> {
+    static T: std::sync::LazyLock<LogThrottle<Sid>> =
+        std::sync::LazyLock::new(|| LogThrottle::new("private_listen_refused"));
+    &T
 }
 
 fn leave<P: Peer + ?Sized>(s: &P, session: &Session, channel: &ChannelName, room: &RoomName) {
@@ -401,8 +416,9 @@ pub async fn remove<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
     leave(s, &session, &channel, &room);
     if channel.is_private()
         && let Err(e) = gw.tracker.remove(&s.sid().to_string(), &room).await
+        && let Some(p) = backend_faults().check(&"remove_tracking")
     {
-        tracing::warn!(socket_id = %s.sid(), error = %e, "tracking clean-up on remove failed");
+        tracing::warn!(socket_id = %s.sid(), error = %e, suppressed = p.suppressed, "tracking clean-up on remove failed");
     }
     Ok(SystemMessage::success(
         format!("removed from {channel}"),
@@ -455,8 +471,10 @@ pub async fn client_event<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> 
             "event could not be encoded",
         ))
     })?;
-    if let Err(e) = gw.fanout.emit(room, EVENT, &encoded, Some(s.sid())).await {
-        tracing::warn!(socket_id = %s.sid(), error = %e, "client event relay incomplete");
+    if let Err(e) = gw.fanout.emit(room, EVENT, &encoded, Some(s.sid())).await
+        && let Some(p) = backend_faults().check(&"client_event_relay")
+    {
+        tracing::warn!(socket_id = %s.sid(), error = %e, suppressed = p.suppressed, "client event relay incomplete");
     }
     metrics::counter!(m::CLIENT_EVENTS).increment(1);
     Ok(SystemMessage::success(
@@ -506,7 +524,9 @@ pub async fn disconnected(gw: &Gateway, sid: Sid, session: Option<Arc<Session>>,
             tracing::debug!(socket_id = %sid, reason, tracked = removed.len(), "socket disconnected")
         }
         Err(e) => {
-            tracing::warn!(socket_id = %sid, error = %e, "tracking clean-up on disconnect failed")
+            if let Some(p) = backend_faults().check(&"disconnect_tracking") {
+                tracing::warn!(socket_id = %sid, error = %e, suppressed = p.suppressed, "tracking clean-up on disconnect failed")
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod direct;
 pub mod fanout;
 pub mod gateway;
 pub mod keys;
+pub mod log_throttle;
 pub mod metrics;
 pub mod openapi;
 pub mod redis;

@@ -23,6 +23,7 @@
 //! | `herald_redis_reconnects_total` | counter | |
 //! | `herald_redis_dropped_messages_total` | counter | `reason` = queue_full / lagged |
 //! | `herald_redis_probe_repairs_total` | counter | |
+//! | `herald_log_lines_suppressed_total` | counter | `site` (which rate-limited log line) |
 
 use std::net::SocketAddr;
 
@@ -64,6 +65,8 @@ pub const REDIS_RECONNECTS: &str = "herald_redis_reconnects_total";
 pub const REDIS_DROPPED: &str = "herald_redis_dropped_messages_total";
 /// Counter: pub/sub repairs triggered by the probe.
 pub const REDIS_PROBE_REPAIRS: &str = "herald_redis_probe_repairs_total";
+/// Counter: log lines a [`crate::log_throttle::LogThrottle`] held back, by site.
+pub const LOG_LINES_SUPPRESSED: &str = "herald_log_lines_suppressed_total";
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {

@@ -225,7 +225,12 @@ impl DirectConn {
         self.wire_state.lock().busy = true;
         if reason == CloseReason::SlowConsumer {
             metrics::counter!(m::SLOW_CONSUMERS).increment(1);
-            tracing::warn!(socket_id = %self.sid, "slow consumer: queue full, closing the socket");
+            // One line per socket at most, but many sockets can be slow at once: one warning
+            // per interval says how many, each socket gets a debug line.
+            tracing::debug!(socket_id = %self.sid, "slow consumer: queue full, closing the socket");
+            if let Some(pass) = slow_consumer_log().check(&()) {
+                tracing::warn!(socket_id = %self.sid, others_since_last_line = pass.suppressed, "slow consumer: queue full, closing the socket");
+            }
         }
         // Wakes an idle writer; a busy one (full queue) sees the flag after its write.
         let _ = self.tx.try_send(Bytes::new());
@@ -282,6 +287,13 @@ impl Peer for DirectConn {
             Err(e) => tracing::error!(error = %e, "system message not encodable"),
         }
     }
+}
+
+/// The slow-consumer warning: one line per interval across all sockets.
+fn slow_consumer_log() -> &'static crate::log_throttle::LogThrottle<()> {
+    static T: std::sync::LazyLock<crate::log_throttle::LogThrottle<()>> =
+        std::sync::LazyLock::new(|| crate::log_throttle::LogThrottle::new("slow_consumer"));
+    &T
 }
 
 /// This instance's direct connections and the rooms they are in.

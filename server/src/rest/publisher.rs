@@ -195,7 +195,9 @@ impl AppState {
                 ))
             }
             Err(FanoutError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "broadcast failed");
+                if let Some(p) = crate::log_throttle::backend_faults().check(&"publish_bus") {
+                    tracing::warn!(error = %e, suppressed = p.suppressed, "broadcast failed");
+                }
                 Err(ApiError::new(
                     ErrorCode::Unavailable,
                     "fan-out backend unavailable, try again shortly",

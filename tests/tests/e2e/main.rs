@@ -2,6 +2,7 @@
 //! links once). Socket.IO behaviour with the official JS client lives in `tests/js/`.
 
 mod direct;
+mod hardening;
 mod ops;
 mod persistence;
 mod rest_errors;
