@@ -440,7 +440,12 @@ mod tests {
         let gateway = Gateway::new(GatewayInner {
             store,
             tracker: tracker.clone(),
-            tokens: ChannelTokens::new("herald", Duration::from_secs(600)),
+            tokens: ChannelTokens::new(
+                "herald",
+                Duration::from_secs(600),
+                Duration::from_secs(3600),
+            )
+            .expect("ttl within the cap"),
             max_channels_per_socket: 10,
             max_payload_bytes: 1024,
             revocations: queue,

@@ -232,4 +232,26 @@ mod tests {
             Err(CLOSE_PROTOCOL_ERROR)
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_a_frame_more_needed_or_an_error(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Ok(Some((f, used))) = parse(&bytes, 200) {
+                proptest::prop_assert!(used <= bytes.len() && f.payload.len() <= 200);
+            }
+        }
+
+        #[test]
+        fn masked_frames_round_trip_and_prefixes_wait(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1_000),
+            fin in proptest::prelude::any::<bool>(),
+        ) {
+            let bytes = masked(TEXT, fin, &payload);
+            let (frame, used) = parse(&bytes, 1 << 20).expect("valid").expect("complete");
+            proptest::prop_assert_eq!(used, bytes.len());
+            proptest::prop_assert_eq!(frame.fin, fin);
+            proptest::prop_assert_eq!(frame.payload, payload);
+            proptest::prop_assert_eq!(parse(&bytes[..bytes.len() - 1], 1 << 20), Ok(None));
+        }
+    }
 }

@@ -256,4 +256,29 @@ mod tests {
             r#"44/admin,{"message":"Invalid namespace"}"#
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_packet_or_an_error(text in "\\PC*") {
+            let _ = parse(&text);
+            let _ = parse(&format!("4{text}"));
+            let _ = parse(&format!("42{text}"));
+        }
+
+        #[test]
+        fn events_round_trip(
+            ack in proptest::option::of(0u64..=i64::MAX as u64),
+            name in "\\PC*",
+            n in proptest::prelude::any::<i64>(),
+            text in "\\PC*",
+        ) {
+            let data = json!({ "n": n, "text": text });
+            let ack_digits = ack.map(|a| a.to_string()).unwrap_or_default();
+            let wire = format!("42{ack_digits}{}", json!([name, data]));
+            proptest::prop_assert_eq!(
+                parse(&wire),
+                Ok(ClientPacket::Event { namespace: "/".into(), ack, name, data: Some(data) })
+            );
+        }
+    }
 }
