@@ -430,10 +430,10 @@ export function expectNoEvent(socket, name, ms = 500) {
   });
 }
 
-/** Resolves when `predicate()` holds, polling every 20 ms; rejects after `timeoutMs`. */
+/** Resolves when `predicate()` (sync or async) holds, polling every 20 ms; rejects after `timeoutMs`. */
 export async function waitFor(predicate, timeoutMs = 5000, what = 'condition') {
   const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
+  while (!(await predicate())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await sleep(20);
   }

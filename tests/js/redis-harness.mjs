@@ -1,8 +1,11 @@
-// A real redis-server for the Redis-mode tests: started on a free port of 127.0.0.1 with no
-// persistence, stopped and restarted on the same port on demand.
+// A real redis-server for the Redis-mode tests: started on a free port of 127.0.0.1 (with no
+// persistence unless asked), stopped, restarted on the same port and paused on demand.
 
 import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 
 import { sleep } from './harness.mjs';
 
@@ -26,12 +29,19 @@ export function redisCli(port, ...args) {
 /**
  * Starts redis-server on a free port. Fails loudly when redis-server is not installed:
  * Redis-mode tests never skip silently (`.ci/run` installs it).
+ *
+ * `persistent: true` keeps the data in an append-only file synced on every write, in a
+ * temporary directory, so it survives `stop()` (SIGKILL) and `restart()`; `close()` removes it.
  */
-export async function startRedis() {
+export async function startRedis({ persistent = false } = {}) {
   const port = await freePort();
+  const dir = persistent ? mkdtempSync(path.join(tmpdir(), 'herald-redis-')) : undefined;
+  const storage = persistent
+    ? ['--dir', dir, '--save', '', '--appendonly', 'yes', '--appendfsync', 'always']
+    : ['--save', '', '--appendonly', 'no'];
   let child;
   const boot = async () => {
-    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', ...storage], {
       stdio: 'ignore',
     });
     child.once('error', (e) => {
@@ -63,9 +73,24 @@ export async function startRedis() {
       child.kill('SIGKILL');
       await exited();
     },
-    /** Starts it again on the same port (empty: Redis here keeps no data on disk). */
+    /** Starts it again on the same port (empty unless `persistent`). */
     async restart() {
       await boot();
+    },
+    /** SIGSTOP: the process stays, its connections stay open, nothing is answered. */
+    pause() {
+      child.kill('SIGSTOP');
+    },
+    /** SIGCONT after `pause()`. */
+    resume() {
+      child.kill('SIGCONT');
+    },
+    /** Stops the server and removes its data directory. */
+    async close() {
+      child.kill('SIGCONT');
+      child.kill('SIGKILL');
+      await exited();
+      if (dir) rmSync(dir, { recursive: true, force: true });
     },
   };
 }
