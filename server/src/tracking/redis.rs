@@ -10,7 +10,7 @@
 //! | `{prefix}:channelApiKeyRecord:{apiKeyId}` | set | `{socketId}\|{room}` |
 //! | `{prefix}:instance:{instanceId}:sockets` | set | ids of the sockets that instance tracks |
 //! | `{prefix}:instances` | set | ids of the instances that track (or tracked) sockets |
-//! | `{prefix}:instance:{instanceId}:alive` | string, TTL | present while the instance heartbeats |
+//! | `{prefix}:instance:{instanceId}:alive` | string, TTL | the heartbeat's TTL in ms; present while the instance heartbeats |
 //!
 //! Room names contain `:` but never `|`, and socket ids contain neither, so
 //! `{socketId}|{room}` splits unambiguously at the first `|`.
@@ -74,7 +74,7 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('SADD', KEYS[2], member)
 redis.call('SADD', KEYS[3], ARGV[3])
 redis.call('SADD', KEYS[4], ARGV[5])
-redis.call('SET', KEYS[5], '1', 'PX', ARGV[6], 'NX')
+redis.call('SET', KEYS[5], ARGV[6], 'PX', ARGV[6], 'NX')
 return 1
 "#,
 );
@@ -114,9 +114,28 @@ return flat
 static HEARTBEAT: LuaScript = LuaScript::new(
     r#"
 local had = redis.call('EXISTS', KEYS[1])
-redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
 return had
+"#,
+);
+
+/// KEYS: instances. ARGV: prefix.
+/// Returns `{id, ttl, pttl, id, ttl, pttl, ...}` for every registered instance whose alive key
+/// exists: its heartbeat TTL (the key's value) and the key's remaining TTL, both in ms.
+static LIVE_INSTANCES: LuaScript = LuaScript::new(
+    r#"
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local alive = ARGV[1] .. ':instance:' .. id .. ':alive'
+  local pttl = redis.call('PTTL', alive)
+  if pttl ~= -2 then
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('GET', alive)
+    out[#out + 1] = pttl
+  end
+end
+return out
 "#,
 );
 
@@ -204,6 +223,39 @@ impl RedisTracker {
             );
         }
         Ok(())
+    }
+
+    /// The registered instances whose heartbeat has not expired (this one included, if it
+    /// beats), each with how long ago its last heartbeat was, as Redis's TTLs tell it (no
+    /// clock is compared across machines).
+    pub async fn live_instances(&self) -> Result<Vec<(String, Duration)>, TrackerError> {
+        let reply = self
+            .run(
+                &LIVE_INSTANCES,
+                vec![self.instances_key()],
+                vec![self.prefix.clone()],
+            )
+            .await?;
+        let items = array(reply).map_err(TrackerError::Backend)?;
+        let mut out = Vec::with_capacity(items.len() / 3);
+        for triple in items.chunks(3) {
+            let [id, ttl, pttl] = triple else {
+                return Err(TrackerError::Backend(
+                    "odd-length live instances reply from Redis".into(),
+                ));
+            };
+            let id = value_string(id.clone()).map_err(TrackerError::Backend)?;
+            // An alive key of an older Herald holds `1`, and one without TTL -1: both count as
+            // a heartbeat just now.
+            let ttl = opt_string(ttl.clone())
+                .ok()
+                .flatten()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            let pttl = u64::try_from(int(pttl.clone())?).unwrap_or(ttl);
+            out.push((id, Duration::from_millis(ttl.saturating_sub(pttl))));
+        }
+        Ok(out)
     }
 
     /// Removes every association of every instance (other than this one) whose alive key is
@@ -673,6 +725,39 @@ mod tests {
         // A second sweep finds nothing.
         assert!(b.sweep_dead_instances().await.expect("sweep").is_empty());
         assert!(c.sweep_dead_instances().await.expect("sweep").is_empty());
+    }
+
+    #[tokio::test]
+    async fn redis_tracker_lists_live_instances_with_the_age_of_their_heartbeat() {
+        let server = RedisServer::start();
+        let prefix = unique_prefix();
+        let a = tracker(&server, &prefix, "steady").await;
+        let b = tracker(&server, &prefix, "fading").await;
+        let c = tracker(&server, &prefix, "leaving").await;
+        a.heartbeat(Duration::from_secs(30)).await.expect("beat");
+        b.heartbeat(Duration::from_millis(300)).await.expect("beat");
+        c.heartbeat(Duration::from_secs(30)).await.expect("beat");
+        c.forget_instance().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut live = a.live_instances().await.expect("live");
+        live.sort();
+        let ids: Vec<&str> = live.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec!["fading", "steady"],
+            "a forgotten instance is not live"
+        );
+        for (id, ago) in &live {
+            assert!(
+                *ago >= Duration::from_millis(50) && *ago < Duration::from_secs(5),
+                "{id} beat {ago:?} ago"
+            );
+        }
+        // Once its heartbeat expires, an instance is no longer live.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let live = a.live_instances().await.expect("live");
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].0, "steady");
     }
 
     #[tokio::test]
