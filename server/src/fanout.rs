@@ -42,8 +42,8 @@ impl std::ops::AddAssign for EmitReport {
 /// Why a broadcast failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FanoutError {
-    /// The bus (Redis) is unreachable: this instance's sockets got the event, the other
-    /// instances' did not.
+    /// The bus (Redis) could not confirm that every other instance took the event: this
+    /// instance's sockets got it, some other instance's may not have.
     #[error("fan-out backend unavailable: {0}")]
     Unavailable(String),
     /// The packet could not be encoded.
@@ -126,12 +126,40 @@ pub struct BusMessage<'a> {
     pub data: Option<&'a RawValue>,
 }
 
-/// A batch on the wire: `origin` `\n`, then each message as a 4-byte big-endian length and
-/// its JSON. The origin comes first so an instance skips its own batches without parsing them.
-pub fn encode_batch(origin: &str, messages: &[Vec<u8>]) -> Vec<u8> {
-    let size = origin.len() + 1 + messages.iter().map(|m| m.len() + 4).sum::<usize>();
+/// A batch on the bus, decoded ([`decode_batch`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Batch<'a> {
+    /// The sending instance.
+    pub origin: &'a str,
+    /// What it carries.
+    pub body: BatchBody<'a>,
+}
+
+/// What a batch carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchBody<'a> {
+    /// Bus messages, in order. `seq` numbers the sender's batches from 1 up (`None` from a
+    /// sender that does not number them), so a receiver drops a batch it already applied.
+    Messages {
+        /// The batch's number.
+        seq: Option<u64>,
+        /// The encoded [`BusMessage`]s.
+        messages: Vec<&'a [u8]>,
+    },
+    /// The sender is shutting down cleanly: stop expecting it on the bus.
+    Leave,
+}
+
+/// A batch on the wire: `origin` ` ` `seq` `\n`, then each message as a 4-byte big-endian
+/// length and its JSON. The origin comes first so an instance skips its own batches without
+/// parsing them.
+pub fn encode_batch(origin: &str, seq: u64, messages: &[Vec<u8>]) -> Vec<u8> {
+    let seq = seq.to_string();
+    let size = origin.len() + seq.len() + 2 + messages.iter().map(|m| m.len() + 4).sum::<usize>();
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(origin.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(seq.as_bytes());
     out.push(b'\n');
     for m in messages {
         out.extend_from_slice(&(m.len() as u32).to_be_bytes());
@@ -140,18 +168,39 @@ pub fn encode_batch(origin: &str, messages: &[Vec<u8>]) -> Vec<u8> {
     out
 }
 
-/// Splits a batch into its origin and messages; `None` if it is malformed.
-pub fn decode_batch(bytes: &[u8]) -> Option<(&str, Vec<&[u8]>)> {
+/// The notice an instance sends on clean shutdown: `origin` ` leave` `\n`.
+pub fn encode_leave(origin: &str) -> Vec<u8> {
+    format!("{origin} {LEAVE}\n").into_bytes()
+}
+
+const LEAVE: &str = "leave";
+
+/// Splits a batch into its origin and body; `None` if it is malformed. A header without a
+/// sequence number (`origin` `\n`) is a batch of messages without one.
+pub fn decode_batch(bytes: &[u8]) -> Option<Batch<'_>> {
     let nl = bytes.iter().position(|b| *b == b'\n')?;
-    let origin = std::str::from_utf8(&bytes[..nl]).ok()?;
-    let mut rest = &bytes[nl + 1..];
+    let header = std::str::from_utf8(bytes.get(..nl)?).ok()?;
+    let mut rest = bytes.get(nl + 1..)?;
+    let (origin, seq) = match header.split_once(' ') {
+        None => (header, None),
+        Some((origin, LEAVE)) if rest.is_empty() => {
+            return Some(Batch {
+                origin,
+                body: BatchBody::Leave,
+            });
+        }
+        Some((origin, seq)) => (origin, Some(seq.parse::<u64>().ok()?)),
+    };
     let mut messages = Vec::new();
     while !rest.is_empty() {
         let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        messages.push(rest.get(4..4 + len)?);
-        rest = &rest[4 + len..];
+        messages.push(rest.get(4..4usize.checked_add(len)?)?);
+        rest = rest.get(4 + len..)?;
     }
-    Some((origin, messages))
+    Some(Batch {
+        origin,
+        body: BatchBody::Messages { seq, messages },
+    })
 }
 
 /// What a bus message asks the other instances to do.
@@ -171,7 +220,8 @@ pub trait Bus: Send + Sync + 'static {
     /// This instance's id, the `origin` of what it sends.
     fn origin(&self) -> &str;
     /// Sends one encoded [`BusMessage`] to every other instance (possibly batched with
-    /// others); resolves once the bus took it.
+    /// others); resolves `Ok` only once every instance known to be alive took it, and
+    /// [`FanoutError::Unavailable`] when that cannot be confirmed.
     async fn publish(&self, message: Vec<u8>) -> Result<(), FanoutError>;
 }
 
@@ -310,16 +360,8 @@ impl Fanout {
         }
     }
 
-    /// Handles one batch from the bus: ignores this instance's own, applies the others', in
-    /// order.
-    pub async fn on_bus_batch(&self, bytes: &[u8]) {
-        let Some((origin, messages)) = decode_batch(bytes) else {
-            tracing::warn!("malformed bus batch ignored");
-            return;
-        };
-        if self.bus.get().is_some_and(|b| b.origin() == origin) {
-            return;
-        }
+    /// Applies the messages of one batch another instance sent on the bus, in order.
+    pub async fn on_bus_messages(&self, messages: &[&[u8]]) {
         for m in messages {
             self.on_bus_message(m).await;
         }
@@ -370,14 +412,37 @@ mod tests {
         // A payload may hold raw newlines: the framing is by length, not by line.
         let a = b"{\"r\":\"p:c\",\"k\":\"e\",\"d\":{\"x\":\n1}}".to_vec();
         let b = br#"{"r":"p","k":"x"}"#.to_vec();
-        let batch = encode_batch("instance-1", &[a.clone(), b.clone()]);
-        let (origin, messages) = decode_batch(&batch).expect("valid");
-        assert_eq!(origin, "instance-1");
+        let batch = encode_batch("instance-1", 7, &[a.clone(), b.clone()]);
+        let decoded = decode_batch(&batch).expect("valid");
+        assert_eq!(decoded.origin, "instance-1");
+        let BatchBody::Messages { seq, messages } = decoded.body else {
+            panic!("messages expected");
+        };
+        assert_eq!(seq, Some(7));
         assert_eq!(messages, vec![&a[..], &b[..]]);
         let message: BusMessage<'_> = serde_json::from_slice(messages[0]).expect("json");
         assert_eq!(message.kind, BusKind::Event);
         assert!(decode_batch(&batch[..batch.len() - 1]).is_none());
         assert!(decode_batch(b"no newline").is_none());
-        assert_eq!(decode_batch(b"x\n").map(|(_, m)| m.len()), Some(0));
+        assert!(decode_batch(b"x notanumber\n").is_none());
+        assert!(decode_batch(b"x 1\n\xff\xff\xff\xff").is_none());
+        // Batches of senders that do not number them.
+        assert_eq!(
+            decode_batch(b"x\n"),
+            Some(Batch {
+                origin: "x",
+                body: BatchBody::Messages {
+                    seq: None,
+                    messages: vec![]
+                }
+            })
+        );
+        assert_eq!(
+            decode_batch(&encode_leave("instance-1")),
+            Some(Batch {
+                origin: "instance-1",
+                body: BatchBody::Leave
+            })
+        );
     }
 }

@@ -24,6 +24,9 @@
 //! | `herald_redis_dropped_messages_total` | counter | `reason` = queue_full / lagged |
 //! | `herald_redis_probe_repairs_total` | counter | |
 //! | `herald_log_lines_suppressed_total` | counter | `site` (which rate-limited log line) |
+//! | `herald_bus_unconfirmed_total` | counter | |
+//! | `herald_bus_refused_total` | counter | |
+//! | `herald_bus_replays_skipped_total` | counter | |
 
 use std::net::SocketAddr;
 
@@ -67,6 +70,12 @@ pub const REDIS_DROPPED: &str = "herald_redis_dropped_messages_total";
 pub const REDIS_PROBE_REPAIRS: &str = "herald_redis_probe_repairs_total";
 /// Counter: log lines a [`crate::log_throttle::LogThrottle`] held back, by site.
 pub const LOG_LINES_SUPPRESSED: &str = "herald_log_lines_suppressed_total";
+/// Counter: events the event bus could not confirm every instance took (answered 503).
+pub const BUS_UNCONFIRMED: &str = "herald_bus_unconfirmed_total";
+/// Counter: events refused because the event bus's queue was full (answered 503).
+pub const BUS_REFUSED: &str = "herald_bus_refused_total";
+/// Counter: bus batches received again (a re-sent command) and skipped.
+pub const BUS_REPLAYS_SKIPPED: &str = "herald_bus_replays_skipped_total";
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -45,6 +45,9 @@ pub struct HeraldDriver {
     /// Herald-internal channels (the probe) and where their messages go.
     internal: Arc<RwLock<HashMap<String, mpsc::UnboundedSender<Vec<u8>>>>>,
     stats: Arc<DriverStats>,
+    /// Set while the subscriptions are being re-established (after a reconnect, or a repair
+    /// by the probe) until every one of them succeeded.
+    resubscribing: Arc<AtomicBool>,
 }
 
 /// The driver's error: fred's.
@@ -62,6 +65,7 @@ impl HeraldDriver {
             handlers: Arc::default(),
             internal: Arc::default(),
             stats: Arc::default(),
+            resubscribing: Arc::default(),
         };
         tokio::spawn(dispatch(
             driver.conn.message_rx(),
@@ -75,6 +79,7 @@ impl HeraldDriver {
             loop {
                 match reconnects.recv().await {
                     Ok(server) => {
+                        on_reconnect.resubscribing.store(true, Ordering::Release);
                         metrics::counter!(crate::metrics::REDIS_RECONNECTS).increment(1);
                         tracing::info!(%server, "redis subscriber reconnected; re-subscribing");
                         on_reconnect.resubscribe_all().await;
@@ -99,9 +104,16 @@ impl HeraldDriver {
         &self.conn
     }
 
+    /// Whether this instance knows it may be missing messages: the subscriber connection is
+    /// down, or its subscriptions are being re-established.
+    pub fn is_resubscribing(&self) -> bool {
+        !self.conn.is_connected() || self.resubscribing.load(Ordering::Acquire)
+    }
+
     /// Subscribes every known channel again. Errors are logged; the next reconnect or probe
-    /// tries again.
+    /// tries again. [`Self::is_resubscribing`] holds from the call until one succeeds.
     pub async fn resubscribe_all(&self) {
+        self.resubscribing.store(true, Ordering::Release);
         let mut channels: Vec<String> = self.handlers.read().keys().cloned().collect();
         channels.extend(self.internal.read().keys().cloned());
         for chan in channels {
@@ -110,6 +122,7 @@ impl HeraldDriver {
                 return;
             }
         }
+        self.resubscribing.store(false, Ordering::Release);
         self.stats.resubscriptions.fetch_add(1, Ordering::Relaxed);
     }
 

@@ -4,6 +4,8 @@
 //! * projects, keys, secrets: [`crate::store::redis::RedisStore`];
 //! * connection tracking with instance ownership: [`crate::tracking::redis::RedisTracker`],
 //!   kept alive by a heartbeat; a surviving instance sweeps a dead one's entries;
+//! * events between instances: [`bus`], which answers `Ok` only for batches every instance
+//!   in the [`peers`] view took;
 //! * health: [`probe`] checks the pub/sub path end to end and drives `/readyz`.
 //!
 //! Herald starts even when Redis is down: clients reconnect in the background, `/readyz` says
@@ -12,6 +14,7 @@
 pub mod bus;
 pub mod client;
 pub mod driver;
+pub mod peers;
 pub mod probe;
 
 use std::sync::Arc;
@@ -106,12 +109,15 @@ impl RedisNotifier {
 /// Handles that must outlive the server loop.
 pub struct RedisMode {
     tracker: Arc<RedisTracker>,
+    bus: Arc<bus::RedisBus>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RedisMode {
-    /// Clean shutdown: stop background tasks and remove this instance's tracking entries.
+    /// Clean shutdown: tell the other instances to stop expecting this one on the event bus,
+    /// stop background tasks and remove this instance's tracking entries.
     pub async fn shutdown(self) {
+        self.bus.leave().await;
         for t in &self.tasks {
             t.abort();
         }
@@ -169,8 +175,16 @@ pub fn start(
         .build_layer();
     gateway.fanout.attach_sio(io.clone());
     let bus_channel = format!("{prefix}:events");
-    let bus = bus::RedisBus::new(client.clone(), bus_channel.clone(), instance_id.clone());
-    gateway.fanout.attach_bus(bus);
+    let instance_ttl = Duration::from_secs(config.instance_ttl_secs.max(1));
+    let peers = Arc::new(peers::PeerView::new(instance_id.clone(), instance_ttl));
+    let bus = bus::RedisBus::new(
+        client.clone(),
+        bus_channel.clone(),
+        instance_id.clone(),
+        peers.clone(),
+        driver.clone(),
+    );
+    gateway.fanout.attach_bus(bus.clone());
 
     let health = Arc::new(Health::new(false));
     let namespace_ready = Arc::new(AtomicBool::new(false));
@@ -245,9 +259,12 @@ pub fn start(
     // reconciler runs at once whenever that connection comes back.
     tasks.push(tokio::spawn(bus::RedisBus::listen(
         bus_channel,
+        instance_id.clone(),
         driver.clone(),
         gateway.fanout.clone(),
+        peers.clone(),
     )));
+    tasks.push(tokio::spawn(peers.run(tracker.clone())));
     let local: Arc<dyn LocalSockets> = Arc::new(gateway::GatewaySockets::new(
         io,
         gateway.direct().clone(),
@@ -280,5 +297,13 @@ pub fn start(
 
     let state = AppState::new(config, gateway, admin, health, revocation);
     let router = app::router(config, state.clone(), io_layer);
-    Ok((state, router, RedisMode { tracker, tasks }))
+    Ok((
+        state,
+        router,
+        RedisMode {
+            tracker,
+            bus,
+            tasks,
+        },
+    ))
 }
