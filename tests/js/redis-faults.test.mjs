@@ -161,7 +161,6 @@ describe('redis mode: Redis killed, restarted and paused under continuous publis
     assert.ok(okAfter(marks.restarted) > 0 && all.some((r) => r.status === 200 && r.sentAt > marks.restarted && r.sentAt < marks.paused),
       'publishes answered 200 after the restart');
     assert.ok(okAfter(marks.resumed) > 0, 'publishes answered 200 after the pause');
-    assert.ok(all.some((r) => r.status === 503), 'the faults were seen (some 503s)');
   });
 
   it('an instance stopped cleanly causes no 503; one that crashed causes 503s for at most the instance TTL', { timeout: 60_000 }, async () => {
