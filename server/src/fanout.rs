@@ -15,6 +15,7 @@ use herald_protocol::RoomName;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
+use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::Sid;
 use socketioxide::{BroadcastError, SocketIo};
 
@@ -68,6 +69,14 @@ pub trait SioRooms: Send + Sync + 'static {
     async fn close(&self);
 }
 
+/// The operators of `io`'s default namespace, or `None` while it is not registered (Redis
+/// mode registers it asynchronously, once the adapter subscribed its channels) or after
+/// `close()`. socketioxide's shorthands (`io.local()`, `io.to()`, `io.get_socket()`…) panic in
+/// that state: Herald reaches the default namespace only through this function.
+pub fn default_namespace<A: Adapter>(io: &SocketIo<A>) -> Option<BroadcastOperators<A>> {
+    io.of("/")
+}
+
 #[async_trait]
 impl<A: Adapter> SioRooms for SocketIo<A> {
     async fn emit_local(
@@ -77,14 +86,23 @@ impl<A: Adapter> SioRooms for SocketIo<A> {
         data: &RawValue,
         except: Option<Sid>,
     ) -> Result<EmitReport, FanoutError> {
-        let members = self.local().to(room.as_str().to_owned()).sockets().len();
+        // No namespace yet: no socketioxide socket can be connected.
+        let Some(ns) = default_namespace(self) else {
+            return Ok(EmitReport::default());
+        };
+        let members = ns
+            .clone()
+            .local()
+            .to(room.as_str().to_owned())
+            .sockets()
+            .len();
         if members == 0 {
             return Ok(EmitReport::default());
         }
         // A socket's own `broadcast()` leaves the socket out.
-        let ops = match except.and_then(|sid| self.get_socket(sid)) {
+        let ops = match except.and_then(|sid| ns.get_socket(sid)) {
             Some(origin) => origin.broadcast().local(),
-            None => self.local(),
+            None => ns.local(),
         };
         match ops.to(room.as_str().to_owned()).emit(event, data).await {
             Ok(()) => Ok(EmitReport {
@@ -101,7 +119,10 @@ impl<A: Adapter> SioRooms for SocketIo<A> {
     }
 
     async fn disconnect_local(&self, room: &RoomName) {
-        if let Err(e) = self.local().to(room.as_str().to_owned()).disconnect().await {
+        let Some(ns) = default_namespace(self) else {
+            return;
+        };
+        if let Err(e) = ns.local().to(room.as_str().to_owned()).disconnect().await {
             tracing::debug!(error = %e, "local disconnect incomplete");
         }
     }
@@ -443,6 +464,37 @@ mod tests {
                 origin: "instance-1",
                 body: BatchBody::Leave
             })
+        );
+    }
+
+    /// Redis mode registers the default namespace only once its adapter subscribed: until
+    /// then fan-out and the revocation walk (reconciler, notices) see no socketioxide socket
+    /// instead of panicking ("default namespace not found").
+    #[tokio::test]
+    async fn no_namespace_yet_means_no_socketioxide_socket() {
+        use crate::revocation::{LocalSockets, RevocationReason};
+        let (_svc, io) = SocketIo::new_svc();
+        assert!(default_namespace(&io).is_none());
+        let room = RoomName::parse("p:c").expect("valid room");
+        let data = RawValue::from_string("1".to_owned()).expect("json");
+        let report = io
+            .emit_local(&room, "event", &data, None)
+            .await
+            .expect("emit");
+        assert_eq!(report, EmitReport::default());
+        io.disconnect_local(&room).await;
+        let local = crate::gateway::GatewaySockets::new(
+            io,
+            Arc::new(DirectRooms::new()),
+            Arc::new(crate::tracking::memory::MemoryTracker::new()),
+        );
+        assert!(local.keys_in_use().is_empty());
+        let key = herald_protocol::ApiKeyId::parse("00000000000000a1").expect("valid");
+        assert_eq!(
+            local
+                .revoke_key(&key, RevocationReason::NoLongerValid)
+                .await,
+            0
         );
     }
 }

@@ -571,6 +571,14 @@ impl<A: Adapter> GatewaySockets<A> {
         }
     }
 
+    /// This instance's socketioxide sockets; none while the namespace is not registered yet
+    /// (Redis mode, before the adapter subscribed) or after shutdown closed it.
+    fn sio_sockets(&self) -> Vec<SocketRef<A>> {
+        crate::fanout::default_namespace(&self.io)
+            .map(|ns| ns.local().sockets())
+            .unwrap_or_default()
+    }
+
     /// Removes one socket from the private channels `key` opened; whether it had any.
     async fn revoke_on<P: Peer>(&self, s: &P, key: &ApiKeyId, reason: RevocationReason) -> bool {
         let Some(session) = s.session() else {
@@ -614,7 +622,7 @@ impl<A: Adapter> GatewaySockets<A> {
 impl<A: Adapter> LocalSockets for GatewaySockets<A> {
     async fn revoke_key(&self, key: &ApiKeyId, reason: RevocationReason) -> usize {
         let mut affected = 0;
-        for s in self.io.local().sockets() {
+        for s in self.sio_sockets() {
             affected += usize::from(self.revoke_on(&s, key, reason).await);
         }
         for c in self.direct.connections() {
@@ -627,9 +635,7 @@ impl<A: Adapter> LocalSockets for GatewaySockets<A> {
         let mut keys = HashSet::new();
         let direct = self.direct.connections();
         let sessions = self
-            .io
-            .local()
-            .sockets()
+            .sio_sockets()
             .into_iter()
             .filter_map(|s| session(&s))
             .chain(direct.iter().filter_map(|c| c.session()));
