@@ -31,6 +31,7 @@ use crate::keys::AdminToken;
 use crate::rest::{self, ApiError, admin, publisher, tasks};
 use crate::revocation::{Revocation, RevocationQueue};
 use crate::store::Store;
+use crate::supervise::Supervisor;
 use crate::tracking::ConnectionTracker;
 
 /// Everything a request handler needs. Cheap to clone.
@@ -47,10 +48,12 @@ pub struct AppInner {
 }
 
 /// Readiness inputs: `/readyz` is 200 only when the backends are usable and no shutdown began.
+/// It also reports the state of every supervised background task ([`Health::tasks`]).
 #[derive(Debug)]
 pub struct Health {
     shutting_down: AtomicBool,
     backend_ready: AtomicBool,
+    tasks: Supervisor,
 }
 
 impl Health {
@@ -59,7 +62,12 @@ impl Health {
         Self {
             shutting_down: AtomicBool::new(false),
             backend_ready: AtomicBool::new(backend_ready),
+            tasks: Supervisor::default(),
         }
+    }
+    /// The supervisor of this server's background tasks.
+    pub fn tasks(&self) -> &Supervisor {
+        &self.tasks
     }
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
@@ -257,17 +265,21 @@ pub async fn healthz() -> impl IntoResponse {
     livez().await
 }
 
-/// `GET /readyz`: backends usable and no shutdown under way.
+/// `GET /readyz`: backends usable and no shutdown under way. The body also names every
+/// background task and its state (`running`, `restarting`, `done`, `stopped`); the status code
+/// depends on readiness alone.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "Ready", body = crate::openapi::HealthStatus),
         (status = 503, description = "Not ready (Redis down, starting, or shutting down)", body = crate::openapi::HealthStatus)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.health().is_ready() {
-        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+    let health = state.health();
+    let tasks = health.tasks().tasks();
+    if health.is_ready() {
+        axum::Json(serde_json::json!({ "status": "ready", "tasks": tasks })).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "not_ready" })),
+            axum::Json(serde_json::json!({ "status": "not_ready", "tasks": tasks })),
         )
             .into_response()
     }

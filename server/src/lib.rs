@@ -28,6 +28,7 @@ pub mod redis;
 pub mod rest;
 pub mod revocation;
 pub mod store;
+pub mod supervise;
 pub mod tracking;
 
 #[cfg(test)]
@@ -81,7 +82,8 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
         gateway.direct().clone(),
         tracker.clone(),
     ));
-    let (revocation, _tasks) = revocation::start(
+    let health = Arc::new(app::Health::new(true));
+    let revocation = revocation::start(
         queue,
         store,
         tracker.clone(),
@@ -89,8 +91,8 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
         Arc::new(revocation::LocalNotifier(local)),
         config.revocation_settings("embedded"),
         Arc::default(),
+        health.tasks(),
     );
-    let health = Arc::new(app::Health::new(true));
     let state = app::AppState::new(config, gateway, admin, health, revocation);
     let router = app::router(config, state.clone(), io_layer);
     Ok(EmbeddedServer {
@@ -146,6 +148,7 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         }
     };
     println!("herald listening on http://{addr}");
+    let tasks = state.health().tasks().clone();
     app::serve(
         listener,
         state,
@@ -155,8 +158,9 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         std::time::Duration::from_secs(config.shutdown_timeout_secs),
     )
     .await?;
-    if let Some(mode) = redis_mode {
-        mode.shutdown().await;
+    match redis_mode {
+        Some(mode) => mode.shutdown().await,
+        None => tasks.shutdown(),
     }
     tracing::info!("herald stopped");
     Ok(())

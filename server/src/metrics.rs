@@ -27,6 +27,8 @@
 //! | `herald_bus_unconfirmed_total` | counter | |
 //! | `herald_bus_refused_total` | counter | |
 //! | `herald_bus_replays_skipped_total` | counter | |
+//! | `herald_task_alive` | gauge | `task` (a background task's fixed name, see [`crate::supervise`]) |
+//! | `herald_task_restarts_total` | counter | `task` |
 
 use std::net::SocketAddr;
 
@@ -76,6 +78,10 @@ pub const BUS_UNCONFIRMED: &str = "herald_bus_unconfirmed_total";
 pub const BUS_REFUSED: &str = "herald_bus_refused_total";
 /// Counter: bus batches received again (a re-sent command) and skipped.
 pub const BUS_REPLAYS_SKIPPED: &str = "herald_bus_replays_skipped_total";
+/// Gauge: 1 while a supervised background task runs, 0 while it is restarting or stopped.
+pub const TASK_ALIVE: &str = "herald_task_alive";
+/// Counter: restarts of a supervised background task after it panicked or returned.
+pub const TASK_RESTARTS: &str = "herald_task_restarts_total";
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {

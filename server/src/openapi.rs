@@ -41,6 +41,10 @@ pub struct UpdateApiKeyBody {
 pub struct HealthStatus {
     /// `ok`, `ready` or `not_ready`.
     status: String,
+    /// `/readyz` only: each background task's state (`running`, `restarting`, `done`,
+    /// `stopped`) by task name.
+    #[schema(required = false)]
+    tasks: Option<std::collections::BTreeMap<String, String>>,
 }
 
 struct Security;

@@ -41,6 +41,8 @@ const REDIS_TASKS = [
   'probe',
   'heartbeat',
   'bus_listener',
+  'bus_sender',
+  'bus_peers',
 ];
 
 async function readyz(h) {

@@ -26,6 +26,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -38,6 +39,7 @@ use crate::fanout::{
     BatchBody, Bus, Fanout, FanoutError, decode_batch, encode_batch, encode_leave,
 };
 use crate::metrics as m;
+use crate::supervise::Supervisor;
 
 /// Most messages in one batch.
 pub const MAX_BATCH: usize = 256;
@@ -62,25 +64,32 @@ pub struct RedisBus {
 
 impl RedisBus {
     /// A bus on `channel`, sending as `origin` (the instance id), checking each batch's reach
-    /// against `peers` and `driver`'s subscription state; starts its batching task.
+    /// against `peers` and `driver`'s subscription state; starts its batching task
+    /// (`bus_sender`) under `tasks`. A restarted sender takes over the same queue and goes on
+    /// numbering batches where the last run stopped, so no other instance skips its batches
+    /// as replays.
     pub fn new(
         client: fred::clients::Client,
         channel: String,
         origin: String,
         peers: Arc<PeerView>,
         driver: HeraldDriver,
+        tasks: &Supervisor,
     ) -> Arc<Self> {
         let (queue, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(
-            Sender {
-                client: client.clone(),
-                channel: channel.clone(),
-                origin: origin.clone(),
-                peers,
-                driver,
-            }
-            .run(rx),
-        );
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let sender = Sender {
+            client: client.clone(),
+            channel: channel.clone(),
+            origin: origin.clone(),
+            peers,
+            driver,
+            seq: Arc::default(),
+        };
+        tasks.spawn("bus_sender", move || {
+            let (sender, rx) = (sender.clone(), rx.clone());
+            async move { sender.run(&mut *rx.lock().await).await }
+        });
         Arc::new(Self {
             origin,
             queue,
@@ -179,19 +188,21 @@ impl Applied {
     }
 }
 
+#[derive(Clone)]
 struct Sender {
     client: fred::clients::Client,
     channel: String,
     origin: String,
     peers: Arc<PeerView>,
     driver: HeraldDriver,
+    /// The last batch number sent (kept across restarts of the task).
+    seq: Arc<AtomicU64>,
 }
 
 impl Sender {
-    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
+    async fn run(self, rx: &mut mpsc::Receiver<Pending>) {
         let mut messages = Vec::new();
         let mut waiters = Vec::new();
-        let mut seq: u64 = 0;
         while let Some((first, done)) = rx.recv().await {
             messages.push(first);
             waiters.push(done);
@@ -204,7 +215,7 @@ impl Sender {
                     Err(_) => break,
                 }
             }
-            seq += 1;
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
             let batch = encode_batch(&self.origin, seq, &messages);
             messages.clear();
             let reply = self

@@ -22,6 +22,8 @@ use parking_lot::RwLock;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::supervise::Supervisor;
+
 /// Counters of the driver's hand-over from Redis to the adapter.
 #[derive(Debug, Default)]
 pub struct DriverStats {
@@ -57,9 +59,10 @@ pub struct DriverError(#[from] fred::error::Error);
 
 impl HeraldDriver {
     /// Wraps a subscriber client (configured with RESP3, reconnect policy and timeouts) and
-    /// starts its dispatcher and re-subscription tasks. Does not wait for Redis: the client
-    /// connects (and reconnects) in the background.
-    pub fn new(conn: SubscriberClient) -> Self {
+    /// starts its dispatcher (`redis_dispatch`) and re-subscription (`redis_resubscribe`)
+    /// tasks under `tasks`. Does not wait for Redis: the client connects (and reconnects) in
+    /// the background.
+    pub fn new(conn: SubscriberClient, tasks: &Supervisor) -> Self {
         let driver = Self {
             conn,
             handlers: Arc::default(),
@@ -67,29 +70,18 @@ impl HeraldDriver {
             stats: Arc::default(),
             resubscribing: Arc::default(),
         };
-        tokio::spawn(dispatch(
-            driver.conn.message_rx(),
-            driver.handlers.clone(),
-            driver.internal.clone(),
-            driver.stats.clone(),
-        ));
-        let on_reconnect = driver.clone();
-        let mut reconnects = driver.conn.reconnect_rx();
-        tokio::spawn(async move {
-            loop {
-                match reconnects.recv().await {
-                    Ok(server) => {
-                        on_reconnect.resubscribing.store(true, Ordering::Release);
-                        metrics::counter!(crate::metrics::REDIS_RECONNECTS).increment(1);
-                        tracing::info!(%server, "redis subscriber reconnected; re-subscribing");
-                        on_reconnect.resubscribe_all().await;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        on_reconnect.resubscribe_all().await;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
+        let d = driver.clone();
+        tasks.spawn("redis_dispatch", move || {
+            dispatch(
+                d.conn.message_rx(),
+                d.handlers.clone(),
+                d.internal.clone(),
+                d.stats.clone(),
+            )
+        });
+        let d = driver.clone();
+        tasks.spawn("redis_resubscribe", move || {
+            resubscribe_on_reconnect(d.clone())
         });
         driver
     }
@@ -135,6 +127,25 @@ impl HeraldDriver {
         self.internal.write().insert(chan.clone(), tx);
         self.conn.ssubscribe(chan.as_str()).await?;
         Ok(rx)
+    }
+}
+
+/// Re-subscribes every channel after each reconnect of the subscriber connection.
+async fn resubscribe_on_reconnect(driver: HeraldDriver) {
+    let mut reconnects = driver.conn.reconnect_rx();
+    loop {
+        match reconnects.recv().await {
+            Ok(server) => {
+                driver.resubscribing.store(true, Ordering::Release);
+                metrics::counter!(crate::metrics::REDIS_RECONNECTS).increment(1);
+                tracing::info!(%server, "redis subscriber reconnected; re-subscribing");
+                driver.resubscribe_all().await;
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                driver.resubscribe_all().await;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

@@ -33,11 +33,15 @@ use crate::keys::AdminToken;
 use crate::revocation::redis::RedisQueue;
 use crate::revocation::{self, LocalSockets, RevocationReason, RevokeNotifier};
 use crate::store::redis::RedisStore;
+use crate::supervise::Supervisor;
 use crate::tracking::redis::RedisTracker;
 use client::RedisSettings;
 use driver::HeraldDriver;
+use fred::clients::SubscriberClient;
 use fred::interfaces::EventInterface;
 use herald_protocol::ApiKeyId;
+use socketioxide::SocketIo;
+use tokio::sync::{Notify, broadcast};
 
 /// The Socket.IO adapter of Redis mode.
 pub type HeraldAdapter = CustomRedisAdapter<Emitter, HeraldDriver>;
@@ -110,7 +114,7 @@ impl RedisNotifier {
 pub struct RedisMode {
     tracker: Arc<RedisTracker>,
     bus: Arc<bus::RedisBus>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Supervisor,
 }
 
 impl RedisMode {
@@ -118,9 +122,7 @@ impl RedisMode {
     /// stop background tasks and remove this instance's tracking entries.
     pub async fn shutdown(self) {
         self.bus.leave().await;
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.tasks.shutdown();
         self.tracker.forget_instance().await;
     }
 }
@@ -162,7 +164,11 @@ pub fn start(
         },
     )?;
 
-    let driver = HeraldDriver::new(subscriber);
+    // Every background task below runs under this supervisor: restarted when it fails, listed
+    // by `/readyz`, stopped by `RedisMode::shutdown`.
+    let health = Arc::new(Health::new(false));
+    let tasks = health.tasks().clone();
+    let driver = HeraldDriver::new(subscriber, &tasks);
     let adapter = RedisAdapterCtr::new_with_driver(
         driver.clone(),
         RedisAdapterConfig::new()
@@ -183,39 +189,19 @@ pub fn start(
         instance_id.clone(),
         peers.clone(),
         driver.clone(),
+        &tasks,
     );
     gateway.fanout.attach_bus(bus.clone());
 
-    let health = Arc::new(Health::new(false));
     let namespace_ready = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-
-    // The namespace exists only once the adapter subscribed its channels: retry until Redis
-    // answers.
     {
-        let io = io.clone();
-        let namespace_ready = namespace_ready.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match gateway::register(&io).await {
-                    Ok(()) => {
-                        namespace_ready.store(true, Ordering::Release);
-                        tracing::info!("socket.io namespace ready on the redis adapter");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "adapter init failed");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        }));
+        let (io, ready) = (io.clone(), namespace_ready.clone());
+        tasks.spawn_until_done("namespace", move || {
+            register_namespace(io.clone(), ready.clone())
+        });
     }
-
-    tasks.push(tokio::spawn(
-        probe::Probe {
+    {
+        let probe = probe::Probe {
             client: client.clone(),
             driver: driver.clone(),
             channel: format!("{prefix}:probe#{instance_id}"),
@@ -223,48 +209,35 @@ pub fn start(
             namespace_ready,
             health: health.clone(),
             stats: Arc::default(),
-        }
-        .run(),
-    ));
-
+        };
+        tasks.spawn("probe", move || probe.clone().run());
+    }
     {
         let tracker = tracker.clone();
         let ttl = Duration::from_secs(config.instance_ttl_secs.max(1));
-        let (beat_every, sweep_every) = heartbeat_timing(ttl);
-        tasks.push(tokio::spawn(async move {
-            let mut beat = tokio::time::interval(beat_every);
-            let mut sweep = tokio::time::interval(sweep_every);
-            loop {
-                tokio::select! {
-                    _ = beat.tick() => {
-                        if let Err(e) = tracker.heartbeat(ttl).await {
-                            tracing::warn!(error = %e, "heartbeat failed");
-                        }
-                    }
-                    _ = sweep.tick() => {
-                        match tracker.sweep_dead_instances().await {
-                            Ok(removed) if !removed.is_empty() => {
-                                tracing::info!(removed = removed.len(), "removed a dead instance's tracking entries");
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::debug!(error = %e, "sweep failed"),
-                        }
-                    }
-                }
-            }
-        }));
+        tasks.spawn("heartbeat", move || heartbeat(tracker.clone(), ttl));
     }
 
     // Revocation: notices travel on `{prefix}:revoke` through the subscriber connection; the
     // reconciler runs at once whenever that connection comes back.
-    tasks.push(tokio::spawn(bus::RedisBus::listen(
-        bus_channel,
-        instance_id.clone(),
-        driver.clone(),
-        gateway.fanout.clone(),
-        peers.clone(),
-    )));
-    tasks.push(tokio::spawn(peers.run(tracker.clone())));
+    {
+        let (origin, driver, fanout) =
+            (instance_id.clone(), driver.clone(), gateway.fanout.clone());
+        let peers = peers.clone();
+        tasks.spawn("bus_listener", move || {
+            bus::RedisBus::listen(
+                bus_channel.clone(),
+                origin.clone(),
+                driver.clone(),
+                fanout.clone(),
+                peers.clone(),
+            )
+        });
+    }
+    {
+        let (peers, tracker) = (peers.clone(), tracker.clone());
+        tasks.spawn("bus_peers", move || peers.clone().run(tracker.clone()));
+    }
     let local: Arc<dyn LocalSockets> = Arc::new(gateway::GatewaySockets::new(
         io,
         gateway.direct().clone(),
@@ -274,8 +247,8 @@ pub fn start(
         client: client.clone(),
         channel: format!("{prefix}:revoke"),
     });
-    let kick = Arc::new(tokio::sync::Notify::new());
-    let (revocation, revocation_tasks) = revocation::start(
+    let kick = Arc::new(Notify::new());
+    let revocation = revocation::start(
         queue,
         store,
         tracker.clone(),
@@ -283,16 +256,19 @@ pub fn start(
         notifier.clone(),
         config.revocation_settings(&instance_id),
         kick.clone(),
+        &tasks,
     );
-    tasks.extend(revocation_tasks);
-    tasks.push(tokio::spawn(notifier.listen(driver.clone(), local)));
     {
-        let mut reconnects = driver.client().reconnect_rx();
-        tasks.push(tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
-                kick.notify_one();
-            }
-        }));
+        let driver = driver.clone();
+        tasks.spawn("revocation_notices", move || {
+            notifier.clone().listen(driver.clone(), local.clone())
+        });
+    }
+    {
+        let client = driver.client().clone();
+        tasks.spawn("redis_reconnect_kick", move || {
+            kick_on_reconnect(client.clone(), kick.clone())
+        });
     }
 
     let state = AppState::new(config, gateway, admin, health, revocation);
@@ -306,4 +282,63 @@ pub fn start(
             tasks,
         },
     ))
+}
+
+/// Registers the gateway on the adapter's default namespace. The namespace exists only once
+/// the adapter subscribed its channels: retries until Redis answers. Until then socketioxide
+/// has no default namespace, and every use of `io` (gateway, fan-out) finds none and skips the
+/// socketioxide side ([`crate::fanout::default_namespace`]).
+async fn register_namespace(io: SocketIo<HeraldAdapter>, ready: Arc<AtomicBool>) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match gateway::register(&io).await {
+            Ok(()) => {
+                ready.store(true, Ordering::Release);
+                tracing::info!("socket.io namespace ready on the redis adapter");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "adapter init failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Keeps this instance's heartbeat key alive and sweeps dead instances' tracking entries.
+async fn heartbeat(tracker: Arc<RedisTracker>, ttl: Duration) {
+    let (beat_every, sweep_every) = heartbeat_timing(ttl);
+    let mut beat = tokio::time::interval(beat_every);
+    let mut sweep = tokio::time::interval(sweep_every);
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                if let Err(e) = tracker.heartbeat(ttl).await {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+            }
+            _ = sweep.tick() => {
+                match tracker.sweep_dead_instances().await {
+                    Ok(removed) if !removed.is_empty() => {
+                        tracing::info!(removed = removed.len(), "removed a dead instance's tracking entries");
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "sweep failed"),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the reconciler at once whenever the subscriber connection comes back.
+async fn kick_on_reconnect(client: SubscriberClient, kick: Arc<Notify>) {
+    let mut reconnects = client.reconnect_rx();
+    loop {
+        match reconnects.recv().await {
+            // Lagged: reconnects were missed; one pass covers them all.
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => kick.notify_one(),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }

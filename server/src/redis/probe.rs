@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use super::driver::HeraldDriver;
 use crate::app::Health;
+use crate::supervise::AbortOnDrop;
 
 /// Probe counters.
 #[derive(Debug, Default)]
@@ -33,6 +34,7 @@ pub struct ProbeStats {
 }
 
 /// Inputs of the readiness loop.
+#[derive(Clone)]
 pub struct Probe {
     /// The command connection.
     pub client: Client,
@@ -51,7 +53,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Runs forever (spawn it).
+    /// Runs forever (run it under a [`crate::supervise::Supervisor`]); returns when its
+    /// receiving side ended, so that the supervisor starts both again.
     pub async fn run(self) {
         let last_seen = Arc::new(Mutex::new(None::<Instant>));
         // Receiving side: subscribe (retrying until Redis is there) and record arrivals.
@@ -60,7 +63,7 @@ impl Probe {
             let channel = self.channel.clone();
             let last_seen = last_seen.clone();
             let stats = self.stats.clone();
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 let mut rx = loop {
                     match driver.subscribe_internal(channel.clone()).await {
                         Ok(rx) => break rx,
@@ -74,7 +77,7 @@ impl Probe {
                     stats.received.fetch_add(1, Ordering::Relaxed);
                     *last_seen.lock() = Some(Instant::now());
                 }
-            })
+            }))
         };
 
         let started = Instant::now();
@@ -142,6 +145,7 @@ impl Probe {
             self.health.set_backend_ready(ready);
             if rx_task.is_finished() {
                 tracing::error!("probe receiver ended");
+                return;
             }
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! Triggers (all end in [`Revocation::trigger`]):
 //! * `DELETE /v1/admin/projects/{id}/api-keys/{keyId}` (`ApiKeyDeleted`);
-//! * the expiry [scheduler](Revocation::spawn_scheduler): every instance looks for expired,
+//! * the expiry [scheduler](Revocation::run_scheduler): every instance looks for expired,
 //!   not yet revoked keys every second; the atomic "mark revoked + enqueue" makes it fire once
 //!   across the cluster, and also on start for keys that expired while nothing ran;
 //! * `POST /v1/tasks/api-key-events` from an external access service.
@@ -11,7 +11,7 @@
 //! A trigger atomically records the key id as revoked (stored state: from that moment `listen`
 //! refuses the key's tokens) and enqueues a durable [`RevocationJob`] ([`RevocationQueue`]:
 //! redb in embedded mode, a Redis Stream consumer group in Redis mode). Any instance's
-//! [worker](Revocation::spawn_worker) takes the job and runs it:
+//! [worker](Revocation::run_worker) takes the job and runs it:
 //!
 //! 1. tell every instance to revoke the key locally ([`RevokeNotifier`]): each instance walks
 //!    its own sockets ([`LocalSockets`]) and, per socket, removes the key's private channels,
@@ -25,10 +25,14 @@
 //! the reconciler below) finds nothing left and sends nothing.
 //!
 //! Convergence: notices are fire-and-forget pub/sub. Every instance also
-//! [reconciles](Revocation::spawn_reconciler) its own sockets against the stored state every
+//! [reconciles](Revocation::run_reconciler) its own sockets against the stored state every
 //! `reconcile_interval` (and right after its Redis link comes back): any private channel held
 //! through a revoked, deleted, expired or scope-less key is removed the same way. No revoked
 //! socket stays inside longer than that interval after its instance can read Redis again.
+//!
+//! The worker, the scheduler and the reconciler run under the instance's
+//! [`Supervisor`]: one that panics is logged, counted and restarted, so the bound above holds
+//! even across a failure in a pass.
 
 pub mod embedded;
 pub mod redis;
@@ -46,6 +50,7 @@ use tokio::sync::Notify;
 
 use crate::channel_token::check_signing_key;
 use crate::store::Store;
+use crate::supervise::Supervisor;
 use crate::tracking::ConnectionTracker;
 
 /// Why a key is being revoked.
@@ -245,8 +250,9 @@ pub struct RevocationStats {
     pub sockets_removed: AtomicU64,
 }
 
-/// Builds the workflow and starts its worker, expiry scheduler and reconciler. `kick` makes
-/// the reconciler run at once (Redis mode fires it when the Redis link comes back).
+/// Builds the workflow and starts its worker (`revocation_worker`), expiry scheduler
+/// (`expiry_scheduler`) and reconciler (`reconciler`) under `tasks`. `kick` makes the
+/// reconciler run at once (Redis mode fires it when the Redis link comes back).
 #[allow(clippy::too_many_arguments)]
 pub fn start(
     queue: Arc<dyn RevocationQueue>,
@@ -256,7 +262,8 @@ pub fn start(
     notifier: Arc<dyn RevokeNotifier>,
     settings: RevocationSettings,
     kick: Arc<Notify>,
-) -> (Arc<Revocation>, Vec<tokio::task::JoinHandle<()>>) {
+    tasks: &Supervisor,
+) -> Arc<Revocation> {
     let revocation = Arc::new(Revocation {
         queue,
         store,
@@ -267,12 +274,13 @@ pub fn start(
         stats: Arc::default(),
         wake: Arc::default(),
     });
-    let tasks = vec![
-        revocation.clone().spawn_worker(),
-        revocation.clone().spawn_scheduler(),
-        revocation.clone().spawn_reconciler(kick),
-    ];
-    (revocation, tasks)
+    let r = revocation.clone();
+    tasks.spawn("revocation_worker", move || r.clone().run_worker());
+    let r = revocation.clone();
+    tasks.spawn("expiry_scheduler", move || r.clone().run_scheduler());
+    let r = revocation.clone();
+    tasks.spawn("reconciler", move || r.clone().run_reconciler(kick.clone()));
+    revocation
 }
 
 /// The revocation workflow of one instance.
@@ -359,101 +367,95 @@ impl Revocation {
         }
     }
 
-    /// Takes and runs jobs until the process ends.
-    pub fn spawn_worker(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let claimed = match self.queue.claim(&self.settings.consumer).await {
-                    Ok(Some(c)) => c,
-                    Ok(None) => {
-                        let _ =
-                            tokio::time::timeout(Duration::from_millis(250), self.wake.notified())
-                                .await;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot claim revocation jobs");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                let job = &claimed.job;
-                tracing::info!(job_id = %job.id, api_key_id = %job.api_key_id, attempt = job.attempt, consumer = %self.settings.consumer, "revocation job claimed");
-                if !self.settings.job_delay.is_zero() {
-                    let end = tokio::time::Instant::now() + self.settings.job_delay;
-                    while tokio::time::Instant::now() < end {
-                        let _ = self.queue.touch(&claimed, &self.settings.consumer).await;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+    /// Takes and runs jobs until the process ends (run it under a [`Supervisor`]).
+    pub async fn run_worker(self: Arc<Self>) {
+        loop {
+            let claimed = match self.queue.claim(&self.settings.consumer).await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    let _ = tokio::time::timeout(Duration::from_millis(250), self.wake.notified())
+                        .await;
+                    continue;
                 }
-                let started = std::time::Instant::now();
-                match self.run(&claimed).await {
-                    Ok(rounds) => {
-                        if let Err(e) = self.queue.complete(&claimed).await {
-                            tracing::warn!(job_id = %job.id, error = %e, "could not acknowledge revocation job; it will run again");
-                            continue;
-                        }
-                        let done = self.stats.done.fetch_add(1, Ordering::Relaxed) + 1;
-                        metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "done")
-                            .increment(1);
-                        tracing::info!(job_id = %job.id, api_key_id = %job.api_key_id, rounds, elapsed_ms = started.elapsed().as_millis() as u64, done_total = done, "revocation job done");
-                    }
-                    Err(error) if job.attempt + 1 >= self.settings.max_attempts => {
-                        let dead = self.stats.dead.fetch_add(1, Ordering::Relaxed) + 1;
-                        metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "dead")
-                            .increment(1);
-                        tracing::error!(job_id = %job.id, api_key_id = %job.api_key_id, %error, dead_total = dead, "revocation job dead-lettered");
-                        let _ = self.queue.dead_letter(&claimed, &error).await;
-                    }
-                    Err(error) => {
-                        let delay = self.settings.retry_base * 2u32.saturating_pow(job.attempt);
-                        let retried = self.stats.retried.fetch_add(1, Ordering::Relaxed) + 1;
-                        metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "retried")
-                            .increment(1);
-                        tracing::warn!(job_id = %job.id, api_key_id = %job.api_key_id, %error, retry_in_ms = delay.as_millis() as u64, retried_total = retried, "revocation job failed; retrying");
-                        let _ = self.queue.retry_later(&claimed, delay).await;
-                    }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot claim revocation jobs");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let job = &claimed.job;
+            tracing::info!(job_id = %job.id, api_key_id = %job.api_key_id, attempt = job.attempt, consumer = %self.settings.consumer, "revocation job claimed");
+            if !self.settings.job_delay.is_zero() {
+                let end = tokio::time::Instant::now() + self.settings.job_delay;
+                while tokio::time::Instant::now() < end {
+                    let _ = self.queue.touch(&claimed, &self.settings.consumer).await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-        })
+            let started = std::time::Instant::now();
+            match self.run(&claimed).await {
+                Ok(rounds) => {
+                    if let Err(e) = self.queue.complete(&claimed).await {
+                        tracing::warn!(job_id = %job.id, error = %e, "could not acknowledge revocation job; it will run again");
+                        continue;
+                    }
+                    let done = self.stats.done.fetch_add(1, Ordering::Relaxed) + 1;
+                    metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "done")
+                        .increment(1);
+                    tracing::info!(job_id = %job.id, api_key_id = %job.api_key_id, rounds, elapsed_ms = started.elapsed().as_millis() as u64, done_total = done, "revocation job done");
+                }
+                Err(error) if job.attempt + 1 >= self.settings.max_attempts => {
+                    let dead = self.stats.dead.fetch_add(1, Ordering::Relaxed) + 1;
+                    metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "dead")
+                        .increment(1);
+                    tracing::error!(job_id = %job.id, api_key_id = %job.api_key_id, %error, dead_total = dead, "revocation job dead-lettered");
+                    let _ = self.queue.dead_letter(&claimed, &error).await;
+                }
+                Err(error) => {
+                    let delay = self.settings.retry_base * 2u32.saturating_pow(job.attempt);
+                    let retried = self.stats.retried.fetch_add(1, Ordering::Relaxed) + 1;
+                    metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "retried")
+                        .increment(1);
+                    tracing::warn!(job_id = %job.id, api_key_id = %job.api_key_id, %error, retry_in_ms = delay.as_millis() as u64, retried_total = retried, "revocation job failed; retrying");
+                    let _ = self.queue.retry_later(&claimed, delay).await;
+                }
+            }
+        }
     }
 
-    /// Fires `ApiKeyExpired` for keys past their expiry, once per key across the cluster.
-    pub fn spawn_scheduler(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(self.settings.schedule_interval);
-            loop {
-                tick.tick().await;
-                let now = OffsetDateTime::now_utc();
-                let keys = match self.store.all_api_keys().await {
-                    Ok(keys) => keys,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "expiry scheduler cannot list keys");
-                        continue;
-                    }
-                };
-                for key in keys.iter().filter(|k| k.is_expired_at(now)) {
-                    if let Err(e) = self
-                        .trigger(&key.project_id, &key.id, RevocationReason::Expired, true)
-                        .await
-                    {
-                        tracing::debug!(api_key_id = %key.id, error = %e, "expiry trigger failed; next tick retries");
-                    }
+    /// Fires `ApiKeyExpired` for keys past their expiry, once per key across the cluster (run
+    /// it under a [`Supervisor`]).
+    pub async fn run_scheduler(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.settings.schedule_interval);
+        loop {
+            tick.tick().await;
+            let now = OffsetDateTime::now_utc();
+            let keys = match self.store.all_api_keys().await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    tracing::debug!(error = %e, "expiry scheduler cannot list keys");
+                    continue;
+                }
+            };
+            for key in keys.iter().filter(|k| k.is_expired_at(now)) {
+                if let Err(e) = self
+                    .trigger(&key.project_id, &key.id, RevocationReason::Expired, true)
+                    .await
+                {
+                    tracing::debug!(api_key_id = %key.id, error = %e, "expiry trigger failed; next tick retries");
                 }
             }
-        })
+        }
     }
 
     /// Re-checks this instance's private-channel sockets against the stored state every
-    /// `reconcile_interval`, and at once when `kick` is notified (Redis link back).
-    pub fn spawn_reconciler(self: Arc<Self>, kick: Arc<Notify>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            loop {
-                let _ =
-                    tokio::time::timeout(self.settings.reconcile_interval, kick.notified()).await;
-                self.reconcile_once().await;
-            }
-        })
+    /// `reconcile_interval`, and at once when `kick` is notified (Redis link back). Run it
+    /// under a [`Supervisor`].
+    pub async fn run_reconciler(self: Arc<Self>, kick: Arc<Notify>) {
+        loop {
+            let _ = tokio::time::timeout(self.settings.reconcile_interval, kick.notified()).await;
+            self.reconcile_once().await;
+        }
     }
 
     /// One reconciliation pass; returns the sockets removed.

@@ -59,6 +59,14 @@ async fn readiness_turns_false_first_on_shutdown() -> anyhow::Result<()> {
     let h = Herald::start(&["--shutdown-grace-ms", "1500"]).await?;
     let ready = h.request(Method::GET, "/readyz", None, None, &[]).await?;
     assert_eq!(ready.status, 200);
+    // Embedded mode's background tasks, all running.
+    for task in ["revocation_worker", "expiry_scheduler", "reconciler"] {
+        assert_eq!(
+            ready.body["tasks"][task], "running",
+            "{task}: {}",
+            ready.body
+        );
+    }
     let pid = h.pid().ok_or_else(|| anyhow::anyhow!("no pid"))?;
     std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
