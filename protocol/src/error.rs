@@ -56,6 +56,9 @@ error_codes! {
     InvalidExpiry = "invalid_expiry" => 400,
     /// A token was requested for a public channel (tokens are for `private-` channels).
     ChannelNotPrivate = "channel_not_private" => 400,
+    /// The request's body did not arrive within the body read timeout
+    /// (`--body-read-timeout-secs`); the connection is closed after this answer.
+    RequestTimeout = "request_timeout" => 408,
 
     // --- publisher authentication ------------------------------------------------------
     /// No API key in `Authorization: Bearer` or `X-API-Key`.
@@ -134,6 +137,13 @@ error_codes! {
     TokenKeyScope = "token_key_scope" => 401,
 
     // --- server side -------------------------------------------------------------------
+    /// The client's address holds as many connections as `--max-connections-per-ip` allows;
+    /// the connection is answered with this and closed. Close idle connections or retry later.
+    TooManyConnections = "too_many_connections" => 429,
+    /// The server holds as many connections as it may (`--max-connections`); the connection is
+    /// answered with this (health endpoints still answer normally) and closed. Retry later,
+    /// preferably on another instance.
+    AtCapacity = "at_capacity" => 503,
     /// A backend Herald depends on (Redis) is unavailable; retry later.
     Unavailable = "unavailable" => 503,
     /// A server fault. Never used for a client mistake.

@@ -36,3 +36,19 @@ pub const MAX_DISPLAY_NAME_BYTES: usize = 200;
 /// `event`) and in the handshake `auth`: 32 levels. Deeper is refused with `payload_too_deep`.
 /// See [`crate::depth`].
 pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Seconds a client may take to send a complete request head, from the moment the connection
+/// is accepted or, on a kept-alive connection, from the first byte of the next request.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+
+/// Seconds a client may take to send a whole request body, from the end of the request head.
+pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 30;
+
+/// Seconds a kept-alive HTTP connection may wait for its next request (no request in flight,
+/// no byte received) before the server closes it: 75 s, above the 60 s idle timeout load
+/// balancers commonly use towards their backends, so that the balancer closes an idle pooled
+/// connection first and never sends a request into a connection Herald is closing.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 75;
+
+/// Connections one client address (an IPv4 address, or an IPv6 /64) may hold open at once.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;

@@ -1,5 +1,5 @@
-//! Wiring: shared state, the HTTP router (REST + Socket.IO + health), and the server loop with
-//! graceful shutdown.
+//! Wiring: shared state, the HTTP router (REST + Socket.IO + health), and the shutdown
+//! sequence around the serve loop ([`crate::listen`]: caps, timeouts, graceful drain).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -432,7 +432,8 @@ fn origin_allowed(allowed: &[String], req: &Request) -> bool {
 
 /// Serves `router` on `listener` until `shutdown` resolves, then: readiness false, `grace`
 /// later every socket closed (clients see a server disconnect and reconnect elsewhere),
-/// in-flight requests drained, the drain bounded by `drain_timeout`.
+/// in-flight requests drained, the drain bounded by `drain_timeout`. Default limits
+/// ([`crate::listen::HttpLimits::default`], caps fitted to the open-file limit).
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -441,8 +442,32 @@ pub async fn serve(
     grace: Duration,
     drain_timeout: Duration,
 ) -> std::io::Result<()> {
-    // TCP_NODELAY on every socket, and sockets shared with the direct transport.
-    let listener = crate::direct::wire::WireListener(listener);
+    let limits = crate::listen::Limits::new(
+        &crate::listen::HttpLimits::default(),
+        crate::listen::open_file_limit(),
+    );
+    serve_with_limits(
+        listener,
+        state,
+        router,
+        shutdown,
+        grace,
+        drain_timeout,
+        limits,
+    )
+    .await
+}
+
+/// [`serve`] with the listener's timeouts and connection caps ([`crate::listen`]).
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    state: AppState,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+    drain_timeout: Duration,
+    limits: crate::listen::Limits,
+) -> std::io::Result<()> {
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
     let signal = async move {
@@ -453,8 +478,7 @@ pub async fn serve(
         signal_state.fanout().close().await;
         let _ = drained_tx.send(());
     };
-    let service = router.into_make_service_with_connect_info::<crate::direct::wire::Wire>();
-    let server = axum::serve(listener, service).with_graceful_shutdown(signal);
+    let server = crate::listen::serve(listener, router, limits, signal);
     tokio::select! {
         r = server => r,
         _ = async {

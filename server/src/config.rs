@@ -80,6 +80,36 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_CONNECT_TIMEOUT_SECS", default_value_t = limits::DEFAULT_CONNECT_TIMEOUT_SECS)]
     pub connect_timeout_secs: u64,
 
+    /// Seconds a client may take to send a request head (request line and headers), counted
+    /// from the accept or, on a kept-alive connection, from the next request's first byte; then
+    /// the connection is closed. At least 1.
+    #[arg(long, env = "HERALD_HEADER_READ_TIMEOUT_SECS", default_value_t = limits::DEFAULT_HEADER_READ_TIMEOUT_SECS)]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a client may take to send a whole request body, counted from the end of its
+    /// head; then `408 request_timeout` and the connection is closed. At least 1.
+    #[arg(long, env = "HERALD_BODY_READ_TIMEOUT_SECS", default_value_t = limits::DEFAULT_BODY_READ_TIMEOUT_SECS)]
+    pub body_read_timeout_secs: u64,
+
+    /// Seconds a kept-alive HTTP connection may wait for its next request (nothing in flight,
+    /// nothing received) before it is closed. At least 1.
+    #[arg(long, env = "HERALD_IDLE_TIMEOUT_SECS", default_value_t = limits::DEFAULT_IDLE_TIMEOUT_SECS)]
+    pub idle_timeout_secs: u64,
+
+    /// Most connections open at once on `--bind` (HTTP, long-polling and WebSocket alike).
+    /// Unset: the open-file limit minus a reserve (an eighth of the limit, 64 to 1024) kept for
+    /// health answers, refusals, Redis and files; a larger value is lowered to that. Beyond it
+    /// a connection gets `503 at_capacity` (the health endpoints still answer) and is closed.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Most connections one client address (an IPv4 address, or an IPv6 /64) may hold open on
+    /// `--bind`; beyond it a connection gets `429 too_many_connections` and is closed. 0: no
+    /// per-address cap. Behind a proxy every connection comes from the proxy's address: raise
+    /// it or set 0 there.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = limits::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+
     /// Packets buffered per socket before the socket counts as a slow consumer.
     #[arg(long, env = "HERALD_SOCKET_BUFFER", default_value_t = 1024)]
     pub socket_buffer: usize,
@@ -153,6 +183,19 @@ impl ServeConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.channel_tokens()?;
         Ok(())
+    }
+
+    /// The HTTP listener's timeouts and connection caps (the global cap still to be fitted to
+    /// the open-file limit by [`crate::listen::Limits::new`]).
+    pub fn http_limits(&self) -> crate::listen::HttpLimits {
+        let secs = |s: u64| Duration::from_secs(s.max(1));
+        crate::listen::HttpLimits {
+            header_read_timeout: secs(self.header_read_timeout_secs),
+            body_read_timeout: secs(self.body_read_timeout_secs),
+            idle_timeout: secs(self.idle_timeout_secs),
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+        }
     }
 
     /// Connect timeout as a duration.

@@ -21,6 +21,7 @@ pub mod direct;
 pub mod fanout;
 pub mod gateway;
 pub mod keys;
+pub mod listen;
 pub mod log_throttle;
 pub mod metrics;
 pub mod openapi;
@@ -149,13 +150,15 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     println!("herald listening on http://{addr}");
     let tasks = state.health().tasks().clone();
-    app::serve(
+    let limits = listen::Limits::new(&config.http_limits(), listen::raise_open_file_limit());
+    app::serve_with_limits(
         listener,
         state,
         router,
         app::shutdown_signal(),
         std::time::Duration::from_millis(config.shutdown_grace_ms),
         std::time::Duration::from_secs(config.shutdown_timeout_secs),
+        limits,
     )
     .await?;
     match redis_mode {

@@ -29,6 +29,10 @@
 //! | `herald_bus_replays_skipped_total` | counter | |
 //! | `herald_task_alive` | gauge | `task` (a background task's fixed name, see [`crate::supervise`]) |
 //! | `herald_task_restarts_total` | counter | `task` |
+//! | `herald_connections_open` | gauge | (connections on `--bind` served normally, upgraded ones included) |
+//! | `herald_connections_refused_total` | counter | `reason` = per_ip / capacity (answered 429 / 503, health still answered) |
+//! | `herald_connection_timeouts_total` | counter | `phase` = header / body / idle |
+//! | `herald_accept_errors_total` | counter | (e.g. out of file descriptors; accepting backs off) |
 
 use std::net::SocketAddr;
 
@@ -82,6 +86,15 @@ pub const BUS_REPLAYS_SKIPPED: &str = "herald_bus_replays_skipped_total";
 pub const TASK_ALIVE: &str = "herald_task_alive";
 /// Counter: restarts of a supervised background task after it panicked or returned.
 pub const TASK_RESTARTS: &str = "herald_task_restarts_total";
+
+/// Gauge: connections on the public listener served normally (upgraded ones included).
+pub const CONNECTIONS_OPEN: &str = "herald_connections_open";
+/// Counter: connections refused at accept, by reason.
+pub const CONNECTIONS_REFUSED: &str = "herald_connections_refused_total";
+/// Counter: connections closed (or requests answered 408) by a read timeout, by phase.
+pub const CONNECTION_TIMEOUTS: &str = "herald_connection_timeouts_total";
+/// Counter: failed `accept()` calls other than a peer's early reset.
+pub const ACCEPT_ERRORS: &str = "herald_accept_errors_total";
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {

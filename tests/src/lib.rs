@@ -68,8 +68,36 @@ impl Herald {
         Self::start_with(&data_dir, Some(dir), &token, "127.0.0.1:0", extra_args).await
     }
 
+    /// Starts a server with a fresh data dir under a wrapper command (`wrapper` then the
+    /// `herald` path and its arguments), e.g. `["prlimit", "--nofile=256:256", "--"]`.
+    pub async fn start_wrapped(wrapper: &[&str], extra_args: &[&str]) -> anyhow::Result<Self> {
+        let dir = Arc::new(tempfile::tempdir()?);
+        let data_dir = dir.path().to_path_buf();
+        let token = format!("admin-{}", rand::random::<u64>());
+        Self::spawn(
+            wrapper,
+            &data_dir,
+            Some(dir),
+            &token,
+            "127.0.0.1:0",
+            extra_args,
+        )
+        .await
+    }
+
     /// Starts a server on `data_dir` and `bind`.
     pub async fn start_with(
+        data_dir: &Path,
+        keep: Option<Arc<tempfile::TempDir>>,
+        admin_token: &str,
+        bind: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::spawn(&[], data_dir, keep, admin_token, bind, extra_args).await
+    }
+
+    async fn spawn(
+        wrapper: &[&str],
         data_dir: &Path,
         keep: Option<Arc<tempfile::TempDir>>,
         admin_token: &str,
@@ -83,7 +111,15 @@ impl Herald {
                 bin.display()
             );
         }
-        let mut child = Command::new(&bin)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = command
             .arg("serve")
             .args(["--bind", bind])
             .arg("--data-dir")

@@ -433,7 +433,7 @@ pub struct DirectTransport {
     pub settings: Arc<DirectSettings>,
 }
 
-/// The socket under the request, when it came through [`wire::WireListener`].
+/// The socket under the request, when it came through Herald's serve loop ([`crate::listen`]).
 pub fn wire_of(req: &Request) -> Option<Arc<TcpStream>> {
     req.extensions()
         .get::<axum::extract::ConnectInfo<wire::Wire>>()
@@ -442,7 +442,7 @@ pub fn wire_of(req: &Request) -> Option<Arc<TcpStream>> {
 
 /// Whether a request opens a direct connection: `GET /socket.io/?EIO=4&transport=websocket`
 /// without a `sid` (an upgrade of a polling session stays with socketioxide), with the
-/// WebSocket upgrade headers, on a connection accepted by [`wire::WireListener`].
+/// WebSocket upgrade headers, on a connection accepted by [`crate::listen`].
 pub fn is_direct(req: &Request) -> bool {
     if req.method() != axum::http::Method::GET || !req.uri().path().starts_with("/socket.io") {
         return false;

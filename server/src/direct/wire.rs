@@ -3,9 +3,9 @@
 //!
 //! hyper hands an upgraded connection back as an opaque `Upgraded` (a boxed, rewound stream
 //! that cannot be downcast back to the socket): writing through it means a lock, two dynamic
-//! calls and a task wake-up per event. Instead [`WireListener`] wraps every accepted socket in
-//! an `Arc` ([`SharedTcp`], what hyper reads and writes), and hands a clone to the request as
-//! [`Wire`] (`ConnectInfo`). After the upgrade the direct transport keeps reading through
+//! calls and a task wake-up per event. Instead the serve loop ([`crate::listen`]) wraps every
+//! accepted socket in an `Arc` ([`SharedTcp`], under what hyper reads and writes), and hands a
+//! clone to each request as [`Wire`] (`ConnectInfo`). After the upgrade the direct transport keeps reading through
 //! `Upgraded` (which holds any bytes hyper already read) and writes straight to the socket, in
 //! the common case from the fan-out loop itself ([`super::DirectConn::send`]).
 
@@ -14,7 +14,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -109,39 +108,6 @@ pub fn shutdown_write(tcp: &TcpStream) -> io::Result<()> {
     }
 }
 
-/// The listener Herald serves on: accepted sockets get `TCP_NODELAY` (Nagle would hold small
-/// frames back by up to 40 ms) and are shared ([`SharedTcp`]).
-pub struct WireListener<L>(pub L);
-
-impl<L> Listener for WireListener<L>
-where
-    L: Listener<Io = TcpStream>,
-{
-    type Io = SharedTcp;
-    type Addr = L::Addr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (tcp, addr) = self.0.accept().await;
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-        (SharedTcp(Arc::new(tcp)), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-/// The request's socket, as `ConnectInfo`.
+/// The request's socket, as `ConnectInfo` (inserted by [`crate::listen`] on every request).
 #[derive(Debug, Clone)]
 pub struct Wire(pub Arc<TcpStream>);
-
-impl<L> axum::extract::connect_info::Connected<IncomingStream<'_, WireListener<L>>> for Wire
-where
-    L: Listener<Io = TcpStream>,
-{
-    fn connect_info(stream: IncomingStream<'_, WireListener<L>>) -> Self {
-        Wire(stream.io().0.clone())
-    }
-}

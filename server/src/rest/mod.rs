@@ -37,10 +37,16 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Unwraps a body extracted under the router's body limit, mapping the limit to 413.
+/// Unwraps a body extracted under the router's body limit, mapping the limit to 413 and the
+/// body read timeout ([`crate::listen::timeouts::BodyTimeout`]) to 408.
 pub fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if crate::listen::timeouts::BodyTimeout::is_in(&rejection) {
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                "the request body did not arrive within the body read timeout",
+            )
+        } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorCode::PayloadTooLarge,
                 "request body is larger than the configured limit",

@@ -3,6 +3,7 @@
 
 mod direct;
 mod hardening;
+mod http_limits;
 mod ops;
 mod persistence;
 mod rest_errors;
