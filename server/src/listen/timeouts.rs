@@ -416,7 +416,7 @@ mod tests {
             tx.try_send(Bytes::from_static(b"x")).expect("queued");
             tokio::time::sleep(Duration::from_secs(7)).await;
         }
-        let err = reader.await.expect("task").err().expect("timed out");
+        let err = reader.await.expect("task").expect_err("timed out");
         assert!(BodyTimeout::is_in(&err), "{err:?}");
     }
 

@@ -125,7 +125,14 @@ fn free_port() -> anyhow::Result<u16> {
 
 /// The value of one metric line (`name{labels}`), 0 when absent.
 async fn metric(metrics_url: &str, series: &str) -> anyhow::Result<f64> {
-    let text = reqwest::get(metrics_url).await?.text().await?;
+    let text = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?
+        .get(metrics_url)
+        .send()
+        .await?
+        .text()
+        .await?;
     Ok(text
         .lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
