@@ -5,8 +5,8 @@
 // append-only file synced on every write, so projects and keys are still there after the
 // restart). Subscribers listen on both instances (WebSocket, plus one long-polling socket on
 // each); two publishers send numbered events without pause, one through each instance, and
-// record every answer. Meanwhile Redis is killed and restarted, then paused (SIGSTOP) and
-// resumed. Once publishing stops and delivery settles, every subscriber's sequence numbers are
+// record every answer. Meanwhile Redis is killed and restarted, then paused (SIGSTOP) for 8 s
+// and resumed. Once publishing stops and delivery settles, every subscriber's sequence numbers are
 // checked against the answers.
 
 import assert from 'node:assert/strict';
@@ -29,6 +29,13 @@ import { startRedis } from './redis-harness.mjs';
 
 const INSTANCE_TTL_SECS = 5;
 const WEBSOCKET_SUBSCRIBERS_PER_INSTANCE = 3;
+/**
+ * How long Redis stays paused: longer than 3 + 3 missed probes, so the instances also try to
+ * re-subscribe and force their subscriber to reconnect while Redis cannot answer (before the
+ * fix, a pause this long lost acknowledged events too; a failed re-subscription once left an
+ * instance refusing every publish).
+ */
+const PAUSE_MS = 8_000;
 /** How long publishing goes on after each fault is over. */
 const AFTER_FAULT_MS = 3_000;
 
@@ -43,6 +50,8 @@ async function waitReady(h, timeoutMs) {
 describe('redis mode: Redis killed, restarted and paused under continuous publishing', () => {
   let redis;
   let nodes;
+  // Set when the file is done, so publishing loops of a failed test end too.
+  let finished = false;
 
   before(async () => {
     redis = await startRedis({ persistent: true });
@@ -52,6 +61,7 @@ describe('redis mode: Redis killed, restarted and paused under continuous publis
   });
 
   after(async () => {
+    finished = true;
     await Promise.all((nodes ?? []).map((n) => n.stop().catch(() => n.kill())));
     await redis?.close();
   });
@@ -81,7 +91,7 @@ describe('redis mode: Redis killed, restarted and paused under continuous publis
     const answers = [[], []];
     let publishing = true;
     const publishers = nodes.map(async (n, p) => {
-      for (let seq = 0; publishing; seq++) {
+      for (let seq = 0; publishing && !finished; seq++) {
         const sentAt = Date.now();
         const res = await publish(n, key, channel, { p, seq }).catch((e) => ({ status: 0, body: String(e) }));
         answers[p].push({ seq, sentAt, status: res.status, code: res.body?.error?.code, body: res.body });
@@ -100,7 +110,7 @@ describe('redis mode: Redis killed, restarted and paused under continuous publis
     await sleep(AFTER_FAULT_MS);
     marks.paused = Date.now();
     redis.pause();
-    await sleep(3_000);
+    await sleep(PAUSE_MS);
     redis.resume();
     marks.resumed = Date.now();
     await Promise.all(nodes.map((n) => waitReady(n, 20_000)));
@@ -170,7 +180,7 @@ describe('redis mode: Redis killed, restarted and paused under continuous publis
     const flags = ['--redis-url', redis.url, '--instance-ttl-secs', String(INSTANCE_TTL_SECS)];
     const publishUntil = async (done) => {
       const answers = [];
-      for (let seq = 0; !done(); seq++) {
+      for (let seq = 0; !done() && !finished; seq++) {
         const sentAt = Date.now();
         const res = await publish(nodes[0], key, 'peers', { seq });
         answers.push({ sentAt, status: res.status, code: res.body?.error?.code });

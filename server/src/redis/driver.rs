@@ -102,8 +102,15 @@ impl HeraldDriver {
         !self.conn.is_connected() || self.resubscribing.load(Ordering::Acquire)
     }
 
-    /// Subscribes every known channel again. Errors are logged; the next reconnect or probe
-    /// tries again. [`Self::is_resubscribing`] holds from the call until one succeeds.
+    /// Whether a re-subscription began and none succeeded since: the probe retries it
+    /// ([`super::probe`]).
+    pub fn resubscribe_pending(&self) -> bool {
+        self.resubscribing.load(Ordering::Acquire)
+    }
+
+    /// Subscribes every known channel again. Errors are logged; the probe tries again while
+    /// [`Self::resubscribe_pending`]. [`Self::is_resubscribing`] holds from the call until one
+    /// succeeds.
     pub async fn resubscribe_all(&self) {
         self.resubscribing.store(true, Ordering::Release);
         let mut channels: Vec<String> = self.handlers.read().keys().cloned().collect();
@@ -111,6 +118,8 @@ impl HeraldDriver {
         for chan in channels {
             if let Err(e) = self.conn.ssubscribe(chan.as_str()).await {
                 tracing::warn!(channel = %chan, error = %e, "re-subscription failed");
+                // Also after a concurrent success: a needless retry, never a missed one.
+                self.resubscribing.store(true, Ordering::Release);
                 return;
             }
         }

@@ -5,7 +5,8 @@
 //! numbered probe on its own probe shard channel through its *command* connection; the
 //! message must come back through the *subscriber* connection, the path cross-instance events
 //! take. No probe back for 3 intervals: re-subscribe everything; still nothing 3 intervals
-//! later: force the subscriber to reconnect.
+//! later: force the subscriber to reconnect. A re-subscription that failed is retried every
+//! interval until one succeeds (meanwhile the event bus does not confirm deliveries).
 //!
 //! Readiness (`/readyz`) is the conjunction of: namespace initialised on the adapter, command
 //! connection answering `PING`, subscriber connected, and the probe seen recently.
@@ -124,6 +125,12 @@ impl Probe {
                 }
             } else if !deaf {
                 repaired_at = None;
+                if sub_up && self.driver.resubscribe_pending() {
+                    // A re-subscription failed (Redis paused, say) though the link works:
+                    // until one succeeds the event bus answers 503, so try again.
+                    tracing::info!("retrying a failed re-subscription");
+                    self.driver.resubscribe_all().await;
+                }
             }
             let ping_ok = tokio::time::timeout(self.interval, self.client.ping::<String>(None))
                 .await
