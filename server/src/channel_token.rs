@@ -38,7 +38,18 @@ use herald_protocol::{ApiKeyId, ApiKeyScope, ChannelName, ErrorCode, ProjectId, 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use time::OffsetDateTime;
 
-use crate::store::{ApiKeyRecord, ProjectRecord, SigningSecret, Store, StoreError};
+use crate::store::{ApiKeyRecord, ProjectRecord, SecretId, SigningSecret, Store, StoreError};
+
+/// What a token that passed every check grants: the channel, held through the key that signed
+/// it (its revocation removes the socket) and the project secret that verified it (its
+/// rotation removes the socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The API key that signed the token.
+    pub api_key_id: ApiKeyId,
+    /// The project secret that verified it.
+    pub secret: SecretId,
+}
 
 /// Signs and verifies channel tokens with the server's audience, lifetime and lifetime cap.
 #[derive(Debug, Clone)]
@@ -248,8 +259,8 @@ impl ChannelTokens {
         Ok(claims)
     }
 
-    /// Every step for a `listen` on `channel` by a socket of `project`. Returns the id of
-    /// the key that signed, for connection tracking.
+    /// Every step for a `listen` on `channel` by a socket of `project`. Returns the key that
+    /// signed (for connection tracking) and the secret that verified.
     pub async fn authorize_listen(
         &self,
         store: &dyn Store,
@@ -257,7 +268,7 @@ impl ChannelTokens {
         channel: &ChannelName,
         token: Option<&str>,
         now: OffsetDateTime,
-    ) -> Result<ApiKeyId, Refusal> {
+    ) -> Result<Grant, Refusal> {
         let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
             Refusal::new(
                 ErrorCode::TokenMissing,
@@ -294,7 +305,10 @@ impl ChannelTokens {
             .map_err(store_refusal)?
             .filter(|k| &k.project_id == project);
         check_signing_key(key.as_ref(), now)?;
-        Ok(claims.api_key_id)
+        Ok(Grant {
+            api_key_id: claims.api_key_id,
+            secret: record.signing_secret.id(),
+        })
     }
 }
 
@@ -415,6 +429,7 @@ mod tests {
                 tokens
                     .authorize_listen(store, &p, &ch, t.as_deref(), at)
                     .await
+                    .map(|g| g.api_key_id)
             }
         };
         assert_eq!(
@@ -601,6 +616,12 @@ mod tests {
 
         // Rotation: the old token stops verifying.
         store.create_api_key(&key).await.expect("recreate");
+        let grant = tokens
+            .authorize_listen(&store, &project.id, &channel, Some(&good), now)
+            .await
+            .expect("valid");
+        assert_eq!(grant.secret, project.signing_secret.id());
+        assert_ne!(grant.secret, SigningSecret::generate().id());
         assert!(
             check(Some(good.clone()), &channel, &project.id, now)
                 .await
@@ -809,7 +830,8 @@ mod tests {
         assert_eq!(
             tokens
                 .authorize_listen(&store, &project.id, &channel, Some(&at_cap), now)
-                .await,
+                .await
+                .map(|g| g.api_key_id),
             Ok(key.id.clone())
         );
         let clock_skew = with(&[

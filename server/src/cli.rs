@@ -64,7 +64,8 @@ enum ProjectCommand {
         /// Project id.
         id: String,
     },
-    /// Replace the project's token signing secret (outstanding channel tokens stop working).
+    /// Replace the project's token signing secret: outstanding channel tokens stop working and
+    /// the sockets that joined private channels with them are removed from those channels.
     RotateSecret {
         /// Project id.
         id: String,

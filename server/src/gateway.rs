@@ -28,13 +28,13 @@ use socketioxide::socket::{DisconnectReason, Sid};
 use socketioxide_core::adapter::DefinedAdapter;
 use time::OffsetDateTime;
 
-use crate::channel_token::{ChannelTokens, check_signing_key, store_refusal};
+use crate::channel_token::{ChannelTokens, Grant, check_signing_key, store_refusal};
 use crate::direct::DirectRooms;
 use crate::fanout::Fanout;
 use crate::log_throttle::{LogThrottle, backend_faults};
 use crate::metrics as m;
 use crate::revocation::{LocalSockets, RevocationQueue, RevocationReason};
-use crate::store::Store;
+use crate::store::{SecretId, Store};
 use crate::tracking::ConnectionTracker;
 
 /// What the gateway handlers share.
@@ -127,8 +127,9 @@ impl std::ops::Deref for Gateway {
 pub struct Session {
     /// The project from the handshake.
     pub project: ProjectId,
-    /// Channels this socket listens to; private ones with the API key whose token opened them.
-    channels: Mutex<HashMap<ChannelName, Option<ApiKeyId>>>,
+    /// Channels this socket listens to; private ones with what their token granted (the key
+    /// that signed it, the secret that verified it).
+    channels: Mutex<HashMap<ChannelName, Option<Grant>>>,
 }
 
 impl Session {
@@ -294,7 +295,7 @@ pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
     let fail = |r: Refusal| (r, Some(channel.clone()));
     let room = RoomName::channel(&session.project, &channel);
 
-    let signing_key = match channel.kind() {
+    let grant = match channel.kind() {
         ChannelKind::Public => None,
         ChannelKind::Private => Some(
             gw.tokens
@@ -314,8 +315,8 @@ pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
                 })?,
         ),
     };
-    if let Some(key) = &signing_key
-        && key_revoked(gw, key).await
+    if let Some(grant) = &grant
+        && key_revoked(gw, &grant.api_key_id).await
     {
         return Err(fail(revoked_refusal()));
     }
@@ -331,16 +332,14 @@ pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
                 ),
             )));
         }
-        if channels
-            .insert(channel.clone(), signing_key.clone())
-            .is_none()
-        {
+        if channels.insert(channel.clone(), grant.clone()).is_none() {
             subscription_gauge(channel.kind()).increment(1.0);
             s.join(&room);
         }
     }
 
-    if let Some(key) = &signing_key {
+    if let Some(grant) = &grant {
+        let key = &grant.api_key_id;
         let sid = sid.to_string();
         if let Err(e) = gw.tracker.add(&sid, &room, key).await {
             // Without a tracking entry the key's revocation could not find this socket:
@@ -365,6 +364,16 @@ pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
             leave(s, &session, &channel, &room);
             let _ = gw.tracker.remove(&sid, &room).await;
             return Err(fail(revoked_refusal()));
+        }
+        // Likewise a rotation of the project's secret racing this listen: its local pass saw
+        // the socket, or the new secret is visible here.
+        if !secret_still_current(gw, &session.project, grant.secret).await {
+            leave(s, &session, &channel, &room);
+            let _ = gw.tracker.remove(&sid, &room).await;
+            return Err(fail(Refusal::new(
+                ErrorCode::TokenBadSignature,
+                "the project's signing secret was rotated while this listen was checked; sign a new token",
+            )));
         }
     }
     tracing::debug!(socket_id = %sid, project_id = %session.project, channel = %channel, "listening");
@@ -543,6 +552,11 @@ async fn key_still_signs(gw: &Gateway, key: &ApiKeyId) -> bool {
     }
 }
 
+async fn secret_still_current(gw: &Gateway, project: &ProjectId, secret: SecretId) -> bool {
+    // Unknown (store down) counts as rotated: refusing a join is safe, letting one in is not.
+    matches!(gw.store.project(project).await, Ok(Some(p)) if p.signing_secret.id() == secret)
+}
+
 fn revoked_refusal() -> Refusal {
     Refusal::new(
         ErrorCode::TokenKeyRevoked,
@@ -579,8 +593,14 @@ impl<A: Adapter> GatewaySockets<A> {
             .unwrap_or_default()
     }
 
-    /// Removes one socket from the private channels `key` opened; whether it had any.
-    async fn revoke_on<P: Peer>(&self, s: &P, key: &ApiKeyId, reason: RevocationReason) -> bool {
+    /// Removes one socket from the private channels whose grant matches `revoked`, sends it
+    /// one `RemovedFromChannel` naming them, cleans tracking; whether it had any.
+    async fn revoke_on<P: Peer>(
+        &self,
+        s: &P,
+        revoked: impl Fn(&Grant) -> bool,
+        reason: RevocationReason,
+    ) -> bool {
         let Some(session) = s.session() else {
             return false;
         };
@@ -588,7 +608,7 @@ impl<A: Adapter> GatewaySockets<A> {
             let mut channels = session.channels.lock();
             let gone: Vec<ChannelName> = channels
                 .iter()
-                .filter(|(_, k)| k.as_ref() == Some(key))
+                .filter(|(_, g)| g.as_ref().is_some_and(&revoked))
                 .map(|(c, _)| c.clone())
                 .collect();
             for c in &gone {
@@ -613,36 +633,88 @@ impl<A: Adapter> GatewaySockets<A> {
                 tracing::warn!(socket_id = %sid, error = %e, "tracking clean-up after revocation failed");
             }
         }
-        tracing::info!(socket_id = %sid, api_key_id = %key, channels = removed.len(), "socket removed from private channels");
+        tracing::info!(socket_id = %sid, project_id = %session.project, ?reason, channels = removed.len(), "socket removed from private channels");
         true
+    }
+
+    /// Every local session of both transports, with its peer.
+    async fn revoke_all(
+        &self,
+        project: Option<&ProjectId>,
+        revoked: impl Fn(&Grant) -> bool + Copy,
+        reason: RevocationReason,
+    ) -> usize {
+        let in_project = |session: Option<Arc<Session>>| {
+            session.is_some_and(|x| project.is_none_or(|p| &x.project == p))
+        };
+        let mut affected = 0;
+        for s in self.sio_sockets() {
+            if in_project(session(&s)) {
+                affected += usize::from(self.revoke_on(&s, revoked, reason).await);
+            }
+        }
+        for c in self.direct.connections() {
+            if in_project(c.session()) {
+                affected += usize::from(self.revoke_on(c.as_ref(), revoked, reason).await);
+            }
+        }
+        affected
+    }
+
+    fn sessions(&self) -> Vec<Arc<Session>> {
+        let direct = self.direct.connections();
+        self.sio_sockets()
+            .into_iter()
+            .filter_map(|s| session(&s))
+            .chain(direct.iter().filter_map(|c| c.session()))
+            .collect()
     }
 }
 
 #[async_trait::async_trait]
 impl<A: Adapter> LocalSockets for GatewaySockets<A> {
     async fn revoke_key(&self, key: &ApiKeyId, reason: RevocationReason) -> usize {
-        let mut affected = 0;
-        for s in self.sio_sockets() {
-            affected += usize::from(self.revoke_on(&s, key, reason).await);
-        }
-        for c in self.direct.connections() {
-            affected += usize::from(self.revoke_on(c.as_ref(), key, reason).await);
-        }
-        affected
+        self.revoke_all(None, |g: &Grant| &g.api_key_id == key, reason)
+            .await
     }
 
     fn keys_in_use(&self) -> HashSet<ApiKeyId> {
         let mut keys = HashSet::new();
-        let direct = self.direct.connections();
-        let sessions = self
-            .sio_sockets()
-            .into_iter()
-            .filter_map(|s| session(&s))
-            .chain(direct.iter().filter_map(|c| c.session()));
-        for session in sessions {
-            keys.extend(session.channels.lock().values().flatten().cloned());
+        for session in self.sessions() {
+            keys.extend(
+                session
+                    .channels
+                    .lock()
+                    .values()
+                    .flatten()
+                    .map(|g| g.api_key_id.clone()),
+            );
         }
         keys
+    }
+
+    async fn revoke_secret(&self, project: &ProjectId, current: SecretId) -> usize {
+        self.revoke_all(
+            Some(project),
+            |g: &Grant| g.secret != current,
+            RevocationReason::SecretRotated,
+        )
+        .await
+    }
+
+    fn secrets_in_use(&self) -> HashMap<ProjectId, HashSet<SecretId>> {
+        let mut secrets: HashMap<ProjectId, HashSet<SecretId>> = HashMap::new();
+        for session in self.sessions() {
+            let channels = session.channels.lock();
+            let ids: Vec<SecretId> = channels.values().flatten().map(|g| g.secret).collect();
+            if !ids.is_empty() {
+                secrets
+                    .entry(session.project.clone())
+                    .or_default()
+                    .extend(ids);
+            }
+        }
+        secrets
     }
 }
 

@@ -160,16 +160,55 @@ describe('private channels', () => {
     await bSilent;
   });
 
-  it('secret rotation invalidates old tokens; new tokens work', T, async () => {
+  it('secret rotation invalidates old tokens and removes the sockets that joined with them', T, async () => {
     const channel = `private-${uid('rot')}`;
+    const other = `private-${uid('rot2')}`;
     const old = await sign(h, key, channel);
     const s1 = await connect(h, project);
     assert.deepEqual(await listen(s1, channel, old.token), { ok: true });
+    assert.deepEqual(await listen(s1, other, (await sign(h, key, other)).token), { ok: true });
+    assert.deepEqual(await listen(s1, 'lobby'), { ok: true });
+    // A socket of another project is not concerned.
+    const project2 = uid('rotp');
+    await createProject(h, project2);
+    const key2 = (await createKey(h, project2, ['publish_event', 'sign_token'])).key;
+    const bystander = await connect(h, project2);
+    assert.deepEqual(await listen(bystander, channel, (await sign(h, key2, channel)).token), { ok: true });
+    const bystanderSystem = [];
+    bystander.on('system_message', (m) => bystanderSystem.push(m));
+
+    const removed = nextEvent(s1, 'system_message');
     assert.equal((await admin(h, 'POST', `/v1/admin/projects/${project}/rotate-secret`)).status, 204);
+    const msg = await removed;
+    assert.equal(msg.code, 'RemovedFromChannel');
+    assert.deepEqual([...msg.data.channels].sort(), [channel, other].sort());
+    assert.match(msg.message, /signing secret was rotated/);
+
+    // Its private channels are gone; its public one stays; the other project's socket keeps its.
+    const none = expectNoEvent(s1, 'event', 400);
+    assert.equal((await publish(h, key, channel, { after: 'rotation' })).status, 200);
+    await none;
+    const pub = nextEvent(s1, 'event');
+    assert.equal((await publish(h, key, 'lobby', { still: 'public' })).status, 200);
+    assert.deepEqual((await pub).payload, { still: 'public' });
+    const theirs = nextEvent(bystander, 'event');
+    assert.equal((await publish(h, key2, channel, { other: 'project' })).status, 200);
+    assert.deepEqual((await theirs).payload, { other: 'project' });
+    assert.deepEqual(bystanderSystem.filter((m) => m.code === 'RemovedFromChannel'), []);
+
+    // Old tokens no longer open anything; tokens of the new secret do, and are not removed.
     const s2 = await connect(h, project);
     assert.equal((await listen(s2, channel, old.token)).code, 'token_bad_signature');
     const fresh = await sign(h, key, channel);
     assert.deepEqual(await listen(s2, channel, fresh.token), { ok: true });
+    assert.deepEqual(await listen(s1, channel, (await sign(h, key, channel)).token), { ok: true });
+    const s1Removed = [];
+    s1.on('system_message', (m) => m.code === 'RemovedFromChannel' && s1Removed.push(m));
+    await sleep(1200); // the reconciler passes (every 5 s at most; a second notice would be here)
+    const both = [nextEvent(s1, 'event'), nextEvent(s2, 'event')];
+    assert.equal((await publish(h, key, channel, { new: 'secret' })).status, 200);
+    for (const ev of await Promise.all(both)) assert.deepEqual(ev.payload, { new: 'secret' });
+    assert.deepEqual(s1Removed, []);
   });
 });
 

@@ -209,6 +209,82 @@ describe('redis mode: three instances', () => {
     }
   });
 
+  it("rotating a project's secret removes the old tokens' sockets on every instance, once", T, async () => {
+    const project = uid('rot3');
+    await createProject(nodes[0], project);
+    const key = (await createKey(nodes[1], project, ['publish_event', 'sign_token'])).key;
+    const channel = `private-${uid('r')}`;
+    const sockets = await Promise.all(nodes.map((n) => connect(n, project)));
+    for (const [i, s] of sockets.entries()) {
+      assert.deepEqual(await listen(s, channel, await signToken(nodes[i], key, channel)), { ok: true });
+      assert.deepEqual(await listen(s, 'public-feed'), { ok: true });
+    }
+    const system = sockets.map((s) => collectEvents(s, 'system_message'));
+    const removedOf = (i) => system[i].filter((m) => m.code === 'RemovedFromChannel');
+
+    assert.equal((await admin(nodes[2], 'POST', `/v1/admin/projects/${project}/rotate-secret`)).status, 204);
+    await waitFor(() => [0, 1, 2].every((i) => removedOf(i).length >= 1), 10_000, 'RemovedFromChannel on every instance');
+    await sleep(1500); // a second message would be here by now
+    for (const i of [0, 1, 2]) {
+      assert.equal(removedOf(i).length, 1, `instance ${i}: exactly one RemovedFromChannel`);
+      assert.deepEqual(removedOf(i)[0].data.channels, [channel]);
+    }
+    const events = sockets.map((s) => collectEvents(s, 'event'));
+    assert.equal((await publish(nodes[0], key, channel, { leak: true })).status, 200);
+    const pub = sockets.map((s) => nextEvent(s, 'event'));
+    assert.equal((await publish(nodes[1], key, 'public-feed', { pub: 1 })).status, 200);
+    await Promise.all(pub);
+    await sleep(300);
+    for (const e of events) assert.deepEqual(e.filter((x) => x.channelName === channel), []);
+  });
+
+  it("a rotation missed while an instance's Redis link is cut is caught up once it returns", T, async () => {
+    const proxy = await startLinkProxy(redis.port);
+    const cutOff = await startHerald({
+      extraArgs: ['--redis-url', proxy.url, '--instance-ttl-secs', '30', '--reconcile-interval-secs', '600'],
+    });
+    try {
+      const deadline = Date.now() + 15_000;
+      while (!(await ready(cutOff))) {
+        if (Date.now() > deadline) throw new Error('proxied instance never ready');
+        await sleep(100);
+      }
+      const project = uid('rcut');
+      await createProject(nodes[0], project);
+      const key = (await createKey(nodes[0], project, ['publish_event', 'sign_token'])).key;
+      const channel = `private-${uid('rc')}`;
+      const victim = await connect(cutOff, project);
+      assert.deepEqual(await listen(victim, channel, await signToken(nodes[0], key, channel)), { ok: true });
+      const removed = nextEvent(victim, 'system_message', 30_000);
+
+      proxy.cut();
+      await sleep(500);
+      assert.equal((await admin(nodes[1], 'POST', `/v1/admin/projects/${project}/rotate-secret`)).status, 204);
+      await sleep(2000); // the notice cannot reach the cut-off instance
+      assert.ok(victim.connected);
+      const restoredAt = Date.now();
+      proxy.restore();
+      const msg = await removed.catch((e) => {
+        throw new Error(`${e.message}\n${cutOff.logs()}`);
+      });
+      const took = Date.now() - restoredAt;
+      assert.equal(msg.code, 'RemovedFromChannel');
+      assert.deepEqual(msg.data.channels, [channel]);
+      // Bound: the reconnect backoff (at most 5 s) plus one reconciliation pass.
+      assert.ok(took < 7000, `removed ${took} ms after the link returned`);
+      // A publish is confirmed (200) once every instance, the cut-off one included, is back
+      // on the event bus; the removed socket gets none of them.
+      const leaked = collectEvents(victim, 'event');
+      await waitFor(async () => (await publish(nodes[2], key, channel, { leak: true })).status === 200,
+        10_000, 'a publish confirmed by every instance');
+      await sleep(500);
+      assert.equal(leaked.length, 0, 'the removed socket got no event');
+    } finally {
+      await cutOff.stop().catch(() => cutOff.kill());
+      proxy.close();
+    }
+  });
+
   it('kill -9 of an instance: its entries leave the indexes, the others keep delivering', T, async () => {
     const project = uid('crash');
     await createProject(nodes[0], project);

@@ -31,7 +31,7 @@ use crate::config::ServeConfig;
 use crate::gateway;
 use crate::keys::AdminToken;
 use crate::revocation::redis::RedisQueue;
-use crate::revocation::{self, LocalSockets, RevocationReason, RevokeNotifier};
+use crate::revocation::{self, LocalSockets, Revocation, RevocationReason, RevokeNotifier};
 use crate::store::redis::RedisStore;
 use crate::supervise::Supervisor;
 use crate::tracking::redis::RedisTracker;
@@ -39,7 +39,7 @@ use client::RedisSettings;
 use driver::HeraldDriver;
 use fred::clients::SubscriberClient;
 use fred::interfaces::EventInterface;
-use herald_protocol::ApiKeyId;
+use herald_protocol::{ApiKeyId, ProjectId};
 use socketioxide::SocketIo;
 use tokio::sync::{Notify, broadcast};
 
@@ -55,26 +55,47 @@ fn heartbeat_timing(ttl: Duration) -> (Duration, Duration) {
 /// Pub/sub probe period.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Revocation notices over a Redis shard channel: `{ "key", "reason" }` JSON.
+/// Revocation notices over a Redis shard channel: `{ "key", "reason" }` (a key's
+/// revocation) or `{ "rotated" }` (a project's secret rotation) JSON.
 pub struct RedisNotifier {
     client: fred::clients::Client,
     channel: String,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Notice {
-    key: ApiKeyId,
-    reason: RevocationReason,
+#[serde(untagged)]
+enum Notice {
+    Key {
+        key: ApiKeyId,
+        reason: RevocationReason,
+    },
+    Rotated {
+        rotated: ProjectId,
+    },
 }
 
 #[async_trait::async_trait]
 impl RevokeNotifier for RedisNotifier {
     async fn notify(&self, key: &ApiKeyId, reason: RevocationReason) {
-        use fred::interfaces::PubsubInterface;
-        let Ok(body) = serde_json::to_string(&Notice {
+        self.publish(&Notice::Key {
             key: key.clone(),
             reason,
-        }) else {
+        })
+        .await;
+    }
+
+    async fn notify_rotated(&self, project: &ProjectId) {
+        self.publish(&Notice::Rotated {
+            rotated: project.clone(),
+        })
+        .await;
+    }
+}
+
+impl RedisNotifier {
+    async fn publish(&self, notice: &Notice) {
+        use fred::interfaces::PubsubInterface;
+        let Ok(body) = serde_json::to_string(notice) else {
             return;
         };
         if let Err(e) = self
@@ -85,11 +106,9 @@ impl RevokeNotifier for RedisNotifier {
             tracing::warn!(error = %e, "revocation notice not published; the reconciler catches up");
         }
     }
-}
 
-impl RedisNotifier {
     /// Receives notices (retrying the subscription until Redis answers) and revokes locally.
-    async fn listen(self: Arc<Self>, driver: HeraldDriver, local: Arc<dyn LocalSockets>) {
+    async fn listen(self: Arc<Self>, driver: HeraldDriver, revocation: Arc<Revocation>) {
         let mut rx = loop {
             match driver.subscribe_internal(self.channel.clone()).await {
                 Ok(rx) => break rx,
@@ -101,8 +120,11 @@ impl RedisNotifier {
         };
         while let Some(raw) = rx.recv().await {
             match serde_json::from_slice::<Notice>(&raw) {
-                Ok(n) => {
-                    local.revoke_key(&n.key, n.reason).await;
+                Ok(Notice::Key { key, reason }) => {
+                    revocation.local.revoke_key(&key, reason).await;
+                }
+                Ok(Notice::Rotated { rotated }) => {
+                    revocation.check_project_secret(&rotated).await;
                 }
                 Err(e) => tracing::warn!(error = %e, "malformed revocation notice"),
             }
@@ -260,8 +282,9 @@ pub fn start(
     );
     {
         let driver = driver.clone();
+        let revocation = revocation.clone();
         tasks.spawn("revocation_notices", move || {
-            notifier.clone().listen(driver.clone(), local.clone())
+            notifier.clone().listen(driver.clone(), revocation.clone())
         });
     }
     {

@@ -188,9 +188,10 @@ pub async fn delete_project(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/admin/projects/{id}/rotate-secret`: new signing secret; old tokens stop verifying.
+/// `POST /v1/admin/projects/{id}/rotate-secret`: new signing secret; old tokens stop verifying
+/// and the sockets that joined private channels with them leave those channels.
 #[utoipa::path(post, path = "/v1/admin/projects/{id}/rotate-secret", tag = "admin", params(("id" = String, Path, description = "Project id")), security(("admin_token" = [])),
-    responses((status = 204, description = "New signing secret; older tokens stop verifying"), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
+    responses((status = 204, description = "New signing secret; older tokens stop verifying and the sockets that joined private channels with them are removed from those channels"), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -204,7 +205,10 @@ pub async fn rotate_secret(
         .await
     {
         Ok(()) => {
-            tracing::info!(project_id = %id, "signing secret rotated");
+            // The old secret was what a leak exposed: sockets that joined private channels
+            // with its tokens leave them now, on every instance.
+            let removed = state.revocation().secret_rotated(&id).await;
+            tracing::info!(project_id = %id, local_sockets_removed = removed, "signing secret rotated");
             Ok(StatusCode::NO_CONTENT)
         }
         Err(StoreError::ProjectNotFound) => Err(ApiError::new(

@@ -33,11 +33,19 @@
 //! The worker, the scheduler and the reconciler run under the instance's
 //! [`Supervisor`]: one that panics is logged, counted and restarted, so the bound above holds
 //! even across a failure in a pass.
+//!
+//! Secret rotation uses the same machinery without a job: each socket remembers which project
+//! secret verified each of its private channels ([`crate::store::SecretId`]);
+//! [`Revocation::secret_rotated`] removes this instance's holders of an older secret at once
+//! and notices the other instances ([`RevokeNotifier::notify_rotated`]); the reconciler
+//! compares every held secret with the project's current one, so a missed notice is caught up
+//! within the same interval. No job is needed because the stored state (the current secret)
+//! is all any instance needs to decide.
 
 pub mod embedded;
 pub mod redis;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -49,7 +57,7 @@ use time::OffsetDateTime;
 use tokio::sync::Notify;
 
 use crate::channel_token::check_signing_key;
-use crate::store::Store;
+use crate::store::{SecretId, Store};
 use crate::supervise::Supervisor;
 use crate::tracking::ConnectionTracker;
 
@@ -62,6 +70,9 @@ pub enum RevocationReason {
     Expired,
     /// The key no longer allows signing (found by the reconciler).
     NoLongerValid,
+    /// The project's signing secret was rotated: tokens verified by the old one no longer
+    /// hold their channels.
+    SecretRotated,
 }
 
 impl RevocationReason {
@@ -76,6 +87,9 @@ impl RevocationReason {
             }
             RevocationReason::NoLongerValid => {
                 "removed from private channels: the API key that authorised them is no longer valid"
+            }
+            RevocationReason::SecretRotated => {
+                "removed from private channels: the project's signing secret was rotated; sign new tokens"
             }
         }
     }
@@ -182,6 +196,14 @@ pub trait LocalSockets: Send + Sync + 'static {
 
     /// The keys through which local sockets hold private channels.
     fn keys_in_use(&self) -> HashSet<ApiKeyId>;
+
+    /// Removes every local socket of `project` from the private channels it holds through a
+    /// token that a secret other than `current` verified, sends each affected socket one
+    /// `RemovedFromChannel`, cleans tracking. Returns the sockets affected.
+    async fn revoke_secret(&self, project: &ProjectId, current: SecretId) -> usize;
+
+    /// Per project, the secrets whose tokens hold the private channels of local sockets.
+    fn secrets_in_use(&self) -> HashMap<ProjectId, HashSet<SecretId>>;
 }
 
 /// Tells every instance (this one included) to revoke a key locally.
@@ -189,6 +211,10 @@ pub trait LocalSockets: Send + Sync + 'static {
 pub trait RevokeNotifier: Send + Sync + 'static {
     /// Sends the notice; fire-and-forget.
     async fn notify(&self, key: &ApiKeyId, reason: RevocationReason);
+
+    /// Tells the other instances that `project`'s secret was rotated (each then checks its
+    /// own sockets, [`Revocation::check_project_secret`]); fire-and-forget.
+    async fn notify_rotated(&self, project: &ProjectId);
 }
 
 /// Embedded mode: the only instance is this one.
@@ -199,6 +225,10 @@ impl RevokeNotifier for LocalNotifier {
     async fn notify(&self, key: &ApiKeyId, reason: RevocationReason) {
         self.0.revoke_key(key, reason).await;
     }
+
+    /// Nothing to tell: [`Revocation::secret_rotated`] already checked this, the only
+    /// instance.
+    async fn notify_rotated(&self, _project: &ProjectId) {}
 }
 
 /// Tunables.
@@ -337,6 +367,43 @@ impl Revocation {
         }
     }
 
+    /// After `project`'s signing secret was rotated: removes this instance's sockets that hold
+    /// its private channels through tokens of an older secret, then tells the other instances
+    /// to do the same. Returns the local sockets removed. A missed notice is caught up by
+    /// every instance's reconciler.
+    pub async fn secret_rotated(&self, project: &ProjectId) -> usize {
+        let removed = self.check_project_secret(project).await;
+        self.notifier.notify_rotated(project).await;
+        removed
+    }
+
+    /// Removes this instance's sockets that hold `project`'s private channels through a
+    /// secret other than its current one. Returns the sockets removed.
+    pub async fn check_project_secret(&self, project: &ProjectId) -> usize {
+        match self.store.project(project).await {
+            Ok(Some(record)) => {
+                let n = self
+                    .local
+                    .revoke_secret(project, record.signing_secret.id())
+                    .await;
+                if n > 0 {
+                    self.stats
+                        .sockets_removed
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    tracing::info!(project_id = %project, sockets = n, "removed sockets holding tokens of a rotated secret");
+                }
+                n
+            }
+            // A deleted project's sockets are disconnected by the deletion itself; an
+            // unreachable store decides nothing (the next pass retries).
+            Ok(None) => 0,
+            Err(e) => {
+                tracing::debug!(project_id = %project, error = %e, "cannot check the project's secret");
+                0
+            }
+        }
+    }
+
     /// One run of a job: notify until the key's tracking index is empty.
     async fn run(&self, claimed: &Claimed) -> Result<usize, String> {
         let job = &claimed.job;
@@ -448,8 +515,8 @@ impl Revocation {
         }
     }
 
-    /// Re-checks this instance's private-channel sockets against the stored state every
-    /// `reconcile_interval`, and at once when `kick` is notified (Redis link back). Run it
+    /// Re-checks this instance's private-channel sockets against the stored state (their keys,
+    /// and the project secrets that verified their tokens) every `reconcile_interval`, and at once when `kick` is notified (Redis link back). Run it
     /// under a [`Supervisor`].
     pub async fn run_reconciler(self: Arc<Self>, kick: Arc<Notify>) {
         loop {
@@ -475,6 +542,15 @@ impl Revocation {
                     tracing::info!(api_key_id = %key, sockets = n, "reconciler removed sockets of a revoked key");
                 }
                 removed += n;
+            }
+        }
+        for (project, secrets) in self.local.secrets_in_use() {
+            let current = match self.store.project(&project).await {
+                Ok(Some(record)) => record.signing_secret.id(),
+                _ => continue,
+            };
+            if secrets.iter().any(|s| *s != current) {
+                removed += self.local.revoke_secret(&project, current).await;
             }
         }
         removed

@@ -117,7 +117,25 @@ impl SigningSecret {
     pub fn generate() -> Self {
         Self(rand::random())
     }
+
+    /// Which secret this is, without revealing it: a socket remembers the id of the secret
+    /// that verified each of its private channels, so rotating the secret finds them.
+    pub fn id(&self) -> SecretId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"herald signing secret id\0")
+            .chain_update(self.0)
+            .finalize();
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&digest[..8]);
+        SecretId(u64::from_be_bytes(id))
+    }
 }
+
+/// A 64-bit fingerprint of a [`SigningSecret`] (a domain-separated SHA-256 prefix): tells
+/// secrets apart, reveals nothing usable of them. Kept in memory only, never logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SecretId(u64);
 
 mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
