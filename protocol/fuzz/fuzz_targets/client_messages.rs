@@ -1,0 +1,29 @@
+//! What a socket client sends as JSON: the handshake `auth`, `listen`, `remove` and client
+//! `event` bodies, and every name inside them. Parsing must refuse, never panic; whatever is
+//! accepted is valid (names round-trip through their own parser).
+#![no_main]
+
+use herald_protocol::messages::{ClientEvent, HandshakeAuth, ListenRequest, RemoveRequest};
+use herald_protocol::{ChannelName, ProjectId, RoomName};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(p) = ProjectId::parse(text) {
+            assert_eq!(ProjectId::parse(p.as_str()).ok(), Some(p));
+        }
+        if let Ok(c) = ChannelName::parse(text) {
+            assert_eq!(ChannelName::parse(c.as_str()).ok(), Some(c));
+        }
+        let _ = herald_protocol::ApiKeyToken::parse(text);
+        let _ = RoomName::parse(text);
+        let _ = RoomName::parse_channel(text);
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let _ = HandshakeAuth::parse(Some(&value));
+    let _ = ListenRequest::parse(&value);
+    let _ = RemoveRequest::parse(&value);
+    let _ = ClientEvent::parse(&value);
+});
