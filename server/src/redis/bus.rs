@@ -52,6 +52,9 @@ pub const QUEUE_CAPACITY: usize = 16_384;
 const MAX_ORIGINS: usize = 1_024;
 const ORIGIN_MEMORY: Duration = Duration::from_secs(3_600);
 
+/// Longest wait for the leave notice on shutdown (Redis answers one in a millisecond).
+pub const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
+
 type Pending = (Vec<u8>, oneshot::Sender<Result<(), String>>);
 
 /// The Redis side of [`Bus`].
@@ -99,13 +102,14 @@ impl RedisBus {
     }
 
     /// Tells the other instances this one is shutting down cleanly, so that they stop
-    /// requiring it ([`PeerView::left`]). Best effort: an instance that misses it stops
-    /// requiring this one an instance TTL after its last heartbeat.
+    /// requiring it ([`PeerView::left`]). Best effort, bounded by [`LEAVE_TIMEOUT`] so a
+    /// shutdown with Redis down is not held up: an instance that misses it stops requiring
+    /// this one an instance TTL after its last heartbeat.
     pub async fn leave(&self) {
         let notice = self
             .client
             .spublish::<u64, _, _>(self.channel.as_str(), encode_leave(&self.origin));
-        match tokio::time::timeout(Duration::from_secs(2), notice).await {
+        match tokio::time::timeout(LEAVE_TIMEOUT, notice).await {
             Ok(Ok(_)) => tracing::debug!("left the event bus"),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not announce leaving the event bus"),
             Err(_) => tracing::warn!("could not announce leaving the event bus: timed out"),
