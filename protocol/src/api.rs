@@ -25,6 +25,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use crate::error::{ErrorCode, Refusal};
+use crate::limits::MAX_DISPLAY_NAME_CHARS;
 use crate::messages::channel_field;
 use crate::names::{ChannelName, NameError, ProjectId};
 
@@ -78,7 +79,6 @@ pub const API_KEY_PREFIX: &str = "hk_";
 /// The public id of an API key: 16 lowercase hex characters. Safe to log.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyId(String);
 
 impl ApiKeyId {
@@ -172,8 +172,70 @@ impl fmt::Debug for ApiKeyToken {
 }
 
 fn is_lower_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    s.len() == len && s.chars().all(is_lower_hex_char)
 }
+
+/// The characters of an API key id and secret: lowercase hex digits.
+pub fn is_lower_hex_char(c: char) -> bool {
+    matches!(c, '0'..='9' | 'a'..='f')
+}
+
+/// A display name (of a project or an API key): what is left after trimming ASCII whitespace
+/// from both ends must not be empty, and the name as sent is at most
+/// [`MAX_DISPLAY_NAME_CHARS`] characters. Returns the trimmed name.
+///
+/// ```
+/// use herald_protocol::api::parse_display_name;
+/// assert_eq!(parse_display_name("  Billing ").map_err(|e| e.code), Ok("Billing".to_owned()));
+/// assert!(parse_display_name(" \t\n").is_err());
+/// assert!(parse_display_name(&"é".repeat(201)).is_err());
+/// ```
+pub fn parse_display_name(raw: &str) -> Result<String, Refusal> {
+    let name = raw.trim_matches(|c: char| c.is_ascii_whitespace());
+    if name.is_empty() {
+        return Err(Refusal::new(
+            ErrorCode::InvalidBody,
+            "\"name\" must be a non-empty string",
+        ));
+    }
+    if raw.chars().count() > MAX_DISPLAY_NAME_CHARS {
+        return Err(Refusal::new(
+            ErrorCode::InvalidBody,
+            format!("\"name\" is longer than {MAX_DISPLAY_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Parses an RFC 3339 time as JSON Schema's `date-time` format reads RFC 3339 (section 5.6):
+/// `T` or `t` between date and time (the `time` crate would take any byte there), and no leap
+/// second (`:60`, which would mean 23:59:59.999… after parsing).
+///
+/// ```
+/// use herald_protocol::api::parse_rfc3339;
+/// assert!(parse_rfc3339("2030-01-02T03:04:05.678+01:00").is_some());
+/// assert!(parse_rfc3339("2030-01-02t03:04:05z").is_some());
+/// assert!(parse_rfc3339("2030-01-02 03:04:05Z").is_none());
+/// assert!(parse_rfc3339("2030-02-30T03:04:05Z").is_none());
+/// assert!(parse_rfc3339("2030-12-31T23:59:60Z").is_none());
+/// ```
+pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+    let b = s.as_bytes();
+    if !matches!(b.get(10), Some(b'T' | b't')) || b.get(17..19) == Some(b"60".as_slice()) {
+        return None;
+    }
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// The shape [`parse_rfc3339`] accepts, as a regular expression (JSON Schema `pattern`, next to
+/// `format: date-time`, which validators may treat as a mere annotation). Days past the end of
+/// their month (`02-30`) match it and are refused by the parser.
+pub const RFC3339_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$";
+
+/// The rule of [`parse_display_name`] but the length, as a regular expression (JSON Schema
+/// `pattern`, which matches anywhere in the string): at least one character that is not ASCII
+/// whitespace (`char::is_ascii_whitespace`: space, tab, line feed, form feed, carriage return).
+pub const DISPLAY_NAME_PATTERN: &str = "[^ \\t\\n\\f\\r]";
 
 /// `POST /v1/publishers/events/publish`: `{ "channelName", "payload" }`.
 ///
@@ -242,6 +304,7 @@ pub struct PublishResponse {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignRequest {
     /// The private channel the token opens.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::private_channel_name))]
     pub channel_name: ChannelName,
 }
 
@@ -277,6 +340,7 @@ pub struct CreateProjectRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<ProjectId>,
     /// Display name.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::display_name))]
     pub name: String,
 }
 
@@ -288,6 +352,7 @@ pub struct Project {
     /// The project id clients put in their handshake.
     pub id: ProjectId,
     /// Display name.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::display_name))]
     pub name: String,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
@@ -300,10 +365,13 @@ pub struct Project {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateApiKeyRequest {
     /// Display name (which service holds the key).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::display_name))]
     pub name: String,
     /// What the key may do; at least one.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::scopes))]
     pub scopes: Vec<ApiKeyScope>,
-    /// When the key stops working; never when absent.
+    /// When the key stops working (RFC 3339, in the future); never when absent.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::expiry))]
     #[serde(
         default,
         with = "time::serde::rfc3339::option",
@@ -322,8 +390,10 @@ pub struct ApiKeyInfo {
     /// The project the key publishes into.
     pub project_id: ProjectId,
     /// Display name.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::display_name))]
     pub name: String,
     /// What the key may do.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::scopes))]
     pub scopes: Vec<ApiKeyScope>,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
@@ -342,6 +412,7 @@ pub struct CreatedApiKey {
     #[serde(flatten)]
     pub info: ApiKeyInfo,
     /// The full key (`hk_{id}_{secret}`). Shown once; Herald keeps only a hash.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::api_key))]
     pub key: String,
 }
 
@@ -396,6 +467,87 @@ mod tests {
         assert!(ApiKeyToken::parse(&format!("hk_00000000000000aa_{}", "0f".repeat(31))).is_none());
         assert!(ApiKeyToken::parse(&format!("xx_00000000000000aa_{secret}")).is_none());
         assert!(!format!("{t:?}").contains(&secret));
+    }
+
+    fn matcher(pattern: &str) -> regex_automata::meta::Regex {
+        regex_automata::meta::Regex::new(pattern).expect("the pattern compiles")
+    }
+
+    #[test]
+    fn display_name_pattern_is_the_rule() {
+        let re = matcher(DISPLAY_NAME_PATTERN);
+        // What a JSON Schema validator decides: the pattern anywhere, 1 to MAX characters.
+        let schema =
+            |s: &str| (1..=MAX_DISPLAY_NAME_CHARS).contains(&s.chars().count()) && re.is_match(s);
+        for c in (0..0x3100).filter_map(char::from_u32) {
+            for s in [c.to_string(), format!("  {c}\t"), format!("{c}{c}")] {
+                assert_eq!(schema(&s), parse_display_name(&s).is_ok(), "{s:?}");
+            }
+        }
+        for s in [
+            String::new(),
+            "é".repeat(200),
+            "é".repeat(201),
+            format!("{} ", "a".repeat(199)),
+            format!("{}  ", "a".repeat(199)),
+        ] {
+            assert_eq!(schema(&s), parse_display_name(&s).is_ok(), "{s:?}");
+        }
+        assert_eq!(
+            parse_display_name(" \u{a0}x\r\n").map_err(|e| e.code),
+            Ok("\u{a0}x".to_owned())
+        );
+    }
+
+    proptest::proptest! {
+        /// The RFC 3339 pattern accepts everything the parser accepts, and the parser accepts
+        /// everything the pattern does but days past the end of their month.
+        #[test]
+        fn rfc3339_pattern_is_the_parser(
+            s in "[0-9]{4}-[01][0-9]-[0-3][0-9][Tt _][0-2][0-9]:[0-6][0-9]:[0-6][0-9](\\.[0-9]{1,11})?([Zz]|[+-][0-2][0-9]:[0-7][0-9])?x?"
+        ) {
+            let re = matcher(RFC3339_PATTERN);
+            let parsed = parse_rfc3339(&s);
+            if parsed.is_some() {
+                proptest::prop_assert!(re.is_match(&s), "{} parses but does not match", s);
+            } else if re.is_match(&s) {
+                let (year, month, day) = (&s[..4], &s[5..7], &s[8..10]);
+                let month = time::Month::try_from(month.parse::<u8>().unwrap_or(0)).ok();
+                let length = month.map(|m| m.length(year.parse().unwrap_or(0)));
+                proptest::prop_assert!(
+                    length.is_some_and(|l| day.parse::<u8>().unwrap_or(0) > l),
+                    "{} matches but does not parse", s
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rfc3339_edges() {
+        let re = matcher(RFC3339_PATTERN);
+        for ok in [
+            "2030-01-02T03:04:05Z",
+            "2030-01-02t03:04:05z",
+            "2030-01-02T03:04:05.123456789012+23:59",
+            "2028-02-29T00:00:00-00:00",
+            "0000-01-01T00:00:00Z",
+        ] {
+            assert!(parse_rfc3339(ok).is_some() && re.is_match(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "2030-01-02 03:04:05Z",
+            "2030-01-02T03:04:05",
+            "2030-01-02T03:04:60Z",
+            "2030-01-02T24:00:00Z",
+            "2030-01-02T03:04:05+24:00",
+            "2030-13-02T03:04:05Z",
+            "2030-01-02T03:04:05Zx",
+            "2030-01-02T03:04:05.Z",
+        ] {
+            assert!(parse_rfc3339(bad).is_none() && !re.is_match(bad), "{bad}");
+        }
+        assert!(parse_rfc3339("2029-02-29T00:00:00Z").is_none());
     }
 
     #[test]

@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 macro_rules! error_codes {
     ($($(#[$doc:meta])* $variant:ident = $wire:literal => $status:literal,)*) => {
         /// A machine-readable error code.
+        ///
+        /// Its OpenAPI schema (feature `openapi`) is written by hand in `openapi.rs` from
+        /// [`ErrorCode::ALL`] and [`ErrorCode::as_str`], so it lists exactly the wire strings.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[non_exhaustive]
         pub enum ErrorCode {
             $($(#[$doc])* #[serde(rename = $wire)] $variant,)*

@@ -11,6 +11,8 @@
 //! * [`error`]: every [`ErrorCode`] Herald answers with, and its HTTP status.
 //! * [`limits`]: default limits shared by server and clients; [`depth`]: the JSON nesting
 //!   bound of payloads.
+//! * `openapi` (feature `openapi`): the OpenAPI schemas of codes and names, built from the
+//!   rules above.
 //! * `codec` (feature `codec`): the client side of the Socket.IO / Engine.IO framing, shared
 //!   by the Rust subscriber and the browser client.
 //!
@@ -35,6 +37,8 @@ pub mod error;
 pub mod limits;
 pub mod messages;
 pub mod names;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 
 pub use api::{ApiKeyId, ApiKeyScope, ApiKeyToken};
 pub use claims::ChannelTokenClaims;

@@ -29,8 +29,9 @@ pub const DEFAULT_CHANNEL_AUTH_AUDIENCE: &str = "herald-channel";
 /// Clock skew tolerated when checking `exp` and `nbf` of a channel token, in seconds.
 pub const CHANNEL_TOKEN_LEEWAY_SECS: u64 = 5;
 
-/// Longest accepted API key or project display name, in bytes.
-pub const MAX_DISPLAY_NAME_BYTES: usize = 200;
+/// Longest accepted API key or project display name, in characters (Unicode scalar values, as
+/// JSON Schema's `maxLength` counts them), before trimming.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
 
 /// Deepest nesting of arrays and objects accepted in an event payload (REST publish, client
 /// `event`) and in the handshake `auth`: 32 levels. Deeper is refused with `payload_too_deep`.

@@ -13,6 +13,10 @@ use crate::error::ErrorCode;
 /// The prefix that makes a channel private.
 pub const PRIVATE_PREFIX: &str = "private-";
 
+/// The word that, at the start of a channel name in any letter case, makes the name read as
+/// private: only [`PRIVATE_PREFIX`] followed by at least one character may start with it.
+pub const PRIVATE_WORD: &str = "private";
+
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_NAME_BYTES: usize = 164;
 
@@ -75,19 +79,17 @@ impl NameError {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectId(String);
 
 impl ProjectId {
     /// Validates `s` as a project id.
     pub fn parse(s: &str) -> Result<Self, NameError> {
         let bytes = s.as_bytes();
-        let valid = !bytes.is_empty()
-            && bytes.len() <= MAX_PROJECT_ID_BYTES
-            && matches!(bytes[0], b'a'..=b'z' | b'0'..=b'9')
+        let valid = bytes.len() <= MAX_PROJECT_ID_BYTES
             && bytes
-                .iter()
-                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+                .first()
+                .is_some_and(|b| is_project_id_start(char::from(*b)))
+            && bytes.iter().all(|b| is_project_id_char(char::from(*b)));
         if valid {
             Ok(Self(s.to_owned()))
         } else {
@@ -126,7 +128,6 @@ pub enum ChannelKind {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChannelName(String);
 
 impl ChannelName {
@@ -142,8 +143,8 @@ impl ChannelName {
             return Err(NameError::InvalidChannelChar(c));
         }
         let starts_like_private = s
-            .get(..7)
-            .is_some_and(|head| head.eq_ignore_ascii_case("private"));
+            .get(..PRIVATE_WORD.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(PRIVATE_WORD));
         if starts_like_private
             && (!s.starts_with(PRIVATE_PREFIX) || s.len() == PRIVATE_PREFIX.len())
         {
@@ -175,6 +176,107 @@ impl ChannelName {
 /// The characters a channel name may hold.
 pub fn is_channel_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '=' | '@' | ',' | '.' | ';')
+}
+
+/// The characters a project id may start with.
+pub fn is_project_id_start(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+
+/// The characters a project id may hold.
+pub fn is_project_id_char(c: char) -> bool {
+    is_project_id_start(c) || c == '-'
+}
+
+/// The rule of [`ProjectId::parse`] as a regular expression (ECMA 262, as JSON Schema's
+/// `pattern`), built from the same predicates. The length bound, 1 to [`MAX_PROJECT_ID_BYTES`],
+/// is not in it (`minLength`/`maxLength`; the alphabet is ASCII, so characters are bytes).
+pub fn project_id_pattern() -> String {
+    format!(
+        "^{}{}*$",
+        regex_class(is_project_id_start),
+        regex_class(is_project_id_char)
+    )
+}
+
+/// The rule of [`ChannelName::parse`] as a regular expression (ECMA 262, as JSON Schema's
+/// `pattern`), built from [`is_channel_char`], [`PRIVATE_PREFIX`] and [`PRIVATE_WORD`]: either
+/// a private name, or a name that is not a proper prefix of "private" nor starts with it in any
+/// letter case. No look-around, so every regex dialect reads it the same. The length bound, 1 to
+/// [`MAX_CHANNEL_NAME_BYTES`], is not in it (`minLength`/`maxLength`; the alphabet is ASCII).
+pub fn channel_name_pattern() -> String {
+    let any = regex_class(is_channel_char);
+    let letters: Vec<String> = PRIVATE_WORD
+        .chars()
+        .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()))
+        .collect();
+    // A name whose first `i` characters spell the word's and whose next one does not.
+    let diverging: Vec<String> = PRIVATE_WORD
+        .chars()
+        .enumerate()
+        .map(|(i, w)| {
+            let other = regex_class(|c| is_channel_char(c) && !c.eq_ignore_ascii_case(&w));
+            format!("{}{other}", letters[..i].concat())
+        })
+        .collect();
+    // A name that is the word's first `i` characters, 1 <= i < its length: `[pP](?:[rR](?:…)?)?`.
+    let proper_prefix =
+        letters[..letters.len() - 1]
+            .iter()
+            .rev()
+            .fold(String::new(), |inner, letter| {
+                if inner.is_empty() {
+                    letter.clone()
+                } else {
+                    format!("{letter}(?:{inner})?")
+                }
+            });
+    format!(
+        "^(?:{}{any}+|(?:{}){any}*|{proper_prefix})$",
+        PRIVATE_PREFIX,
+        diverging.join("|")
+    )
+}
+
+/// The names of private channels (what a channel token can be signed for) as a regular
+/// expression, like [`channel_name_pattern`].
+pub fn private_channel_name_pattern() -> String {
+    format!("^{PRIVATE_PREFIX}{}+$", regex_class(is_channel_char))
+}
+
+/// A regular-expression character class of the ASCII characters `allowed` accepts, e.g.
+/// `[,\-.0-9;=@A-Z_a-z]`: runs of letters and digits as ranges, punctuation escaped where a class
+/// needs it. Only ASCII is looked at: every Herald name rule is ASCII.
+pub(crate) fn regex_class(allowed: impl Fn(char) -> bool) -> String {
+    let chars: Vec<char> = (0u8..128).map(char::from).filter(|c| allowed(*c)).collect();
+    let mut out = String::from("[");
+    let mut i = 0;
+    while i < chars.len() {
+        let mut end = i;
+        let alphanumeric = chars[i].is_ascii_alphanumeric();
+        while chars.get(end + 1).is_some_and(|next| {
+            u32::from(*next) == u32::from(chars[end]) + 1
+                && next.is_ascii_alphanumeric() == alphanumeric
+        }) {
+            end += 1;
+        }
+        let (first, last) = (chars[i], chars[end]);
+        if alphanumeric && end - i >= 2 {
+            out.push(first);
+            out.push('-');
+            out.push(last);
+        } else {
+            for c in &chars[i..=end] {
+                if matches!(c, '\\' | ']' | '[' | '^' | '-') {
+                    out.push('\\');
+                }
+                out.push(*c);
+            }
+        }
+        i = end + 1;
+    }
+    out.push(']');
+    out
 }
 
 /// A Socket.IO room name. Built only by this crate.
@@ -398,7 +500,104 @@ mod tests {
         assert!(serde_json::from_str::<ProjectId>("\"ACME\"").is_err());
     }
 
+    fn matcher(pattern: &str) -> regex_automata::meta::Regex {
+        regex_automata::meta::Regex::new(pattern).expect("the pattern compiles")
+    }
+
+    /// What a JSON Schema validator decides for a string schema with `pattern` and lengths
+    /// 1..=`max` (in characters).
+    fn schema_accepts(re: &regex_automata::meta::Regex, max: usize, s: &str) -> bool {
+        (1..=max).contains(&s.chars().count()) && re.is_match(s)
+    }
+
+    #[test]
+    fn patterns_read_as_expected() {
+        assert_eq!(project_id_pattern(), "^[0-9a-z][\\-0-9a-z]*$");
+        assert_eq!(
+            private_channel_name_pattern(),
+            "^private-[,\\-.0-9;=@A-Z_a-z]+$"
+        );
+        let channel = channel_name_pattern();
+        assert!(channel.starts_with("^(?:private-[,\\-.0-9;=@A-Z_a-z]+|(?:[,\\-.0-9;=@A-OQ-Z_a-oq-z]|[Pp][,\\-.0-9;=@A-QS-Z_a-qs-z]|"), "{channel}");
+        assert!(
+            channel.ends_with("|[Pp](?:[Rr](?:[Ii](?:[Vv](?:[Aa](?:[Tt])?)?)?)?)?)$"),
+            "{channel}"
+        );
+    }
+
+    #[test]
+    fn channel_pattern_agrees_with_the_parser_on_the_edge_cases() {
+        let re = matcher(&channel_name_pattern());
+        let private = matcher(&private_channel_name_pattern());
+        for s in [
+            "",
+            "p",
+            "P",
+            "pr",
+            "privat",
+            "PRIVAT",
+            "private",
+            "Private",
+            "private-",
+            "private-a",
+            "Private-a",
+            "privateer",
+            "private_x",
+            "privatE-x",
+            "privat-e",
+            "privat3",
+            "prxvate",
+            "x-private-x",
+            "orders",
+            "a b",
+            "a:b",
+            "é",
+            "orders\n",
+            "\norders",
+            &"x".repeat(164),
+            &"x".repeat(165),
+            &format!("private-{}", "x".repeat(156)),
+            &format!("private-{}", "x".repeat(157)),
+        ] {
+            let parsed = ChannelName::parse(s);
+            assert_eq!(
+                schema_accepts(&re, MAX_CHANNEL_NAME_BYTES, s),
+                parsed.is_ok(),
+                "{s:?}"
+            );
+            assert_eq!(
+                schema_accepts(&private, MAX_CHANNEL_NAME_BYTES, s),
+                parsed.is_ok_and(|c| c.is_private()),
+                "{s:?}"
+            );
+        }
+    }
+
     proptest! {
+        /// The channel name pattern and length bound accept exactly what the parser accepts
+        /// (the strings lean towards the "private" edge, where the rule is subtle).
+        #[test]
+        fn channel_pattern_is_the_parser(s in "([pP][rR][iI][vV][aA][tT][eE]?[-_xX]?)?[A-Za-z0-9_=@,.;: é\n-]{0,8}|[a-z]{160,170}") {
+            let re = matcher(&channel_name_pattern());
+            let private = matcher(&private_channel_name_pattern());
+            let parsed = ChannelName::parse(&s);
+            prop_assert_eq!(schema_accepts(&re, MAX_CHANNEL_NAME_BYTES, &s), parsed.is_ok());
+            prop_assert_eq!(
+                schema_accepts(&private, MAX_CHANNEL_NAME_BYTES, &s),
+                parsed.is_ok_and(|c| c.is_private())
+            );
+        }
+
+        /// The project id pattern and length bound accept exactly what the parser accepts.
+        #[test]
+        fn project_id_pattern_is_the_parser(s in "[a-z0-9A-Z_ -]{0,70}|\\PC{0,10}") {
+            let re = matcher(&project_id_pattern());
+            prop_assert_eq!(
+                schema_accepts(&re, MAX_PROJECT_ID_BYTES, &s),
+                ProjectId::parse(&s).is_ok()
+            );
+        }
+
         /// Every string over the allowed alphabet within the length bound is accepted unless it
         /// reads as "private" without being a proper `private-` name.
         #[test]

@@ -8,7 +8,10 @@ use herald_protocol::api::{
 use herald_protocol::{
     ApiKeyId, ApiKeyScope, ChannelName, ErrorBody, ErrorCode, ErrorDetail, ProjectId,
 };
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// Body of `POST /v1/publishers/events/publish` (the payload is any JSON).
@@ -19,19 +22,31 @@ use utoipa::{Modify, OpenApi, ToSchema};
 pub struct PublishBody {
     /// Channel to publish to.
     channel_name: ChannelName,
-    /// Any JSON, delivered byte for byte.
-    #[schema(value_type = Object)]
+    /// Any JSON value (object, array, string, number, boolean or null), delivered byte for
+    /// byte; at most `--max-payload-bytes` of JSON (413 beyond).
+    #[schema(schema_with = any_json)]
     payload: serde_json::Value,
 }
 
-/// Body of `PATCH /v1/admin/projects/{id}/api-keys/{key_id}`.
+fn any_json() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::AnyValue)
+        .description(Some("Any JSON value, delivered byte for byte."))
+        .build()
+        .into()
+}
+
+/// Body of `PATCH /v1/admin/projects/{id}/api-keys/{key_id}`: a JSON object; fields left out
+/// keep their value (`null` is not a value).
 #[derive(ToSchema)]
 #[schema(as = UpdateApiKeyRequest)]
 #[allow(dead_code)]
 pub struct UpdateApiKeyBody {
     /// New display name.
+    #[schema(schema_with = herald_protocol::openapi::display_name)]
     name: Option<String>,
-    /// New scopes (non-empty).
+    /// New scopes (at least one).
+    #[schema(schema_with = herald_protocol::openapi::scopes)]
     scopes: Option<Vec<ApiKeyScope>>,
 }
 
@@ -40,6 +55,7 @@ pub struct UpdateApiKeyBody {
 #[allow(dead_code)]
 pub struct HealthStatus {
     /// `ok`, `ready` or `not_ready`.
+    #[schema(schema_with = health_status)]
     status: String,
     /// `/readyz` only: each background task's state (`running`, `restarting`, `done`,
     /// `stopped`) by task name.
@@ -47,9 +63,26 @@ pub struct HealthStatus {
     tasks: Option<std::collections::BTreeMap<String, String>>,
 }
 
-struct Security;
+fn health_status() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["ok", "ready", "not_ready"]))
+        .build()
+        .into()
+}
 
-impl Modify for Security {
+/// The security schemes, and the answers every route shares (added where a route's own
+/// annotation does not list them):
+///
+/// * 403 `origin_not_allowed` on every route: the Origin check runs before routing;
+/// * 413 `payload_too_large` on every route that takes a body: the body limit;
+/// * 500 `internal` and 503 `unavailable` on every route that reads the store (all but health).
+struct Common;
+
+const ORIGIN_REFUSED: &str =
+    "`origin_not_allowed`: the request's `Origin` is not in `--allowed-origins`";
+
+impl Modify for Common {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
@@ -57,9 +90,16 @@ impl Modify for Security {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("API key `hk_…` (also accepted as `X-API-Key`)"))
+                    .description(Some("API key `hk_…` as `Authorization: Bearer hk_…`"))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "api_key_header",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                crate::rest::publisher::API_KEY_HEADER,
+                "API key `hk_…` in `X-API-Key` (when there is no `Authorization` bearer)",
+            ))),
         );
         components.add_security_scheme(
             "admin_token",
@@ -70,6 +110,77 @@ impl Modify for Security {
                     .build(),
             ),
         );
+        let error = || {
+            ContentBuilder::new()
+                .schema(Some(ErrorBody::schema_ref()))
+                .build()
+        };
+        let answer = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", error())
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in operations(item) {
+                let health = op
+                    .tags
+                    .as_ref()
+                    .is_some_and(|t| t.iter().any(|t| t == "health"));
+                let responses = &mut op.responses.responses;
+                match responses.get_mut("403") {
+                    Some(RefOr::T(own)) => {
+                        own.description = format!("{}; or {ORIGIN_REFUSED}", own.description);
+                    }
+                    Some(RefOr::Ref(_)) => {}
+                    None => {
+                        responses.insert("403".into(), RefOr::T(answer(ORIGIN_REFUSED)));
+                    }
+                }
+                if op.request_body.is_some() {
+                    responses.entry("413".into()).or_insert_with(|| {
+                        RefOr::T(answer(
+                            "`payload_too_large`: the body is over the limit (`--max-payload-bytes` + 1 KiB)",
+                        ))
+                    });
+                }
+                if !health {
+                    responses.entry("500".into()).or_insert_with(|| {
+                        RefOr::T(answer("`internal`: a server fault, never a client mistake"))
+                    });
+                    responses.entry("503".into()).or_insert_with(|| {
+                        RefOr::T(answer(
+                            "`unavailable`: a backend (Redis) is unreachable; retry later",
+                        ))
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        item.get.as_mut(),
+        item.put.as_mut(),
+        item.post.as_mut(),
+        item.delete.as_mut(),
+        item.options.as_mut(),
+        item.head.as_mut(),
+        item.patch.as_mut(),
+        item.trace.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+trait SchemaRef {
+    fn schema_ref() -> RefOr<Schema>;
+}
+
+impl<T: ToSchema> SchemaRef for T {
+    fn schema_ref() -> RefOr<Schema> {
+        RefOr::Ref(Ref::from_schema_name(T::name()))
     }
 }
 
@@ -100,7 +211,7 @@ impl Modify for Security {
         ProjectId, ChannelName, ErrorBody, ErrorDetail, ErrorCode, ApiKeyEvent, ApiKeyEventType,
         RevocationAccepted, HealthStatus,
     )),
-    modifiers(&Security),
+    modifiers(&Common),
 )]
 pub struct ApiDoc;
 
@@ -136,6 +247,100 @@ mod tests {
             json["openapi"]
                 .as_str()
                 .is_some_and(|v| v.starts_with("3.1"))
+        );
+    }
+
+    /// Every operation documents the answers every route can give: 403 (the Origin check),
+    /// and, but for health, 401, 500 and 503; every operation with a body 400 and 413; every
+    /// operation with a path parameter 400 or 404 for a malformed one.
+    #[test]
+    fn every_operation_documents_what_every_route_can_answer() {
+        let json = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        let mut checked = 0;
+        for (path, ops) in json["paths"].as_object().expect("paths") {
+            for (method, op) in ops.as_object().expect("path item") {
+                let statuses: Vec<&str> = op["responses"]
+                    .as_object()
+                    .expect("responses")
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                let health = op["tags"][0] == "health";
+                let mut expected = vec!["403"];
+                if !health {
+                    expected.extend(["401", "500", "503"]);
+                }
+                if op.get("requestBody").is_some() {
+                    expected.extend(["400", "413"]);
+                }
+                if path.contains("{id}") {
+                    expected.extend(["400", "404"]);
+                }
+                for status in expected {
+                    assert!(
+                        statuses.contains(&status),
+                        "{method} {path} does not document {status}: {statuses:?}"
+                    );
+                }
+                for (status, answer) in op["responses"].as_object().expect("responses") {
+                    if !status.starts_with('2') && !health {
+                        assert_eq!(
+                            answer["content"]["application/json"]["schema"]["$ref"],
+                            "#/components/schemas/ErrorBody",
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 15);
+    }
+
+    /// The schemas carry the protocol's rules, from the protocol's own constants.
+    #[test]
+    fn schemas_carry_the_protocol_rules() {
+        use herald_protocol::names::{
+            MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, channel_name_pattern,
+            private_channel_name_pattern, project_id_pattern,
+        };
+        let json = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        let schemas = &json["components"]["schemas"];
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(schemas["ErrorCode"]["enum"], serde_json::json!(codes));
+        assert_eq!(schemas["ChannelName"]["pattern"], channel_name_pattern());
+        assert_eq!(schemas["ChannelName"]["maxLength"], MAX_CHANNEL_NAME_BYTES);
+        assert_eq!(schemas["ProjectId"]["pattern"], project_id_pattern());
+        assert_eq!(schemas["ProjectId"]["maxLength"], MAX_PROJECT_ID_BYTES);
+        assert_eq!(
+            schemas["SignRequest"]["properties"]["channelName"]["pattern"],
+            private_channel_name_pattern()
+        );
+        for body in ["CreateApiKeyRequest", "UpdateApiKeyRequest"] {
+            assert_eq!(
+                schemas[body]["properties"]["scopes"]["minItems"], 1,
+                "{body}"
+            );
+            assert_eq!(
+                schemas[body]["properties"]["name"]["maxLength"],
+                herald_protocol::limits::MAX_DISPLAY_NAME_CHARS,
+                "{body}"
+            );
+        }
+        // PATCH takes leaving a field out, not `null`.
+        for field in ["name", "scopes"] {
+            let schema = &schemas["UpdateApiKeyRequest"]["properties"][field];
+            assert!(
+                !schema.to_string().contains("null"),
+                "{field} is not nullable: {schema}"
+            );
+        }
+        assert!(schemas["UpdateApiKeyRequest"].get("required").is_none());
+        // The payload is any JSON, not only an object.
+        assert!(
+            schemas["PublishRequest"]["properties"]["payload"]
+                .get("type")
+                .is_none()
         );
     }
 }

@@ -9,7 +9,7 @@ use herald_protocol::ErrorBody;
 use herald_protocol::api::{
     ApiKeyInfo, CreateApiKeyRequest, CreateProjectRequest, CreatedApiKey, Project,
 };
-use herald_protocol::limits::MAX_DISPLAY_NAME_BYTES;
+use herald_protocol::api::{parse_display_name, parse_rfc3339};
 use herald_protocol::{ApiKeyId, ApiKeyScope, ErrorCode, ProjectId, RoomName};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -48,24 +48,26 @@ fn project_id(raw: &str) -> Result<ProjectId, ApiError> {
 }
 
 fn display_name(v: &Value) -> Result<String, ApiError> {
-    let name = v
-        .get("name")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::InvalidBody,
-                "\"name\" must be a non-empty string",
-            )
-        })?;
-    if name.len() > MAX_DISPLAY_NAME_BYTES {
-        return Err(ApiError::new(
+    let raw = v.get("name").and_then(Value::as_str).ok_or_else(|| {
+        ApiError::new(
             ErrorCode::InvalidBody,
-            format!("\"name\" is longer than {MAX_DISPLAY_NAME_BYTES} bytes"),
-        ));
+            "\"name\" must be a non-empty string",
+        )
+    })?;
+    Ok(parse_display_name(raw)?)
+}
+
+/// The body as a JSON object (every admin body is one).
+fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+    let v = json_value(&body_bytes(body)?)?;
+    if v.is_object() {
+        Ok(v)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            "the body must be a JSON object",
+        ))
     }
-    Ok(name.to_owned())
 }
 
 fn generated_project_id() -> ProjectId {
@@ -92,17 +94,19 @@ async fn existing_project(state: &AppState, id: &ProjectId) -> Result<ProjectRec
 }
 
 /// `POST /v1/admin/projects` `{ "id"?, "name" }`.
-#[utoipa::path(post, path = "/v1/admin/projects", tag = "admin", request_body = CreateProjectRequest,
-    security(("admin_token" = [])),
-    responses((status = 201, description = "Created", body = Project), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
-        (status = 409, description = "Id taken", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/admin/projects", tag = "admin", request_body = CreateProjectRequest, security(("admin_token" = [])),
+    responses(
+        (status = 201, description = "Created", body = Project),
+        (status = 400, description = "`invalid_body`, `invalid_project_id`: not a JSON object, no valid `name`, an `id` that breaks the rule", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody),
+        (status = 409, description = "`project_exists`: the id is taken", body = ErrorBody)))]
 pub async fn create_project(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Project>), ApiError> {
     authorize(&state, &headers)?;
-    let v = json_value(&body_bytes(body)?)?;
+    let v = json_object(body)?;
     let name = display_name(&v)?;
     let id = match v.get("id") {
         None | Some(Value::Null) => generated_project_id(),
@@ -136,7 +140,9 @@ pub async fn create_project(
 
 /// `GET /v1/admin/projects`.
 #[utoipa::path(get, path = "/v1/admin/projects", tag = "admin", security(("admin_token" = [])),
-    responses((status = 200, description = "All projects", body = [Project]), (status = 401, description = "Missing or wrong admin token", body = ErrorBody)))]
+    responses(
+        (status = 200, description = "All projects", body = [Project]),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody)))]
 pub async fn list_projects(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -147,8 +153,12 @@ pub async fn list_projects(
 }
 
 /// `GET /v1/admin/projects/{id}`.
-#[utoipa::path(get, path = "/v1/admin/projects/{id}", tag = "admin", params(("id" = String, Path, description = "Project id")), security(("admin_token" = [])),
-    responses((status = 200, description = "The project", body = Project), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/admin/projects/{id}", tag = "admin", params(("id" = ProjectId, Path, description = "Project id")), security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The project", body = Project),
+        (status = 400, description = "`invalid_project_id`: the project id in the path breaks the rule", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "`project_not_found`", body = ErrorBody)))]
 pub async fn get_project(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -161,8 +171,12 @@ pub async fn get_project(
 }
 
 /// `DELETE /v1/admin/projects/{id}`: deletes the project and its keys, disconnects its sockets.
-#[utoipa::path(delete, path = "/v1/admin/projects/{id}", tag = "admin", params(("id" = String, Path, description = "Project id")), security(("admin_token" = [])),
-    responses((status = 204, description = "Deleted with its keys; its sockets disconnected"), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/admin/projects/{id}", tag = "admin", params(("id" = ProjectId, Path, description = "Project id")), security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "Deleted with its keys; its sockets disconnected"),
+        (status = 400, description = "`invalid_project_id`: the project id in the path breaks the rule", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "`project_not_found`", body = ErrorBody)))]
 pub async fn delete_project(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -190,8 +204,12 @@ pub async fn delete_project(
 
 /// `POST /v1/admin/projects/{id}/rotate-secret`: new signing secret; old tokens stop verifying
 /// and the sockets that joined private channels with them leave those channels.
-#[utoipa::path(post, path = "/v1/admin/projects/{id}/rotate-secret", tag = "admin", params(("id" = String, Path, description = "Project id")), security(("admin_token" = [])),
-    responses((status = 204, description = "New signing secret; older tokens stop verifying and the sockets that joined private channels with them are removed from those channels"), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/admin/projects/{id}/rotate-secret", tag = "admin", params(("id" = ProjectId, Path, description = "Project id")), security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "New signing secret; older tokens stop verifying and the sockets that joined private channels with them are removed from those channels"),
+        (status = 400, description = "`invalid_project_id`: the project id in the path breaks the rule", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "`project_not_found`", body = ErrorBody)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -220,9 +238,13 @@ pub async fn rotate_secret(
 }
 
 /// `POST /v1/admin/projects/{id}/api-keys` `{ "name", "scopes", "expiresAt"? }`.
-#[utoipa::path(post, path = "/v1/admin/projects/{id}/api-keys", tag = "admin", params(("id" = String, Path, description = "Project id")),
+#[utoipa::path(post, path = "/v1/admin/projects/{id}/api-keys", tag = "admin", params(("id" = ProjectId, Path, description = "Project id")),
     request_body = CreateApiKeyRequest, security(("admin_token" = [])),
-    responses((status = 201, description = "Created; `key` is shown this once", body = CreatedApiKey), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
+    responses(
+        (status = 201, description = "Created; `key` is shown this once", body = CreatedApiKey),
+        (status = 400, description = "`invalid_project_id`, `invalid_body`, `invalid_expiry`: a bad project id, not a JSON object, no valid `name` or `scopes`, an `expiresAt` that is not an RFC 3339 time or not in the future", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "`project_not_found`", body = ErrorBody)))]
 pub async fn create_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -231,20 +253,19 @@ pub async fn create_api_key(
 ) -> Result<(StatusCode, Json<CreatedApiKey>), ApiError> {
     authorize(&state, &headers)?;
     let project = project_id(&id)?;
-    let v = json_value(&body_bytes(body)?)?;
+    let v = json_object(body)?;
     let name = display_name(&v)?;
     let scopes = parse_scopes(v.get("scopes").unwrap_or(&Value::Null))?;
     let now = now_seconds();
     let expires_at = match v.get("expiresAt") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => {
-            let t = OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| {
-                    ApiError::new(
-                        ErrorCode::InvalidBody,
-                        "\"expiresAt\" must be an RFC 3339 time",
-                    )
-                })?;
+            let t = parse_rfc3339(s).ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidBody,
+                    "\"expiresAt\" must be an RFC 3339 time",
+                )
+            })?;
             if t <= OffsetDateTime::now_utc() {
                 return Err(ApiError::new(
                     ErrorCode::InvalidExpiry,
@@ -291,8 +312,12 @@ pub async fn create_api_key(
 }
 
 /// `GET /v1/admin/projects/{id}/api-keys`.
-#[utoipa::path(get, path = "/v1/admin/projects/{id}/api-keys", tag = "admin", params(("id" = String, Path, description = "Project id")), security(("admin_token" = [])),
-    responses((status = 200, description = "Keys without secrets", body = [ApiKeyInfo]), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/admin/projects/{id}/api-keys", tag = "admin", params(("id" = ProjectId, Path, description = "Project id")), security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Keys without secrets", body = [ApiKeyInfo]),
+        (status = 400, description = "`invalid_project_id`: the project id in the path breaks the rule", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "`project_not_found`", body = ErrorBody)))]
 pub async fn list_api_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -312,9 +337,13 @@ pub async fn list_api_keys(
 /// `PATCH /v1/admin/projects/{id}/api-keys/{keyId}` `{ "name"?, "scopes"? }`: rename a key or
 /// change its scopes. Narrowing takes effect at once: a key that loses `sign_token` no longer
 /// opens private channels with the tokens it signed.
-#[utoipa::path(patch, path = "/v1/admin/projects/{id}/api-keys/{key_id}", tag = "admin", params(("id" = String, Path, description = "Project id"), ("key_id" = String, Path, description = "API key id")),
+#[utoipa::path(patch, path = "/v1/admin/projects/{id}/api-keys/{key_id}", tag = "admin", params(("id" = ProjectId, Path, description = "Project id"), ("key_id" = ApiKeyId, Path, description = "API key id")),
     request_body = crate::openapi::UpdateApiKeyBody, security(("admin_token" = [])),
-    responses((status = 200, description = "Updated", body = ApiKeyInfo), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
+    responses(
+        (status = 200, description = "Updated", body = ApiKeyInfo),
+        (status = 400, description = "`invalid_project_id`, `invalid_body`: a bad project id, not a JSON object, an invalid `name` or `scopes`", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "`project_not_found`, `api_key_not_found` (also for a malformed key id)", body = ErrorBody)))]
 pub async fn update_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -330,7 +359,7 @@ pub async fn update_api_key(
         )
     };
     let parsed_id = ApiKeyId::parse(&key_id).map_err(|_| not_found())?;
-    let v = json_value(&body_bytes(body)?)?;
+    let v = json_object(body)?;
     let mut record = state
         .store()
         .api_key(&parsed_id)
@@ -375,9 +404,12 @@ fn parse_scopes(v: &Value) -> Result<Vec<ApiKeyScope>, ApiError> {
 }
 
 /// `DELETE /v1/admin/projects/{id}/api-keys/{keyId}`.
-#[utoipa::path(delete, path = "/v1/admin/projects/{id}/api-keys/{key_id}", tag = "admin", params(("id" = String, Path, description = "Project id"), ("key_id" = String, Path, description = "API key id")),
-    security(("admin_token" = [])),
-    responses((status = 204, description = "Deleted; its sockets leave their private channels"), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 404, description = "No such project or key", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/admin/projects/{id}/api-keys/{key_id}", tag = "admin", params(("id" = ProjectId, Path, description = "Project id"), ("key_id" = ApiKeyId, Path, description = "API key id")), security(("admin_token" = [])),
+    responses(
+        (status = 204, description = "Deleted; its sockets leave their private channels"),
+        (status = 400, description = "`invalid_project_id`: the project id in the path breaks the rule", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "`project_not_found`, `api_key_not_found` (also for a malformed key id)", body = ErrorBody)))]
 pub async fn delete_api_key(
     State(state): State<AppState>,
     headers: HeaderMap,

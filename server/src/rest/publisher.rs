@@ -89,10 +89,14 @@ async fn resolve_key(
 }
 
 /// `POST /v1/publishers/events/publish`.
-#[utoipa::path(post, path = "/v1/publishers/events/publish", tag = "publisher",
-    request_body = crate::openapi::PublishBody, security(("api_key" = [])),
-    responses((status = 200, description = "Delivered to the channel's subscribers", body = PublishResponse), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing, unknown or expired API key", body = ErrorBody), (status = 403, description = "The key lacks the scope", body = ErrorBody),
-        (status = 413, description = "Payload over the limit", body = ErrorBody), (status = 503, description = "Backend (Redis) unavailable", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/publishers/events/publish", tag = "publisher", request_body = crate::openapi::PublishBody, security(("api_key" = []), ("api_key_header" = [])),
+    responses(
+        (status = 200, description = "Delivered to the channel's subscribers", body = PublishResponse),
+        (status = 400, description = "`invalid_body`, `invalid_channel_name`, `ambiguous_channel_name`", body = ErrorBody),
+        (status = 401, description = "`missing_api_key`, `unknown_api_key`, `expired_api_key`", body = ErrorBody),
+        (status = 403, description = "`missing_scope`: the key lacks the scope", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the payload is over `--max-payload-bytes` (or the body over the limit)", body = ErrorBody),
+        (status = 503, description = "`unavailable`: a backend (Redis) is unreachable; the event may not have reached every instance", body = ErrorBody)))]
 pub async fn publish(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -132,9 +136,12 @@ async fn publish_inner(
 }
 
 /// `POST /v1/publishers/sign`.
-#[utoipa::path(post, path = "/v1/publishers/sign", tag = "publisher",
-    request_body = SignRequest, security(("api_key" = [])),
-    responses((status = 200, description = "A channel token", body = SignResponse), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing, unknown or expired API key", body = ErrorBody), (status = 403, description = "The key lacks the scope", body = ErrorBody), (status = 503, description = "Backend (Redis) unavailable", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/publishers/sign", tag = "publisher", request_body = SignRequest, security(("api_key" = []), ("api_key_header" = [])),
+    responses(
+        (status = 200, description = "A channel token", body = SignResponse),
+        (status = 400, description = "`invalid_body`, `invalid_channel_name`, `ambiguous_channel_name`, `channel_not_private`", body = ErrorBody),
+        (status = 401, description = "`missing_api_key`, `unknown_api_key`, `expired_api_key`", body = ErrorBody),
+        (status = 403, description = "`missing_scope`: the key lacks the scope", body = ErrorBody)))]
 pub async fn sign(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -19,7 +19,10 @@ use crate::revocation::{QueueError, RevocationReason};
 /// `ApiKeyExpired` ends its validity now; both revoke it and queue the removal job.
 #[utoipa::path(post, path = "/v1/tasks/api-key-events", tag = "tasks", request_body = ApiKeyEvent,
     security(("admin_token" = [])),
-    responses((status = 202, description = "Revocation queued", body = RevocationAccepted), (status = 400, description = "Invalid body or name", body = ErrorBody), (status = 401, description = "Missing or wrong admin token", body = ErrorBody), (status = 503, description = "Backend (Redis) unavailable", body = ErrorBody)))]
+    responses(
+        (status = 202, description = "Revocation queued", body = RevocationAccepted),
+        (status = 400, description = "`invalid_body`: not the event JSON (an unknown `type`, a bad `projectId` or `apiKeyId`)", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody)))]
 pub async fn api_key_event(
     State(state): State<AppState>,
     headers: HeaderMap,

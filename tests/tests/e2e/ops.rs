@@ -195,3 +195,68 @@ async fn openapi_document_is_served_valid_and_every_route_answers() -> anyhow::R
     h.stop().await?;
     Ok(())
 }
+
+/// The document's `ErrorCode` schema is the set of wire strings, so a client generated from
+/// `/openapi.json` decodes every error the server sends; its name schemas carry the rules the
+/// server enforces, from the protocol crate's own constants.
+#[tokio::test]
+async fn openapi_error_codes_and_name_rules_are_the_wire_ones() -> anyhow::Result<()> {
+    use herald_protocol::ErrorCode;
+    use herald_protocol::names::{
+        MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, channel_name_pattern, project_id_pattern,
+    };
+
+    let h = Herald::start(&[]).await?;
+    let doc = h
+        .request(Method::GET, "/openapi.json", None, None, &[])
+        .await?
+        .body;
+    let schemas = &doc["components"]["schemas"];
+    let documented: Vec<&str> = schemas["ErrorCode"]["enum"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("ErrorCode has no enum: {}", schemas["ErrorCode"]))?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let wire: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    for code in &wire {
+        assert!(
+            documented.contains(code),
+            "{code} is sent but not in the document's ErrorCode enum {documented:?}"
+        );
+    }
+    assert_eq!(documented, wire, "the enum is exactly the wire strings");
+
+    // Errors the server answers decode with the documented enum.
+    let answers = [
+        h.request(Method::GET, "/v1/admin/projects", None, None, &[])
+            .await?,
+        h.request(
+            Method::GET,
+            "/v1/admin/projects/Bad_Id",
+            Some(&h.admin_token),
+            None,
+            &[],
+        )
+        .await?,
+        h.request(Method::POST, "/v1/publishers/sign", None, None, &[])
+            .await?,
+        h.request(Method::GET, "/nowhere", None, None, &[]).await?,
+    ];
+    for a in &answers {
+        assert!(a.status >= 400, "{a:?}");
+        assert!(documented.contains(&a.code()), "{a:?}");
+    }
+
+    assert_eq!(schemas["ChannelName"]["pattern"], channel_name_pattern());
+    assert_eq!(schemas["ChannelName"]["minLength"], 1);
+    assert_eq!(schemas["ChannelName"]["maxLength"], MAX_CHANNEL_NAME_BYTES);
+    assert_eq!(schemas["ProjectId"]["pattern"], project_id_pattern());
+    assert_eq!(schemas["ProjectId"]["maxLength"], MAX_PROJECT_ID_BYTES);
+    assert_eq!(
+        schemas["CreateApiKeyRequest"]["properties"]["scopes"]["minItems"],
+        1
+    );
+    h.stop().await?;
+    Ok(())
+}

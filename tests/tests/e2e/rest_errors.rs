@@ -315,3 +315,90 @@ async fn expired_key_is_refused() -> anyhow::Result<()> {
     h.stop().await?;
     Ok(())
 }
+
+/// Admin bodies follow the rules `/openapi.json` states: a JSON object (PATCH included), display
+/// names of at most 200 characters (not bytes) with something besides ASCII whitespace,
+/// `expiresAt` in RFC 3339 with `T` between date and time.
+#[tokio::test]
+async fn admin_bodies_follow_the_documented_rules() -> anyhow::Result<()> {
+    let h = Herald::start(&[]).await?;
+    h.create_project("rules").await?;
+    let key = h.create_key("rules", &["publish_event"], None).await?;
+    let key_path = format!(
+        "/v1/admin/projects/rules/api-keys/{}",
+        key["id"].as_str().unwrap_or_default()
+    );
+    for (patch, expected) in [
+        (json!([]), (400, "invalid_body")),
+        (json!("name"), (400, "invalid_body")),
+        (json!({"name": null}), (400, "invalid_body")),
+        (json!({"scopes": null}), (400, "invalid_body")),
+        (json!({"name": " \t "}), (400, "invalid_body")),
+        (json!({"name": "é".repeat(201)}), (400, "invalid_body")),
+    ] {
+        let a = h
+            .admin(Method::PATCH, &key_path, Some(patch.clone()))
+            .await?;
+        assert_eq!((a.status, a.code()), expected, "PATCH {patch}: {a:?}");
+    }
+    let a = h
+        .admin(
+            Method::PATCH,
+            &key_path,
+            Some(json!({"name": "é".repeat(200)})),
+        )
+        .await?;
+    assert_eq!(
+        a.status, 200,
+        "200 characters (400 bytes) is a valid name: {a:?}"
+    );
+    let a = h
+        .admin(
+            Method::PATCH,
+            &key_path,
+            Some(json!({"name": " \u{3000}billing\n"})),
+        )
+        .await?;
+    assert_eq!(
+        a.body["name"], "\u{3000}billing",
+        "ASCII whitespace trimmed: {a:?}"
+    );
+    let a = h.admin(Method::PATCH, &key_path, Some(json!({}))).await?;
+    assert_eq!(
+        (a.status, &a.body["name"]),
+        (200, &json!("\u{3000}billing")),
+        "an empty object changes nothing"
+    );
+
+    let create =
+        |expires: &str| json!({"name": "k", "scopes": ["publish_event"], "expiresAt": expires});
+    for (expires, expected) in [
+        ("2999-01-02 03:04:05Z", (400, "invalid_body")),
+        ("2999-01-02T03:04:60Z", (400, "invalid_body")),
+        ("2999-02-30T03:04:05Z", (400, "invalid_body")),
+        ("", (400, "invalid_body")),
+    ] {
+        let a = h
+            .admin(
+                Method::POST,
+                "/v1/admin/projects/rules/api-keys",
+                Some(create(expires)),
+            )
+            .await?;
+        assert_eq!(
+            (a.status, a.code()),
+            expected,
+            "expiresAt {expires:?}: {a:?}"
+        );
+    }
+    let a = h
+        .admin(
+            Method::POST,
+            "/v1/admin/projects/rules/api-keys",
+            Some(create("2999-01-02t03:04:05.5z")),
+        )
+        .await?;
+    assert_eq!(a.status, 201, "{a:?}");
+    h.stop().await?;
+    Ok(())
+}

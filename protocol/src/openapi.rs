@@ -1,0 +1,195 @@
+//! OpenAPI schemas (feature `openapi`) of the types whose rules utoipa's derive cannot see:
+//! the error codes as they travel ([`ErrorCode::as_str`]) and the validated names, with the
+//! `pattern`, `minLength` and `maxLength` built from the same constants and predicates the
+//! parsers use. The server's document (`GET /openapi.json`) takes them from here, so a rule
+//! changed in this crate changes the document with it.
+
+use std::borrow::Cow;
+
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    ArrayBuilder, KnownFormat, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type,
+};
+use utoipa::{PartialSchema, ToSchema};
+
+use crate::api::{
+    API_KEY_ID_HEX_LEN, API_KEY_PREFIX, API_KEY_SECRET_HEX_LEN, ApiKeyId, ApiKeyScope,
+    DISPLAY_NAME_PATTERN, RFC3339_PATTERN, is_lower_hex_char,
+};
+use crate::error::ErrorCode;
+use crate::limits::MAX_DISPLAY_NAME_CHARS;
+use crate::names::{
+    ChannelName, MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, ProjectId, channel_name_pattern,
+    private_channel_name_pattern, project_id_pattern, regex_class,
+};
+
+fn string(description: &str, pattern: String, min: usize, max: usize) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(description))
+        .pattern(Some(pattern))
+        .min_length(Some(min))
+        .max_length(Some(max))
+}
+
+impl PartialSchema for ErrorCode {
+    /// A string enum of the wire strings, in declaration order, with each code's HTTP status
+    /// in the description.
+    fn schema() -> RefOr<Schema> {
+        let statuses: Vec<String> = ErrorCode::ALL
+            .iter()
+            .map(|c| format!("`{c}` {}", c.http_status()))
+            .collect();
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(format!(
+                "A machine-readable error code; stable, unlike messages. The HTTP status of each \
+                 (socket refusals carry the same codes): {}.",
+                statuses.join(", ")
+            )))
+            .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .into()
+    }
+}
+
+impl ToSchema for ErrorCode {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ErrorCode")
+    }
+}
+
+impl PartialSchema for ProjectId {
+    fn schema() -> RefOr<Schema> {
+        string(
+            "A project (tenant) id: lowercase letters, digits and `-`, not starting with `-`.",
+            project_id_pattern(),
+            1,
+            MAX_PROJECT_ID_BYTES,
+        )
+        .examples(["acme"])
+        .into()
+    }
+}
+
+impl ToSchema for ProjectId {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ProjectId")
+    }
+}
+
+impl PartialSchema for ChannelName {
+    fn schema() -> RefOr<Schema> {
+        string(
+            "A channel name: `A-Z a-z 0-9 _ - = @ , . ;`. Names starting with `private-` are \
+             private (listening needs a token); any other name that starts like \"private\" in \
+             any letter case, or is a beginning of it, is refused as ambiguous.",
+            channel_name_pattern(),
+            1,
+            MAX_CHANNEL_NAME_BYTES,
+        )
+        .examples(["orders", "private-user-42"])
+        .into()
+    }
+}
+
+impl ToSchema for ChannelName {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ChannelName")
+    }
+}
+
+impl PartialSchema for ApiKeyId {
+    fn schema() -> RefOr<Schema> {
+        string(
+            "The public id of an API key: lowercase hex. Safe to log.",
+            format!("^{}+$", regex_class(is_lower_hex_char)),
+            API_KEY_ID_HEX_LEN,
+            API_KEY_ID_HEX_LEN,
+        )
+        .examples(["9f2c4e1a7b3d5f60"])
+        .into()
+    }
+}
+
+impl ToSchema for ApiKeyId {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ApiKeyId")
+    }
+}
+
+/// The channel of `POST /v1/publishers/sign`: a private [`ChannelName`].
+pub fn private_channel_name() -> Schema {
+    string(
+        "The private channel the token opens: a channel name starting with `private-`.",
+        private_channel_name_pattern(),
+        1,
+        MAX_CHANNEL_NAME_BYTES,
+    )
+    .examples(["private-user-42"])
+    .build()
+    .into()
+}
+
+/// A display name, as [`parse_display_name`](crate::api::parse_display_name) accepts it.
+pub fn display_name() -> Schema {
+    string(
+        "Display name: at least one character that is not whitespace; trimmed of ASCII \
+         whitespace on both ends.",
+        DISPLAY_NAME_PATTERN.to_owned(),
+        1,
+        MAX_DISPLAY_NAME_CHARS,
+    )
+    .build()
+    .into()
+}
+
+/// The scopes of a key: at least one (repeats are stored once).
+pub fn scopes() -> Schema {
+    ArrayBuilder::new()
+        .items(ApiKeyScope::schema_ref())
+        .min_items(Some(1))
+        .description(Some("What the key may do; at least one."))
+        .build()
+        .into()
+}
+
+/// The `expiresAt` of a new key: an RFC 3339 time, or `null` for none.
+pub fn expiry() -> Schema {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .pattern(Some(RFC3339_PATTERN))
+        .description(Some(
+            "When the key stops working: an RFC 3339 time in the future (`400 invalid_expiry` \
+             otherwise); never when absent or `null`.",
+        ))
+        .build()
+        .into()
+}
+
+/// A full API key, `hk_{id}_{secret}`.
+pub fn api_key() -> Schema {
+    let hex = regex_class(is_lower_hex_char);
+    let len = API_KEY_PREFIX.len() + API_KEY_ID_HEX_LEN + 1 + API_KEY_SECRET_HEX_LEN;
+    string(
+        "The full key (`hk_{id}_{secret}`). Shown once; Herald keeps only a hash.",
+        format!(
+            "^{API_KEY_PREFIX}{hex}{{{API_KEY_ID_HEX_LEN}}}_{hex}{{{API_KEY_SECRET_HEX_LEN}}}$"
+        ),
+        len,
+        len,
+    )
+    .build()
+    .into()
+}
+
+/// A reference to a component schema, e.g. `#/components/schemas/ApiKeyScope`.
+trait SchemaRef {
+    fn schema_ref() -> RefOr<Schema>;
+}
+
+impl<T: ToSchema> SchemaRef for T {
+    fn schema_ref() -> RefOr<Schema> {
+        RefOr::Ref(utoipa::openapi::Ref::from_schema_name(T::name()))
+    }
+}
