@@ -92,7 +92,7 @@ async fn resolve_key(
 #[utoipa::path(post, path = "/v1/publishers/events/publish", tag = "publisher", request_body = crate::openapi::PublishBody, security(("api_key" = []), ("api_key_header" = [])),
     responses(
         (status = 200, description = "Delivered to the channel's subscribers", body = PublishResponse),
-        (status = 400, description = "`invalid_body`, `invalid_channel_name`, `ambiguous_channel_name`", body = ErrorBody),
+        (status = 400, description = "`invalid_body`, `invalid_channel_name`, `ambiguous_channel_name`, `payload_too_deep` (arrays and objects nested past the limit)", body = ErrorBody),
         (status = 401, description = "`missing_api_key`, `unknown_api_key`, `expired_api_key`", body = ErrorBody),
         (status = 403, description = "`missing_scope`: the key lacks the scope", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: the payload is over `--max-payload-bytes` (or the body over the limit)", body = ErrorBody),
