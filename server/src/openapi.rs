@@ -75,7 +75,10 @@ fn health_status() -> Schema {
 /// annotation does not list them):
 ///
 /// * 403 `origin_not_allowed` on every route: the Origin check runs before routing;
-/// * 413 `payload_too_large` on every route that takes a body: the body limit;
+/// * 408 `request_timeout` and 413 `payload_too_large` on every route that takes a body: the
+///   body read timeout and the body limit;
+/// * 429 `too_many_connections` and 503 `at_capacity` on every route but health: the connection
+///   caps (`crate::listen`), over which only health is answered as usual;
 /// * 500 `internal` and 503 `unavailable` on every route that reads the store (all but health).
 struct Common;
 
@@ -138,6 +141,11 @@ impl Modify for Common {
                     }
                 }
                 if op.request_body.is_some() {
+                    responses.entry("408".into()).or_insert_with(|| {
+                        RefOr::T(answer(
+                            "`request_timeout`: the body took longer than `--body-read-timeout-secs`",
+                        ))
+                    });
                     responses.entry("413".into()).or_insert_with(|| {
                         RefOr::T(answer(
                             "`payload_too_large`: the body is over the limit (`--max-payload-bytes` + 1 KiB)",
@@ -145,14 +153,31 @@ impl Modify for Common {
                     });
                 }
                 if !health {
+                    // Over a connection cap only health is answered as usual.
+                    responses.entry("429".into()).or_insert_with(|| {
+                        RefOr::T(answer(
+                            "`too_many_connections`: this client address holds `--max-connections-per-ip` connections",
+                        ))
+                    });
                     responses.entry("500".into()).or_insert_with(|| {
                         RefOr::T(answer("`internal`: a server fault, never a client mistake"))
                     });
-                    responses.entry("503".into()).or_insert_with(|| {
-                        RefOr::T(answer(
-                            "`unavailable`: a backend (Redis) is unreachable; retry later",
-                        ))
-                    });
+                    let at_capacity =
+                        "`at_capacity`: the server holds `--max-connections` connections";
+                    match responses.get_mut("503") {
+                        Some(RefOr::T(own)) => {
+                            own.description = format!("{}; or {at_capacity}", own.description);
+                        }
+                        Some(RefOr::Ref(_)) => {}
+                        None => {
+                            responses.insert(
+                                "503".into(),
+                                RefOr::T(answer(&format!(
+                                    "`unavailable`: a backend (Redis) is unreachable, retry later; or {at_capacity}"
+                                ))),
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -251,8 +276,8 @@ mod tests {
     }
 
     /// Every operation documents the answers every route can give: 403 (the Origin check),
-    /// and, but for health, 401, 500 and 503; every operation with a body 400 and 413; every
-    /// operation with a path parameter 400 or 404 for a malformed one.
+    /// and, but for health, 401, 429, 500 and 503; every operation with a body 400, 408 and 413;
+    /// every operation with a path parameter 400 or 404 for a malformed one.
     #[test]
     fn every_operation_documents_what_every_route_can_answer() {
         let json = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
@@ -268,10 +293,10 @@ mod tests {
                 let health = op["tags"][0] == "health";
                 let mut expected = vec!["403"];
                 if !health {
-                    expected.extend(["401", "500", "503"]);
+                    expected.extend(["401", "429", "500", "503"]);
                 }
                 if op.get("requestBody").is_some() {
-                    expected.extend(["400", "413"]);
+                    expected.extend(["400", "408", "413"]);
                 }
                 if path.contains("{id}") {
                     expected.extend(["400", "404"]);
