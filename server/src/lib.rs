@@ -148,6 +148,8 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
             (state, router, Some(mode))
         }
     };
+    // Signal handlers first: whoever reads the next line may send SIGTERM at once.
+    let shutdown = app::shutdown_signal();
     println!("herald listening on http://{addr}");
     let tasks = state.health().tasks().clone();
     let limits = listen::Limits::new(&config.http_limits(), listen::raise_open_file_limit());
@@ -155,7 +157,7 @@ pub async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         listener,
         state,
         router,
-        app::shutdown_signal(),
+        shutdown,
         std::time::Duration::from_millis(config.shutdown_grace_ms),
         std::time::Duration::from_secs(config.shutdown_timeout_secs),
         limits,
