@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use hyper::Method;
+
 use crate::client::{Clients, ConnectReport, ConnectSpec};
 use crate::publisher::{self, Channels, Outcome, Plan, Target};
 use crate::report::Row;
@@ -765,6 +767,33 @@ pub async fn rest(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
 
 /// Two Herald instances over Redis: latency with subscribers on the publishing instance and
 /// on the other one, and the cross-instance throughput ramp.
+/// Herald answers a publish 200 only once every live instance takes its events: right after B
+/// starts, A may not know it yet (or B may not be subscribed yet) and answers 503. The
+/// measurement starts once a publish through A is answered 200.
+async fn wait_both_instances_take_events(a: &Server) -> anyhow::Result<()> {
+    let auth = a.auth.clone().unwrap_or_default();
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    for _ in 0..100 {
+        let body = publisher::publish_body("warm-up", 0, "");
+        let (status, _) = publisher::call(
+            a.addr,
+            Method::POST,
+            "/v1/publishers/events/publish",
+            &headers,
+            Some(body),
+        )
+        .await?;
+        if status == 200 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("publishes through A were not answered 200 within 10 s of B starting")
+}
+
 pub async fn redis(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
     const S: &str = "redis";
     if kind != Kind::Herald && kind != Kind::Node {
@@ -784,6 +813,9 @@ pub async fn redis(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
     };
     let a = ctx.start(kind, &opts_a).await?;
     let b = ctx.start(kind, &opts_b).await?;
+    if kind == Kind::Herald {
+        wait_both_instances_take_events(&a).await?;
+    }
     let mut pids = vec![a.pid, b.pid, redis.pid];
     pids.dedup();
     let t = target(&a);

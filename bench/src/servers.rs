@@ -290,6 +290,9 @@ pub async fn start(kind: Kind, env: &Env, opts: &Options) -> anyhow::Result<Serv
                 ADMIN_TOKEN,
             ])
             .args(["--log-format", "json"])
+            // Every simulated client connects from 127.0.0.1: no per-address cap here, as
+            // behind a proxy.
+            .args(["--max-connections-per-ip", "0"])
             .env("NO_COLOR", "1")
             .arg("--data-dir")
             .arg(&data)
