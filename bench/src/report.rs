@@ -32,9 +32,18 @@ pub struct Target {
     pub target: String,
     /// What was measured.
     pub measured: String,
-    /// Met, missed, or unknown (not measured in this run).
+    /// [`MET`], [`NOT_MET`] or [`NOT_MEASURED`]. A target not met is a note about speed on
+    /// this machine and run, never a failure: failures are [`Report::failures`].
     pub verdict: &'static str,
 }
+
+/// A target met in this run.
+pub const MET: &str = "met";
+/// A target this run measured but did not reach: slower than the target (a note, not a
+/// failure).
+pub const NOT_MET: &str = "slower than target (note)";
+/// A target this run did not measure (scenario or peer not run, or too small to judge).
+pub const NOT_MEASURED: &str = "not measured";
 
 /// The whole run.
 #[derive(Debug, Clone, Serialize)]
@@ -115,9 +124,9 @@ impl Report {
             _ => None,
         };
         let verdict = |ok: Option<bool>| match ok {
-            Some(true) => "met",
-            Some(false) => "missed",
-            None => "not measured",
+            Some(true) => MET,
+            Some(false) => NOT_MET,
+            None => NOT_MEASURED,
         };
         let show =
             |x: Option<f64>, unit: &str| x.map_or("–".into(), |v| format!("{}{unit}", num(v)));
@@ -239,7 +248,13 @@ impl Report {
         let before = self.get("slow-consumer", "", "herald", "p99_ms_before");
         let stalled = self.get("slow-consumer", "", "herald", "p99_ms_stalled");
         let growth = self.get("slow-consumer", "", "herald", "rss_growth_mb");
-        let disc = self.get("slow-consumer", "", "herald", "slow_disconnected");
+        // A stall that did not fill the socket's buffers cannot judge the disconnect.
+        let disc = self
+            .get("slow-consumer", "", "herald", "slow_disconnected")
+            .filter(|_| {
+                self.get("slow-consumer", "", "herald", "stall_mb_over_capacity")
+                    .is_some_and(|over| over > 0.0)
+            });
         let note = self
             .rows
             .iter()
@@ -270,6 +285,8 @@ impl Report {
         for l in &self.load {
             let _ = writeln!(md, "Load: `{l}`");
         }
+        let _ = writeln!(md);
+        md.push_str(&self.verdict_line());
         let _ = writeln!(md);
         md.push_str(&self.summary_table());
         let _ = writeln!(
@@ -334,6 +351,32 @@ impl Report {
             }
         }
         md
+    }
+
+    /// Two separate verdicts: broken (losses and errors where none may happen: the run fails)
+    /// and slower than a target (a note about this machine and run: it never fails the run).
+    pub fn verdict_line(&self) -> String {
+        let count = |v: &str| self.targets.iter().filter(|t| t.verdict == v).count();
+        let broken = if self.failures.is_empty() {
+            "**Broken: nothing** (no loss, no error where none may happen).".to_owned()
+        } else {
+            format!(
+                "**Broken: {} failure(s)**, listed under Failures: the run fails.",
+                self.failures.len()
+            )
+        };
+        format!(
+            "{broken} Speed targets: {} met, {} slower than target, {} not measured \
+             (a note about this machine and run, never a failure{}).\n",
+            count(MET),
+            count(NOT_MET),
+            count(NOT_MEASURED),
+            if self.mode == "--quick" {
+                "; --quick sizes are too small to judge most of them"
+            } else {
+                ""
+            }
+        )
     }
 
     /// Key metrics side by side with Herald's ratio to each peer.

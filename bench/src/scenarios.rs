@@ -871,6 +871,18 @@ pub async fn redis(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Packets Herald queues per socket in the slow-consumer scenario (`--socket-buffer`).
+const HERALD_SOCKET_BUFFER: usize = 1024;
+
+/// The largest kernel send buffer of a TCP socket (the last field of `tcp_wmem`), or 4 MiB
+/// (Linux's default) where it cannot be read.
+fn tcp_wmem_max() -> usize {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().last()?.parse().ok())
+        .unwrap_or(4 << 20)
+}
+
 /// One subscriber stops reading while 100 others keep up.
 pub async fn slow(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
     const S: &str = "slow-consumer";
@@ -878,14 +890,29 @@ pub async fn slow(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
     let rate = 500.0;
     let pad = 4096;
     let r = ctx.row(S, "100 readers + 1 stalled, 4 KiB payloads", kind.name());
-    let server = ctx.start(kind, &Options::default()).await?;
+    // The stall must publish more than the stalled socket can hold, or "never told" means
+    // nothing: Herald's queue (`--socket-buffer` packets, set here so the bench knows it), the
+    // server's kernel send buffer (at most `tcp_wmem`'s maximum) and the client's 16 KiB
+    // receive buffer. A quarter more than that, and at least `slow_stall` seconds.
+    let rcvbuf = 16 * 1024;
+    let capacity = (HERALD_SOCKET_BUFFER * (pad + 64) + tcp_wmem_max() + rcvbuf) as f64;
+    let stall_s = (capacity * 1.25 / (rate * pad as f64)).clamp(ctx.sizes.slow_stall, 20.0);
+    let opts = Options {
+        extra: if kind == Kind::Herald {
+            vec!["--socket-buffer".into(), HERALD_SOCKET_BUFFER.to_string()]
+        } else {
+            Vec::new()
+        },
+        ..Options::default()
+    };
+    let server = ctx.start(kind, &opts).await?;
     let t = target(&server);
     let pids = server.pids();
     let c = ctx
         .connect(server.addr, vec!["slow".into(); subs], None)
         .await;
     let slow = ctx
-        .connect(server.addr, vec!["slow".into()], Some(16 * 1024))
+        .connect(server.addr, vec!["slow".into()], Some(rcvbuf))
         .await;
     if !ctx.check_connect(kind, S, &c) || !ctx.check_connect(kind, S, &slow) {
         ctx.finish(server, S).await;
@@ -915,12 +942,7 @@ pub async fn slow(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
         max
     });
     let stalled = ctx
-        .window(
-            &pids,
-            &t,
-            &plan(rate, ctx.sizes.slow_stall, ch(), pad),
-            subs as u64,
-        )
+        .window(&pids, &t, &plan(rate, stall_s, ch(), pad), subs as u64)
         .await?;
     sampler.abort();
     let rss_after = rss_bytes(server.pid).unwrap_or(0) as f64;
@@ -959,20 +981,38 @@ pub async fn slow(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
         row.metrics
             .insert("not_queued".into(), Summary::of(&[n as f64]));
     }
+    let stalled_bytes = (stalled.out.ok as usize * pad) as f64;
+    let filled = stalled_bytes > capacity;
+    row.metrics.insert(
+        "stall_mb_over_capacity".into(),
+        Summary::of(&[(stalled_bytes - capacity) / 1e6]),
+    );
     row.notes.push(format!(
-        "stalled {:.1} s at {rate:.0} publishes/s; slow socket {}; it got {} of {published} events",
-        ctx.sizes.slow_stall,
-        match (&info.open, &info.closed) {
-            (true, _) => "still connected, never told".to_owned(),
-            (false, Some(reason)) => format!("closed: {reason}"),
-            (false, None) => "closed".to_owned(),
+        "stalled {stall_s:.1} s at {rate:.0} publishes/s: {:.1} MB against {:.1} MB the slow socket can hold; slow socket {}; it got {} of {published} events",
+        stalled_bytes / 1e6,
+        capacity / 1e6,
+        match (&info.open, &info.closed, filled) {
+            (true, _, false) => "still connected (the stall did not fill its buffers: not judged)".to_owned(),
+            (true, _, true) => "still connected, never told".to_owned(),
+            (false, Some(reason), _) => format!("closed: {reason}"),
+            (false, None, _) => "closed".to_owned(),
         },
         info.events
     ));
+    let never_told = (kind == Kind::Herald && filled && info.open).then(|| {
+        format!(
+            "{S}/herald: the stalled socket was sent {:.1} MB, more than the {:.1} MB it can hold, and was neither told nor closed",
+            stalled_bytes / 1e6,
+            capacity / 1e6
+        )
+    });
     note_generator(
         row,
         [base.cpu.generator_core(), stalled.cpu.generator_core()].into_iter(),
     );
+    if let Some(failure) = never_told {
+        ctx.fail(failure);
+    }
     ctx.finish(server, S).await;
     Ok(())
 }
