@@ -196,17 +196,24 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// Opens `new web_socket(url)`. The class is the caller's (`ws` in Node 20, the global one
+    /// elsewhere), so its instances are used through the WebSocket interface without an
+    /// `instanceof` check against the global class.
     pub(crate) fn open(
         id: u32,
+        web_socket: &Function,
         url: &str,
         tx: UnboundedSender<Input>,
     ) -> Result<Self, ClientError> {
-        let ws = WebSocket::new(url).map_err(|e| {
-            ClientError::new(
-                codes::TRANSPORT,
-                format!("cannot open a WebSocket to {url}: {}", describe(&e)),
-            )
-        })?;
+        let args = js_sys::Array::of1(&JsValue::from_str(url));
+        let ws: WebSocket = Reflect::construct(web_socket, &args)
+            .map_err(|e| {
+                ClientError::new(
+                    codes::TRANSPORT,
+                    format!("cannot open a WebSocket to {url}: {}", describe(&e)),
+                )
+            })?
+            .unchecked_into();
         let frames = tx.clone();
         let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |e: MessageEvent| {
             // Herald sends text frames only; binary ones are ignored.

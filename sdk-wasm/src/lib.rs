@@ -2,10 +2,13 @@
 //!
 //! Herald's browser client, compiled to WebAssembly with wasm-bindgen and published as the
 //! npm package `@herald/client` (see `README.md`). The JavaScript API is the hand-written
-//! wrapper in `js/index.js` (declared in `js/index.d.ts`); this crate is its engine:
+//! wrapper in `js/client.js` (entry points `js/index.js` for browsers and `js/node.js` for Node,
+//! declared in `js/index.d.ts`); this crate is its engine:
 //!
-//! * a WebSocket (web-sys) speaking Engine.IO v4 / Socket.IO v5 through
-//!   [`herald_protocol::codec`], the framing the Rust subscriber uses too;
+//! * a WebSocket speaking Engine.IO v4 / Socket.IO v5 through [`herald_protocol::codec`], the
+//!   framing the Rust subscriber uses too. The class is the one the wrapper passes in
+//!   `options.WebSocket` (the global one by default; `ws` in Node 20), used through web-sys's
+//!   `WebSocket` interface;
 //! * channel names checked with [`ChannelName::parse`] before anything is sent, so the codes
 //!   are the server's (`invalid_channel_name`, `ambiguous_channel_name`);
 //! * reconnection with jittered exponential backoff, re-listening every channel (calling
@@ -217,6 +220,13 @@ fn config(url: &str, options: &JsValue) -> Result<Config, ClientError> {
                 .map_err(|_| invalid("options.authorize must be a function".into()))?,
         ),
     };
+    // The wrapper (js/client.js) fills it in: the option, else the global class.
+    let web_socket = get("WebSocket").dyn_into::<Function>().map_err(|_| {
+        invalid(
+            "no WebSocket class: pass one as options.WebSocket (in Node 20: `WebSocket` of the ws package)"
+                .into(),
+        )
+    })?;
     let number = |key: &str, default: f64| -> Result<f64, ClientError> {
         match get(key) {
             v if v.is_undefined() || v.is_null() => Ok(default),
@@ -241,6 +251,7 @@ fn config(url: &str, options: &JsValue) -> Result<Config, ClientError> {
         url: util::socket_url(url).map_err(invalid)?,
         auth: HandshakeAuth { project_id },
         authorize,
+        web_socket,
         reconnect_delay_ms: number("reconnectDelayMs", RECONNECT_DELAY_MS)?,
         reconnect_delay_max_ms: number("reconnectDelayMaxMs", RECONNECT_DELAY_MAX_MS)?,
         max_reconnect_attempts,

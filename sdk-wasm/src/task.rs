@@ -38,6 +38,9 @@ pub(crate) struct Config {
     pub(crate) url: String,
     pub(crate) auth: HandshakeAuth,
     pub(crate) authorize: Option<Function>,
+    /// The WebSocket class to open connections with (`options.WebSocket`, else the global
+    /// one): Node 20 has none, so the JavaScript wrapper lets the caller pass e.g. `ws`.
+    pub(crate) web_socket: Function,
     pub(crate) reconnect_delay_ms: f64,
     pub(crate) reconnect_delay_max_ms: f64,
     pub(crate) max_reconnect_attempts: Option<u32>,
@@ -314,7 +317,12 @@ impl Task {
 
     fn start_attempt(&mut self) {
         self.next_conn = self.next_conn.wrapping_add(1);
-        match Conn::open(self.next_conn, &self.config.url, self.tx.clone()) {
+        match Conn::open(
+            self.next_conn,
+            &self.config.web_socket,
+            &self.config.url,
+            self.tx.clone(),
+        ) {
             Ok(conn) => {
                 self.phase = Phase::Handshake(Handshake {
                     conn,
