@@ -2,7 +2,8 @@
 # Builds the npm package @herald/client into sdk-wasm/pkg/:
 #   cargo (wasm32-unknown-unknown, profile wasm-release: size-optimised, LTO)
 #   → wasm-bindgen --target web
-#   + the hand-written wrapper (js/index.js, js/index.d.ts), package.json (the crate's version)
+#   + the hand-written wrapper (js/index.js for browsers, js/node.js for Node, both on js/client.js;
+#     js/index.d.ts), package.json (the crate's version)
 #     and README.md.
 # With `--pack DIR`, also runs `npm pack` into DIR and prints the tarball's path last.
 #
@@ -35,7 +36,7 @@ wasm-bindgen --target web --out-dir "$out" --out-name herald_wasm \
   "$target_dir/wasm32-unknown-unknown/wasm-release/herald_wasm.wasm"
 
 version=$(cargo pkgid -p herald-wasm | sed 's/.*[@#]//')
-cp sdk-wasm/js/index.js sdk-wasm/js/index.d.ts sdk-wasm/README.md "$out/"
+cp sdk-wasm/js/index.js sdk-wasm/js/node.js sdk-wasm/js/client.js sdk-wasm/js/index.d.ts sdk-wasm/README.md "$out/"
 sed "s/\"version\": \"0.0.0\"/\"version\": \"$version\"/" sdk-wasm/js/package.json > "$out/package.json"
 rm -f "$out/.gitignore"
 echo "built $out ($(du -k "$out/herald_wasm_bg.wasm" | cut -f1) KiB of wasm), @herald/client $version"

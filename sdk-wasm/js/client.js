@@ -1,10 +1,23 @@
-// @herald/client: Herald's browser client. The connection, the Socket.IO framing, the channel
-// name rules and reconnection run in WebAssembly (crate herald-wasm); this file gives them an
-// event-emitter API. Declarations: index.d.ts.
+// @herald/client's API, shared by both entry points (index.js for browsers and bundlers,
+// node.js for Node): the connection, the Socket.IO framing, the channel name rules and
+// reconnection run in WebAssembly (crate herald-wasm); this file gives them an event-emitter
+// API. Declarations: index.d.ts. Internal: import the package, not this file.
 
 import init, { WasmClient, parseChannelName as wasmParseChannelName } from './herald_wasm.js';
 
 let loading;
+
+/**
+ * How `initHerald` turns its argument (undefined: the default module) into what wasm-bindgen's
+ * `init` takes. The browser entry keeps it as is (a URL is fetched, by default
+ * `herald_wasm_bg.wasm` next to herald_wasm.js); the Node entry reads files instead.
+ */
+let resolveSource = async (moduleOrPath) => moduleOrPath;
+
+/** Used by node.js only. */
+export function setWasmSource(resolve) {
+  resolveSource = resolve;
+}
 
 /**
  * Loads the WebAssembly module (once). `HeraldClient` does it on first use; call it yourself
@@ -12,15 +25,31 @@ let loading;
  * to this file.
  */
 export function initHerald(moduleOrPath) {
-  loading ??= init(moduleOrPath === undefined ? undefined : { module_or_path: moduleOrPath }).then(
-    () => undefined,
-    (error) => {
-      loading = undefined; // let a later call try again
-      throw error;
-    },
-  );
+  loading ??= Promise.resolve(moduleOrPath)
+    .then((given) => resolveSource(given))
+    .then((source) => init(source === undefined ? undefined : { module_or_path: source }))
+    .then(
+      () => undefined,
+      (error) => {
+        loading = undefined; // let a later call try again
+        throw error;
+      },
+    );
   return loading;
 }
+
+/** An `Error` like the ones the engine rejects with: name `HeraldError` and a `code`. */
+function heraldError(code, message) {
+  const error = new Error(message);
+  error.name = 'HeraldError';
+  error.code = code;
+  return error;
+}
+
+const NO_WEBSOCKET =
+  'no WebSocket in this runtime (Node.js before 22 has none): pass a WebSocket class, e.g. ' +
+  "`import { WebSocket } from 'ws'` (npm install ws) and " +
+  'new HeraldClient(url, { projectId, WebSocket })';
 
 /**
  * Checks a channel name with Herald's rules without connecting. Resolves with
@@ -52,9 +81,22 @@ export class HeraldClient {
     if (options.authorize !== undefined && typeof options.authorize !== 'function') {
       throw new TypeError('options.authorize must be a function (channelName) => token');
     }
+    // The browser's (and Node 22+'s) global class unless one is passed (`ws` in Node 20).
+    const WebSocketClass = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof WebSocketClass !== 'function') {
+      throw heraldError('invalid_options', NO_WEBSOCKET);
+    }
+    const base = globalThis.location?.href;
+    let absolute;
+    try {
+      absolute = new URL(String(url), base).href;
+    } catch {
+      const where = base === undefined ? ' (outside a web page it must be absolute, e.g. http://127.0.0.1:8080)' : '';
+      throw heraldError('invalid_options', `invalid URL ${JSON.stringify(String(url))}${where}`);
+    }
     /** The server's base URL, absolute. */
-    this.url = new URL(String(url), globalThis.location?.href).href;
-    const opts = { ...options };
+    this.url = absolute;
+    const opts = { ...options, WebSocket: WebSocketClass };
     this.#ready = initHerald().then(() => {
       this.#engine = new WasmClient(this.url, opts, (kind, a, b) => this.#dispatch(kind, a, b));
       return this.#engine;
