@@ -75,9 +75,22 @@ export interface HeraldError extends Error {
 /** A token for a private channel: the string, or what `POST /v1/publishers/sign` answers. */
 export type ChannelToken = string | { token: string; expiresAt?: string };
 
+/**
+ * A WebSocket class: the browser's, Node 22+'s global one, or `WebSocket` of the `ws` package
+ * (Node 20). The client calls `new WebSocket(url)` and uses `send`, `close`, `onmessage` and
+ * `onclose` as the browser defines them.
+ */
+export type WebSocketConstructor = new (url: string) => object;
+
 export interface HeraldClientOptions {
   /** The project whose channels this client listens to (handshake `auth.projectId`). */
   projectId: string;
+  /**
+   * The WebSocket class to connect with. Default: `globalThis.WebSocket`. Node 20 has none:
+   * pass `WebSocket` of the `ws` package, or the constructor throws a {@link HeraldError}
+   * (`invalid_options`) saying so.
+   */
+  WebSocket?: WebSocketConstructor;
   /**
    * Fetches a token for a private channel (`private-…`), typically from your backend, which
    * calls `POST /v1/publishers/sign`. Called on `listen` and again on every reconnection.
@@ -95,7 +108,10 @@ export interface HeraldClientOptions {
   requestTimeoutMs?: number;
 }
 
-/** An event published to a channel (server `event`). */
+/**
+ * An event published to a channel (server `event`). `P` is the payload's type as you declare
+ * it (`client.on<Order>('event', …)`); the client does not check the JSON against it.
+ */
 export interface ChannelEvent<P = unknown> {
   /** The id the publish call answered with (absent on client-to-client events). */
   id?: string;
@@ -150,7 +166,9 @@ export interface HeraldClientEvents {
 export declare class HeraldClient {
   /**
    * @param url the server's base URL, e.g. `https://herald.example.com` (relative URLs resolve
-   *   against the page)
+   *   against the page; in Node it must be absolute)
+   * @throws {HeraldError} `invalid_options` when there is no WebSocket class (Node 20 without
+   *   `options.WebSocket`) or the URL is invalid; a `TypeError` for a missing `projectId`.
    */
   constructor(url: string | URL, options: HeraldClientOptions);
   /** The server's base URL, absolute. */
@@ -168,8 +186,15 @@ export declare class HeraldClient {
   listen(channelName: string): Promise<void>;
   /** Stops listening to a channel (idempotent). */
   remove(channelName: string): Promise<void>;
+  /**
+   * Adds an `event` listener whose payloads you type: `client.on<Order>('event', (e) => …)` or
+   * `client.on('event', (e: ChannelEvent<Order>) => …)`. Returns a function that removes it.
+   */
+  on<P = unknown>(event: 'event', listener: (event: ChannelEvent<P>) => void): () => void;
   /** Adds a listener; returns a function that removes it. */
   on<K extends keyof HeraldClientEvents>(event: K, listener: HeraldClientEvents[K]): () => void;
+  /** Removes a listener added with `on`. */
+  off<P = unknown>(event: 'event', listener: (event: ChannelEvent<P>) => void): void;
   off<K extends keyof HeraldClientEvents>(event: K, listener: HeraldClientEvents[K]): void;
   /** Closes the connection for good. */
   close(): Promise<void>;
@@ -180,7 +205,8 @@ export declare function parseChannelName(name: string): Promise<{ name: string; 
 
 /**
  * Loads the WebAssembly module (the client does it on first use). Pass the module, or its URL
- * when `herald_wasm_bg.wasm` is not served next to `index.js`.
+ * when `herald_wasm_bg.wasm` is not served next to `index.js`. In Node the package reads its
+ * own `herald_wasm_bg.wasm` from disk (no fetch); a path or `file:` URL passed here is read too.
  */
 export declare function initHerald(
   moduleOrPath?: WebAssembly.Module | BufferSource | URL | string | Response | Promise<Response>,
