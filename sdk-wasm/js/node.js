@@ -2,6 +2,9 @@
 // but the WebAssembly module is read from disk (Node's fetch does not read file: URLs), and
 // paths or file: URLs given to initHerald are read the same way. The WebSocket is Node 22+'s
 // global one, or the class passed as `options.WebSocket` (the `ws` package in Node 20).
+// Reading the file was measured against embedding the module as base64 in a JS file (Node 20,
+// 388 KiB of wasm, median of 50): readFile 0.55 ms; parsing and decoding the 517 KiB base64
+// module 2.7 ms, and the gzipped tarball 190 KiB larger (a second copy: browsers keep the .wasm).
 
 import { readFile } from 'node:fs/promises';
 

@@ -125,6 +125,16 @@ describe('@herald/client package and declarations', () => {
     }
   });
 
+  it('README.md (what npm shows) is self-contained: no links outside the package', () => {
+    const readme = readFileSync(path.join(pkgDir, 'README.md'), 'utf8');
+    const targets = [...readme.matchAll(/\]\(([^)\s]+)[^)]*\)/g)].map((m) => m[1]);
+    assert.ok(targets.length > 0, 'the README has its table of contents');
+    assert.deepEqual(targets.filter((t) => !t.startsWith('#') && !/^https:\/\//.test(t)), []);
+    for (const section of ['## Install', '## In a browser', '## In Node.js', '## Typed payloads', '## Errors', '## Reconnection']) {
+      assert.ok(readme.includes(section), section);
+    }
+  });
+
   it('ServerErrorCode lists exactly the codes of herald-protocol', () => {
     const rust = readFileSync(path.join(repoRoot, 'protocol', 'src', 'error.rs'), 'utf8');
     const protocol = [...rust.matchAll(/=\s*"([a-z_]+)"\s*=>/g)].map((m) => m[1]).sort();
