@@ -4,8 +4,9 @@
 // Env: HERALD_URL, PROJECT, SIGN_KEY (a `sign_token` API key; the authorize callback signs
 // with it like a backend would), CHANNELS (comma-separated), EVENTS (how many to wait for),
 // MODE: `ws` (options.WebSocket = the ws package's class), `global` (no option: the global
-// WebSocket) or `none` (the global removed: prints the constructor's error and exits).
-// Prints one JSON object a line: {ready}, {event}, {state}, {error}, {done}.
+// WebSocket) or `none` (the global removed: prints the constructor's error and exits);
+// FAST=1: short reconnection delays. Prints one JSON object a line: {ready}, {event},
+// {state}, {authorize}, {error}, {done}.
 
 const print = (value) => process.stdout.write(`${JSON.stringify(value)}\n`);
 const plain = (e) => ({ name: e?.name, code: e?.code, message: e?.message });
@@ -28,6 +29,7 @@ const { HeraldClient, parseChannelName } = await import('@herald/client');
 const options = {
   projectId: PROJECT,
   authorize: async (channelName) => {
+    print({ authorize: channelName });
     const res = await fetch(new URL('/v1/publishers/sign', HERALD_URL), {
       method: 'POST',
       headers: { authorization: `Bearer ${SIGN_KEY}`, 'content-type': 'application/json' },
@@ -37,6 +39,7 @@ const options = {
     return res.json(); // { token, expiresAt }
   },
 };
+if (process.env.FAST) Object.assign(options, { reconnectDelayMs: 100, reconnectDelayMaxMs: 400 });
 if (MODE === 'ws') options.WebSocket = (await import('ws')).WebSocket;
 
 let client;
