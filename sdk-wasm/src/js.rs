@@ -1,6 +1,10 @@
 //! Glue to the JavaScript host: errors, timers, the WebSocket, JSON values and the
 //! `authorize` callback.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use futures_channel::mpsc::UnboundedSender;
 use futures_util::future::{Either, select};
 use herald_protocol::{ChannelName, Refusal};
@@ -19,6 +23,8 @@ extern "C" {
     fn clear_interval(id: &JsValue);
     #[wasm_bindgen(js_name = setTimeout)]
     fn set_timeout(handler: &Function, timeout: i32) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(id: &JsValue);
 }
 
 /// Milliseconds since the epoch (`Date.now()`).
@@ -101,12 +107,36 @@ pub(crate) fn to_js<T: serde::Serialize>(value: &T) -> JsValue {
         .unwrap_or(JsValue::UNDEFINED)
 }
 
-/// A promise that resolves after `ms` milliseconds.
-pub(crate) async fn sleep(ms: f64) {
+/// Resolves after `ms` milliseconds. Dropping it first clears the timer: in Node a pending
+/// timer keeps the process alive, so a timeout that lost its race must not outlive it.
+pub(crate) struct Sleep {
+    promise: JsFuture,
+    id: JsValue,
+}
+
+pub(crate) fn sleep(ms: f64) -> Sleep {
+    let mut id = JsValue::UNDEFINED;
     let promise = Promise::new(&mut |resolve, _reject| {
-        set_timeout(&resolve, ms.clamp(0.0, i32::MAX as f64) as i32);
+        id = set_timeout(&resolve, ms.clamp(0.0, i32::MAX as f64) as i32);
     });
-    let _ = JsFuture::from(promise).await;
+    Sleep {
+        promise: JsFuture::from(promise),
+        id,
+    }
+}
+
+impl Future for Sleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(&mut self.promise).poll(cx).map(|_| ())
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        clear_timeout(&self.id); // a no-op once it fired
+    }
 }
 
 /// Calls `authorize(channelName)` and waits (at most `timeout_ms`) for the token: a string, or
