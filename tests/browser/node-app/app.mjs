@@ -70,5 +70,7 @@ try {
 print({ ready: client.channels });
 await done;
 await client.close();
-// No exit() call: the process ends by itself once the client is closed (nothing left open).
-print({ done: true, fetched });
+// No exit() call: the process ends by itself once the client is closed. What still keeps it
+// alive right after close(): timers must not be among it (the socket may still be closing).
+const timers = process.getActiveResourcesInfo().filter((r) => r === 'Timeout');
+print({ done: true, fetched, timers });
