@@ -1,12 +1,17 @@
 //! `herald admin …` and `herald publish …`: a small client of a running server's REST API, so
 //! nobody needs hand-written curl. Prints the JSON answer on stdout; on an error prints the
 //! server's code and message on stderr and exits non-zero.
+//!
+//! The connection flags (`--url`, `--admin-token`, `--data-dir`, `--api-key`) are global: they
+//! go anywhere after the subcommand word (`herald admin key list --project p --url …`), and
+//! each has a `HERALD_*` environment variable. Arguments clap refuses (a `--payload` that is
+//! not JSON, a missing flag) exit with clap's usage-error code, 2; a failed call exits 1.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use herald_protocol::{ApiKeyScope, ErrorBody};
+use herald_protocol::{ApiKeyScope, ErrorBody, ErrorCode};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -16,7 +21,12 @@ use crate::keys::ADMIN_TOKEN_FILE;
 #[derive(Debug, Clone, Args)]
 pub struct ServerUrl {
     /// Base URL of the Herald server.
-    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "HERALD_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
 }
 
@@ -26,10 +36,20 @@ pub struct AdminArgs {
     #[command(flatten)]
     server: ServerUrl,
     /// Admin token; when unset, read from `<data-dir>/admin-token`.
-    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HERALD_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     admin_token: Option<String>,
     /// Data dir of a local server, to find a generated admin token.
-    #[arg(long, env = "HERALD_DATA_DIR", default_value = "./herald-data")]
+    #[arg(
+        long,
+        env = "HERALD_DATA_DIR",
+        default_value = "./herald-data",
+        global = true
+    )]
     data_dir: PathBuf,
     #[command(subcommand)]
     command: AdminCommand,
@@ -77,7 +97,7 @@ enum KeyCommand {
     /// Create an API key; prints the key once.
     Create {
         /// Project id.
-        #[arg(long)]
+        #[arg(long, env = "HERALD_PROJECT")]
         project: String,
         /// Display name (who holds the key).
         #[arg(long)]
@@ -92,13 +112,13 @@ enum KeyCommand {
     /// List a project's keys (no secrets).
     List {
         /// Project id.
-        #[arg(long)]
+        #[arg(long, env = "HERALD_PROJECT")]
         project: String,
     },
     /// Delete (revoke) a key.
     Delete {
         /// Project id.
-        #[arg(long)]
+        #[arg(long, env = "HERALD_PROJECT")]
         project: String,
         /// Key id.
         key_id: String,
@@ -107,6 +127,7 @@ enum KeyCommand {
 
 /// `herald publish`.
 #[derive(Debug, Clone, Args)]
+#[group(id = "payload_or_text", required = true, multiple = false, args = ["payload", "text"])]
 pub struct PublishArgs {
     #[command(flatten)]
     server: ServerUrl,
@@ -116,9 +137,23 @@ pub struct PublishArgs {
     /// Channel to publish to.
     #[arg(long)]
     channel: String,
-    /// Payload, as JSON (a bare word is sent as a JSON string).
-    #[arg(long)]
-    payload: String,
+    /// Payload, as JSON (`'{"orderId": 42}'`, `'"a string"'`, `42`); refused unless it parses.
+    #[arg(
+        long,
+        value_name = "JSON",
+        value_parser = parse_json_payload,
+        allow_hyphen_values = true
+    )]
+    payload: Option<Value>,
+    /// Payload, a string sent as is (as a JSON string), instead of `--payload`.
+    #[arg(long, value_name = "STRING", allow_hyphen_values = true)]
+    text: Option<String>,
+}
+
+/// `--payload`'s parser: JSON or a usage error naming where it stops parsing.
+fn parse_json_payload(raw: &str) -> Result<Value, String> {
+    serde_json::from_str(raw)
+        .map_err(|e| format!("not valid JSON: {e} (to send a string as is, use --text)"))
 }
 
 /// `herald sign`.
@@ -176,20 +211,51 @@ fn print(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The admin token of `herald admin`, and where it came from (for error messages): the flag
+/// or `HERALD_ADMIN_TOKEN`, else `<data-dir>/admin-token`. The error when neither gives one
+/// names all three places and the file path it tried.
+fn admin_token(
+    flag: Option<String>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(String, String)> {
+    if let Some(t) = flag.filter(|t| !t.is_empty()) {
+        return Ok((t, "--admin-token / HERALD_ADMIN_TOKEN".to_owned()));
+    }
+    let path = std::path::absolute(data_dir.join(ADMIN_TOKEN_FILE))
+        .unwrap_or_else(|_| data_dir.join(ADMIN_TOKEN_FILE));
+    let looked = "no admin token: pass --admin-token, set HERALD_ADMIN_TOKEN, or point --data-dir \
+                  (HERALD_DATA_DIR) at the server's data dir, whose admin-token file a server \
+                  started without a token writes";
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("{looked}; tried {}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        bail!("{looked}; {} is empty", path.display());
+    }
+    Ok((token, path.display().to_string()))
+}
+
 /// Runs `herald admin …`.
 pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
-    let token = match args.admin_token.filter(|t| !t.is_empty()) {
-        Some(t) => t,
-        None => {
-            let path = args.data_dir.join(ADMIN_TOKEN_FILE);
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("no --admin-token and cannot read {}", path.display()))?
-                .trim()
-                .to_owned()
-        }
-    };
+    let (token, source) = admin_token(args.admin_token, &args.data_dir)?;
     let url = &args.server.url;
-    let v = match args.command {
+    let answer = admin_call(url, &token, args.command).await;
+    let v = answer.map_err(|e| {
+        if e.to_string()
+            .starts_with(ErrorCode::InvalidAdminToken.as_str())
+        {
+            e.context(format!("the server refused the admin token from {source}"))
+        } else {
+            e
+        }
+    })?;
+    print(&v)
+}
+
+async fn admin_call(url: &str, token: &str, command: AdminCommand) -> anyhow::Result<Value> {
+    let token = token.to_owned();
+    Ok(match command {
         AdminCommand::Project(ProjectCommand::Create { name, id }) => {
             let mut body = json!({ "name": name });
             if let Some(id) = id {
@@ -259,13 +325,16 @@ pub async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             )
             .await?
         }
-    };
-    print(&v)
+    })
 }
 
 /// Runs `herald publish`.
 pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let payload: Value = serde_json::from_str(&args.payload).unwrap_or(Value::String(args.payload));
+    let payload = match (args.payload, args.text) {
+        (Some(json), _) => json,
+        (None, Some(text)) => Value::String(text),
+        (None, None) => bail!("one of --payload or --text is required"),
+    };
     let body = json!({ "channelName": args.channel, "payload": payload });
     let v = call(
         &args.server.url,

@@ -138,18 +138,39 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
 
-    /// Log output format.
-    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    /// Log output format (stderr). `auto`: human-readable lines, coloured only when stderr is
+    /// a terminal and `NO_COLOR` is unset; `plain` never colours (files, journald); `color`
+    /// always does (a pager with `-R`); `json`: one JSON object per line. Level via
+    /// `HERALD_LOG`.
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto)]
     pub log_format: LogFormat,
 }
 
 /// How logs are written (to stderr).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable lines.
-    Pretty,
+    /// Human-readable lines, coloured when stderr is a terminal (and `NO_COLOR` is unset).
+    /// `pretty`, the former name, is accepted for it.
+    #[value(alias = "pretty")]
+    Auto,
+    /// Human-readable lines without colour codes.
+    Plain,
+    /// Human-readable lines with colour codes, wherever stderr goes.
+    Color,
     /// One JSON object per line.
     Json,
+}
+
+impl LogFormat {
+    /// Whether lines of this format carry ANSI colour codes, given whether stderr is a
+    /// terminal and whether `NO_COLOR` is set (non-empty).
+    pub fn colored(self, stderr_is_terminal: bool, no_color: bool) -> bool {
+        match self {
+            LogFormat::Auto => stderr_is_terminal && !no_color,
+            LogFormat::Color => true,
+            LogFormat::Plain | LogFormat::Json => false,
+        }
+    }
 }
 
 impl ServeConfig {
@@ -258,7 +279,8 @@ pub fn reference_markdown() -> String {
         let help = if values.is_empty() {
             help
         } else {
-            format!("{help} One of {}.", values.join(", "))
+            let stop = if help.ends_with('.') { "" } else { "." };
+            format!("{help}{stop} One of {}.", values.join(", "))
         };
         out.push_str(&format!("| `--{long}` | {env} | {default} | {help} |\n"));
     }
@@ -267,6 +289,18 @@ pub fn reference_markdown() -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::LogFormat;
+
+    #[test]
+    fn colour_only_on_a_terminal_unless_asked() {
+        assert!(LogFormat::Auto.colored(true, false));
+        assert!(!LogFormat::Auto.colored(false, false), "a file or pipe");
+        assert!(!LogFormat::Auto.colored(true, true), "NO_COLOR");
+        assert!(LogFormat::Color.colored(false, true));
+        assert!(!LogFormat::Plain.colored(true, false));
+        assert!(!LogFormat::Json.colored(true, false));
+    }
+
     #[test]
     fn configuration_reference_is_current() {
         let committed = include_str!("../../docs/configuration.md");
