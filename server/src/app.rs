@@ -45,6 +45,7 @@ pub struct AppInner {
     max_payload_bytes: usize,
     health: Arc<Health>,
     revocation: Arc<Revocation>,
+    metrics_enabled: bool,
 }
 
 /// Readiness inputs: `/readyz` is 200 only when the backends are usable and no shutdown began.
@@ -102,6 +103,7 @@ impl AppState {
             max_payload_bytes: config.max_payload_bytes,
             health,
             revocation,
+            metrics_enabled: config.metrics_bind.is_some(),
         }))
     }
     /// The key revocation workflow.
@@ -231,6 +233,7 @@ pub fn router<A: Adapter>(
             delete(admin::delete_api_key).patch(admin::update_api_key),
         )
         .route("/v1/tasks/api-key-events", post(tasks::api_key_event))
+        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -249,6 +252,14 @@ pub fn router<A: Adapter>(
             direct,
             request_ids: SequentialRequestId::new(),
         })
+}
+
+/// `GET /`: what this server is and where to go next, for a person or a tool that opens the
+/// bare URL (instead of a 404).
+#[utoipa::path(get, path = "/", tag = "meta",
+    responses((status = 200, description = "Name, version and the server's entry points", body = crate::openapi::Index)))]
+pub async fn index(State(state): State<AppState>) -> axum::Json<crate::openapi::Index> {
+    axum::Json(crate::openapi::Index::new(state.0.metrics_enabled))
 }
 
 /// `GET /livez`: the process serves requests.

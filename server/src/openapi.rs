@@ -50,6 +50,62 @@ pub struct UpdateApiKeyBody {
     scopes: Option<Vec<ApiKeyScope>>,
 }
 
+/// `GET /`: the index of a running server.
+#[derive(ToSchema, serde::Serialize)]
+pub struct Index {
+    /// `herald`.
+    name: &'static str,
+    /// The server's version.
+    version: &'static str,
+    /// One line on what Herald is.
+    description: &'static str,
+    /// Entry points on this listener.
+    links: IndexLinks,
+    /// Where Prometheus metrics are, when `--metrics-bind` is set (on that listener, not this
+    /// one); `null` otherwise.
+    metrics: Option<&'static str>,
+    /// Where the documentation is.
+    docs: &'static str,
+}
+
+/// The entry points `GET /` lists (paths on this listener).
+#[derive(ToSchema, serde::Serialize)]
+pub struct IndexLinks {
+    /// The live demo page.
+    demo: &'static str,
+    /// This document (OpenAPI 3.1).
+    openapi: &'static str,
+    /// Liveness.
+    livez: &'static str,
+    /// Liveness (older name).
+    healthz: &'static str,
+    /// Readiness.
+    readyz: &'static str,
+    /// The Socket.IO endpoint clients connect to.
+    socketio: &'static str,
+}
+
+impl Index {
+    /// The index; `metrics_enabled` when a `--metrics-bind` listener runs.
+    pub fn new(metrics_enabled: bool) -> Self {
+        Self {
+            name: "herald",
+            version: env!("CARGO_PKG_VERSION"),
+            description: "Real-time channel pub/sub gateway: publish over REST, receive over Socket.IO.",
+            links: IndexLinks {
+                demo: "/demo",
+                openapi: "/openapi.json",
+                livez: "/livez",
+                healthz: "/healthz",
+                readyz: "/readyz",
+                socketio: "/socket.io/",
+            },
+            metrics: metrics_enabled.then_some("/metrics on the --metrics-bind listener"),
+            docs: "README.md and docs/PROTOCOL.md in the source tree; `herald --help` for the flags",
+        }
+    }
+}
+
 /// Health answer.
 #[derive(ToSchema)]
 #[allow(dead_code)]
@@ -79,7 +135,8 @@ fn health_status() -> Schema {
 ///   body read timeout and the body limit;
 /// * 429 `too_many_connections` and 503 `at_capacity` on every route but health: the connection
 ///   caps (`crate::listen`), over which only health is answered as usual;
-/// * 500 `internal` and 503 `unavailable` on every route that reads the store (all but health).
+/// * 500 `internal` and 503 `unavailable` on every route that reads the store (all but health
+///   and `meta`, the index).
 struct Common;
 
 const ORIGIN_REFUSED: &str =
@@ -126,10 +183,10 @@ impl Modify for Common {
         };
         for item in openapi.paths.paths.values_mut() {
             for op in operations(item) {
-                let health = op
-                    .tags
-                    .as_ref()
-                    .is_some_and(|t| t.iter().any(|t| t == "health"));
+                let tagged =
+                    |tag: &str| op.tags.as_ref().is_some_and(|t| t.iter().any(|t| t == tag));
+                let health = tagged("health");
+                let meta = tagged("meta");
                 let responses = &mut op.responses.responses;
                 match responses.get_mut("403") {
                     Some(RefOr::T(own)) => {
@@ -159,11 +216,18 @@ impl Modify for Common {
                             "`too_many_connections`: this client address holds `--max-connections-per-ip` connections",
                         ))
                     });
+                    let at_capacity =
+                        "`at_capacity`: the server holds `--max-connections` connections";
+                    if meta {
+                        // Reads no store: only the connection cap's 503.
+                        responses
+                            .entry("503".into())
+                            .or_insert_with(|| RefOr::T(answer(at_capacity)));
+                        continue;
+                    }
                     responses.entry("500".into()).or_insert_with(|| {
                         RefOr::T(answer("`internal`: a server fault, never a client mistake"))
                     });
-                    let at_capacity =
-                        "`at_capacity`: the server holds `--max-connections` connections";
                     match responses.get_mut("503") {
                         Some(RefOr::T(own)) => {
                             own.description = format!("{}; or {at_capacity}", own.description);
@@ -229,12 +293,13 @@ impl<T: ToSchema> SchemaRef for T {
         crate::app::livez,
         crate::app::healthz,
         crate::app::readyz,
+        crate::app::index,
     ),
     components(schemas(
         PublishBody, PublishResponse, SignRequest, SignResponse, CreateProjectRequest, Project,
         CreateApiKeyRequest, ApiKeyInfo, CreatedApiKey, UpdateApiKeyBody, ApiKeyScope, ApiKeyId,
         ProjectId, ChannelName, ErrorBody, ErrorDetail, ErrorCode, ApiKeyEvent, ApiKeyEventType,
-        RevocationAccepted, HealthStatus,
+        RevocationAccepted, HealthStatus, Index, IndexLinks,
     )),
     modifiers(&Common),
 )]
@@ -291,8 +356,11 @@ mod tests {
                     .map(String::as_str)
                     .collect();
                 let health = op["tags"][0] == "health";
+                let meta = op["tags"][0] == "meta";
                 let mut expected = vec!["403"];
-                if !health {
+                if meta {
+                    expected.extend(["429", "503"]);
+                } else if !health {
                     expected.extend(["401", "429", "500", "503"]);
                 }
                 if op.get("requestBody").is_some() {
@@ -319,7 +387,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 15);
+        assert_eq!(checked, 16);
     }
 
     /// The schemas carry the protocol's rules, from the protocol's own constants.
