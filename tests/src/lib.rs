@@ -29,6 +29,26 @@ pub fn herald_bin() -> PathBuf {
     target.join("debug").join("herald")
 }
 
+/// How [`Herald::spawn`] starts the binary.
+struct Launch<'a> {
+    /// A command to run `herald` under (empty: none).
+    wrapper: &'a [&'a str],
+    /// Whether `serve` precedes the flags.
+    serve_word: bool,
+    /// Where stderr goes (`None`: a pipe read into [`Herald::logs`]).
+    stderr_file: Option<&'a Path>,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Self {
+            wrapper: &[],
+            serve_word: true,
+            stderr_file: None,
+        }
+    }
+}
+
 /// A running `herald serve` process.
 pub struct Herald {
     child: Option<Child>,
@@ -74,8 +94,37 @@ impl Herald {
         let dir = Arc::new(tempfile::tempdir()?);
         let data_dir = dir.path().to_path_buf();
         let token = format!("admin-{}", rand::random::<u64>());
-        Self::spawn(
+        let launch = Launch {
             wrapper,
+            ..Launch::default()
+        };
+        Self::spawn(
+            &launch,
+            &data_dir,
+            Some(dir),
+            &token,
+            "127.0.0.1:0",
+            extra_args,
+        )
+        .await
+    }
+
+    /// Starts a server with a fresh data dir as a user would type it without the `serve`
+    /// word (`herald --bind … --data-dir …`), its stderr (the logs) written to `log_file`.
+    pub async fn start_without_serve_word(
+        log_file: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let dir = Arc::new(tempfile::tempdir()?);
+        let data_dir = dir.path().to_path_buf();
+        let token = format!("admin-{}", rand::random::<u64>());
+        let launch = Launch {
+            serve_word: false,
+            stderr_file: Some(log_file),
+            ..Launch::default()
+        };
+        Self::spawn(
+            &launch,
             &data_dir,
             Some(dir),
             &token,
@@ -93,11 +142,19 @@ impl Herald {
         bind: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
-        Self::spawn(&[], data_dir, keep, admin_token, bind, extra_args).await
+        Self::spawn(
+            &Launch::default(),
+            data_dir,
+            keep,
+            admin_token,
+            bind,
+            extra_args,
+        )
+        .await
     }
 
     async fn spawn(
-        wrapper: &[&str],
+        launch: &Launch<'_>,
         data_dir: &Path,
         keep: Option<Arc<tempfile::TempDir>>,
         admin_token: &str,
@@ -111,7 +168,7 @@ impl Herald {
                 bin.display()
             );
         }
-        let mut command = match wrapper.split_first() {
+        let mut command = match launch.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
                 c.args(args).arg(&bin);
@@ -119,8 +176,17 @@ impl Herald {
             }
             None => Command::new(&bin),
         };
+        if launch.serve_word {
+            command.arg("serve");
+        }
+        let stderr = match launch.stderr_file {
+            Some(path) => Stdio::from(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ),
+            None => Stdio::piped(),
+        };
         let mut child = command
-            .arg("serve")
             .args(["--bind", bind])
             .arg("--data-dir")
             .arg(data_dir)
@@ -128,22 +194,23 @@ impl Herald {
             .args(extra_args)
             .env("HERALD_LOG", "debug,socketioxide=info,engineioxide=info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let logs = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().context("no stderr")?;
-        let sink = logs.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(mut l) = sink.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
+        if let Some(stderr) = child.stderr.take() {
+            let sink = logs.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(mut l) = sink.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
                 }
-            }
-        });
+            });
+        }
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let stdout_sink = logs.clone();
@@ -208,7 +275,8 @@ impl Herald {
         self.child.as_ref().and_then(|c| c.id())
     }
 
-    /// Everything the server logged so far (stderr, and stdout up to the listening line).
+    /// Everything the server logged so far (stderr, unless it goes to a file, and stdout up to
+    /// the listening line).
     pub fn logs(&self) -> String {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }

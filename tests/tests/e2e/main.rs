@@ -1,6 +1,7 @@
 //! End-to-end tests against the real `herald` binary (one test binary for the crate, so it
 //! links once). Socket.IO behaviour with the official JS client lives in `tests/js/`.
 
+mod cli;
 mod direct;
 mod hardening;
 mod http_limits;
