@@ -1,9 +1,13 @@
 //! The `herald` binary: `herald serve` (the default) runs the gateway; `herald admin`,
 //! `herald publish` and `herald sign` talk to a running server.
 //!
-//! The serve flags are accepted with or without the `serve` word (`herald --bind …` is
-//! `herald serve --bind …`); a subcommand after serve flags is refused rather than guessed.
+//! The serve flags are accepted with or without the `serve` word: a line whose first argument
+//! is a flag (other than `--help` / `--version`) gets `serve` put in front of it, so
+//! `herald --bind …` is `herald serve --bind …`. (Rather than flattening the serve flags into
+//! the top level: that would read and validate every `HERALD_*` serve variable on
+//! `herald admin …` too.)
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 
 use clap::{Parser, Subcommand};
@@ -13,20 +17,18 @@ use tracing_subscriber::EnvFilter;
 
 /// Herald: real-time channel pub/sub gateway (REST in, Socket.IO out).
 ///
-/// Without a subcommand, runs the gateway: `herald [OPTIONS]` is `herald serve [OPTIONS]`.
+/// Without a subcommand, runs the gateway: `herald [OPTIONS]` is `herald serve [OPTIONS]`
+/// (`herald serve --help` lists the options).
 #[derive(Debug, Parser)]
 #[command(
     name = "herald",
     version,
     about,
-    args_conflicts_with_subcommands = true
+    override_usage = "herald [serve] [OPTIONS]\n       herald <COMMAND>"
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// `herald serve`'s flags, for `herald` without a subcommand.
-    #[command(flatten, next_help_heading = "Serve options (same as `herald serve`)")]
-    serve: ServeConfig,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +44,19 @@ enum Command {
     /// Print the configuration reference (docs/configuration.md) generated from the flags.
     #[command(hide = true)]
     ConfigDocs,
+}
+
+/// The command line with `serve` put in front when it has no argument or starts with a flag
+/// that is not `--help` / `--version`.
+fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
+    let flag_first = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| a.starts_with('-') && !matches!(a, "-h" | "--help" | "-V" | "--version"));
+    if flag_first || args.len() == 1 {
+        args.insert(1, "serve".into());
+    }
+    args
 }
 
 fn init_logs(format: LogFormat, default_level: &str) {
@@ -70,8 +85,10 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let cli = Cli::parse_from(with_default_subcommand(std::env::args_os().collect()));
+    let Some(command) = cli.command else {
+        unreachable!("with_default_subcommand gives an empty line `serve`")
+    };
     match command {
         Command::Serve(config) => {
             init_logs(
@@ -95,6 +112,36 @@ async fn run() -> anyhow::Result<()> {
         Command::Sign(args) => {
             init_logs(LogFormat::Auto, "warn");
             cli::sign(args).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_default_subcommand;
+
+    fn line(args: &[&str]) -> Vec<String> {
+        with_default_subcommand(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn serve_goes_in_front_of_bare_serve_flags_only() {
+        assert_eq!(line(&["herald"]), ["herald", "serve"]);
+        assert_eq!(
+            line(&["herald", "--bind", "127.0.0.1:0"]),
+            ["herald", "serve", "--bind", "127.0.0.1:0"]
+        );
+        for unchanged in [
+            &["herald", "--help"][..],
+            &["herald", "-V"],
+            &["herald", "serve", "--bind", "x"],
+            &["herald", "admin", "project", "list"],
+            &["herald", "bogus"],
+        ] {
+            assert_eq!(line(unchanged), unchanged);
         }
     }
 }

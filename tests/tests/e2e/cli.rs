@@ -17,6 +17,11 @@ use serde_json::{Value, json};
 /// Runs `herald args…` to completion, with no `HERALD_*` variable of the test's environment
 /// (every setting comes from the line).
 async fn herald(args: &[&str]) -> anyhow::Result<Output> {
+    herald_with_env(args, &[]).await
+}
+
+/// [`herald`] with these environment variables set.
+async fn herald_with_env(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Output> {
     let mut command = tokio::process::Command::new(herald_bin());
     command.args(args).kill_on_drop(true);
     for (name, _) in std::env::vars_os() {
@@ -24,6 +29,7 @@ async fn herald(args: &[&str]) -> anyhow::Result<Output> {
             command.env_remove(name);
         }
     }
+    command.envs(env.iter().copied());
     tokio::time::timeout(Duration::from_secs(30), command.output())
         .await
         .with_context(|| format!("herald {args:?} did not finish within 30 s"))?
@@ -247,19 +253,23 @@ async fn log_format_color_colours_a_file() -> anyhow::Result<()> {
 }
 
 /// No admin token anywhere: the error names the flag, the variable and the file it tried.
+/// (A serve variable the client commands do not take, even a malformed one, is not read.)
 #[tokio::test]
 async fn missing_admin_token_says_where_it_was_looked_for() -> anyhow::Result<()> {
     let empty = tempfile::tempdir()?;
     let data_dir = empty.path().to_str().context("utf-8 temp dir")?;
-    let out = herald(&[
-        "admin",
-        "project",
-        "list",
-        "--url",
-        "http://127.0.0.1:9",
-        "--data-dir",
-        data_dir,
-    ])
+    let out = herald_with_env(
+        &[
+            "admin",
+            "project",
+            "list",
+            "--url",
+            "http://127.0.0.1:9",
+            "--data-dir",
+            data_dir,
+        ],
+        &[("HERALD_BIND", "not-an-address")],
+    )
     .await?;
     assert_eq!(out.status.code(), Some(1));
     let message = stderr(&out);
@@ -305,7 +315,7 @@ async fn help_names_the_environment_variables() -> anyhow::Result<()> {
             assert!(help.contains(e), "{args:?} shows {e}:\n{help}");
         }
     }
-    // Serve flags without `serve` are refused next to a subcommand rather than guessed.
+    // Serve flags come first or after `serve`, never before another subcommand.
     let out = herald(&["--bind", "127.0.0.1:0", "admin", "project", "list"]).await?;
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     Ok(())
