@@ -272,6 +272,7 @@ impl PublishRequest<Box<RawValue>> {
             crate::depth::nesting_depth(payload.get().as_bytes()),
             "payload",
         )?;
+        crate::numbers::check_numbers(payload.get(), "payload")?;
         Ok(Self {
             channel_name,
             payload,
@@ -418,6 +419,25 @@ pub struct CreatedApiKey {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn publish_refuses_a_payload_number_no_client_could_decode() {
+        let refusal =
+            PublishRequest::parse(br#"{"channelName":"a","payload":{"x":[1e400]}}"#, 4096)
+                .expect_err("1e400 is beyond f64");
+        assert_eq!(refusal.code, ErrorCode::InvalidBody);
+        let huge_exponent = PublishRequest::parse(
+            br#"{"channelName":"a","payload":[1e308, 1e40000000000000000000]}"#,
+            4096,
+        );
+        assert!(huge_exponent.is_err());
+        let ok = PublishRequest::parse(
+            br#"{"channelName":"a","payload":[1e308, 99999999999999999999999]}"#,
+            4096,
+        )
+        .expect("in range");
+        assert_eq!(ok.payload.get(), "[1e308, 99999999999999999999999]");
+    }
     use super::*;
 
     const MAX: usize = 64 * 1024;

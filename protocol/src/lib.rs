@@ -37,6 +37,7 @@ pub mod error;
 pub mod limits;
 pub mod messages;
 pub mod names;
+pub mod numbers;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 
