@@ -3,12 +3,11 @@
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
-import { admin, createKey, createProject, publish, startHerald, uid } from '../js/harness.mjs';
+import { admin, createKey, createProject, freePort, publish, startHerald, uid } from '../js/harness.mjs';
 import {
   launchBrowser,
   logOf,
@@ -250,15 +249,3 @@ describe('@herald/client in Chromium', () => {
     }
   });
 });
-
-/** A port free on 127.0.0.1 right now. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}

@@ -9,14 +9,13 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { cpSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 
-import { createKey, createProject, publish, startHerald, uid } from '../js/harness.mjs';
+import { createKey, createProject, freePort, publish, startHerald, uid } from '../js/harness.mjs';
 import { startHeraldAt, unpackTarball } from './lib.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -254,14 +253,3 @@ describe('@herald/client in Node', () => {
   });
 });
 
-/** A free TCP port on 127.0.0.1 (for a server restarted on the same address). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}

@@ -33,12 +33,11 @@ import {
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 
-import { heraldBin, repoRoot } from './harness.mjs';
+import { freePort, heraldBin, repoRoot } from './harness.mjs';
 
 const WAIT_MS = 60_000;
 
@@ -54,17 +53,6 @@ function quickstartBlocks() {
   return blocks;
 }
 
-/** A free TCP port of 127.0.0.1 (the server's, reused across its restart). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function which(cmd) {
   for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {

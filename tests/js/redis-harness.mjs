@@ -7,19 +7,9 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
-import { sleep } from './harness.mjs';
+import { freePort, sleep } from './harness.mjs';
 
-/** A free TCP port on 127.0.0.1 (closed again before it is returned). */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
+export { freePort };
 
 /** Runs `redis-cli -p port args...` and returns its output (trimmed). */
 export function redisCli(port, ...args) {
