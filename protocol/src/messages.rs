@@ -31,6 +31,13 @@ pub mod event_names {
     pub const SYSTEM_MESSAGE: &str = "system_message";
 }
 
+/// WebSocket close codes of Herald's own (the application range 4000–4999).
+pub mod close_codes {
+    /// The client did not read fast enough and its queue filled: sent after a
+    /// `system_message` with `errorCode` `slow_consumer`. Reconnect and listen again.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
 /// The `auth` object of the Socket.IO handshake: `{ "projectId": "acme" }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

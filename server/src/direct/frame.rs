@@ -37,7 +37,7 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: the server met an unexpected condition.
 pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code (application range): the client did not read fast enough and its queue filled.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+pub const CLOSE_SLOW_CONSUMER: u16 = herald_protocol::messages::close_codes::SLOW_CONSUMER;
 
 /// Encodes one unmasked server frame with the FIN bit set.
 pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
