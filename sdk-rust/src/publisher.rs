@@ -15,9 +15,9 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::secret::SecretString;
+use herald_client_core::Backoff;
 
 const PUBLISH_PATH: &str = "v1/publishers/events/publish";
 const SIGN_PATH: &str = "v1/publishers/sign";
@@ -268,9 +268,9 @@ impl Publisher {
             let delay = match err.retry_after() {
                 // The server asks for more patience than this publisher is configured for:
                 // give up now and let the caller see the Retry-After.
-                Some(wait) if wait > inner.backoff.max => return Err(err),
+                Some(wait) if wait > inner.backoff.max() => return Err(err),
                 Some(wait) => wait,
-                None => inner.backoff.delay(attempt),
+                None => inner.backoff.delay(attempt, rand::random()),
             };
             tokio::time::sleep(delay).await;
             attempt += 1;

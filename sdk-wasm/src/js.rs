@@ -17,10 +17,6 @@ use crate::task::{Input, WsEvent};
 
 #[wasm_bindgen]
 extern "C" {
-    #[wasm_bindgen(js_name = setInterval)]
-    fn set_interval(handler: &Function, timeout: i32) -> JsValue;
-    #[wasm_bindgen(js_name = clearInterval)]
-    fn clear_interval(id: &JsValue);
     #[wasm_bindgen(js_name = setTimeout)]
     fn set_timeout(handler: &Function, timeout: i32) -> JsValue;
     #[wasm_bindgen(js_name = clearTimeout)]
@@ -32,7 +28,7 @@ pub(crate) fn now() -> f64 {
     js_sys::Date::now()
 }
 
-/// A number in `[0, 1)` (`Math.random()`), for backoff jitter.
+/// A number in `[0, 1)` (`Math.random()`), to seed the backoff jitter.
 pub(crate) fn random() -> f64 {
     js_sys::Math::random()
 }
@@ -88,6 +84,12 @@ impl ClientError {
             let _ = Reflect::set(&error, &"cause".into(), cause);
         }
         error.into()
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
     }
 }
 
@@ -190,18 +192,21 @@ pub(crate) async fn authorize(
     }
 }
 
-/// Sends `Input::Tick` into the task's mailbox every `ms` milliseconds while alive.
-pub(crate) struct Ticker {
+/// Sends `Input::Timer` into the task's mailbox once, after `ms` milliseconds; dropping it
+/// first clears the timer.
+pub(crate) struct Timer {
     id: JsValue,
     _callback: Closure<dyn FnMut()>,
 }
 
-impl Ticker {
-    pub(crate) fn start(tx: UnboundedSender<Input>, ms: i32) -> Self {
+impl Timer {
+    pub(crate) fn start(tx: UnboundedSender<Input>, ms: f64) -> Self {
         let callback = Closure::<dyn FnMut()>::new(move || {
-            let _ = tx.unbounded_send(Input::Tick);
+            let _ = tx.unbounded_send(Input::Timer);
         });
-        let id = set_interval(callback.as_ref().unchecked_ref(), ms);
+        // Rounded up: firing a millisecond early would find nothing due yet.
+        let ms = ms.ceil().clamp(0.0, i32::MAX as f64) as i32;
+        let id = set_timeout(callback.as_ref().unchecked_ref(), ms);
         Self {
             id,
             _callback: callback,
@@ -209,9 +214,9 @@ impl Ticker {
     }
 }
 
-impl Drop for Ticker {
+impl Drop for Timer {
     fn drop(&mut self) {
-        clear_interval(&self.id);
+        clear_timeout(&self.id); // a no-op once it fired
     }
 }
 
@@ -219,7 +224,7 @@ impl Drop for Ticker {
 /// events of an abandoned socket are told apart. Dropping it detaches the handlers and closes
 /// the socket.
 pub(crate) struct Conn {
-    pub(crate) id: u32,
+    pub(crate) id: u64,
     ws: WebSocket,
     _on_message: Closure<dyn FnMut(MessageEvent)>,
     _on_close: Closure<dyn FnMut(CloseEvent)>,
@@ -230,7 +235,7 @@ impl Conn {
     /// elsewhere), so its instances are used through the WebSocket interface without an
     /// `instanceof` check against the global class.
     pub(crate) fn open(
-        id: u32,
+        id: u64,
         web_socket: &Function,
         url: &str,
         tx: UnboundedSender<Input>,

@@ -5,28 +5,30 @@
 //! wrapper in `js/client.js` (entry points `js/index.js` for browsers and `js/node.js` for Node,
 //! declared in `js/index.d.ts`); this crate is its engine:
 //!
-//! * a WebSocket speaking Engine.IO v4 / Socket.IO v5 through [`herald_protocol::codec`], the
-//!   framing the Rust subscriber uses too. The class is the one the wrapper passes in
-//!   `options.WebSocket` (the global one by default; `ws` in Node 20), used through web-sys's
-//!   `WebSocket` interface;
+//! * the session is [`herald_client_core::Session`], the one the Rust client drives too:
+//!   handshake, acknowledgements, reconnection with jittered backoff, re-listening every
+//!   channel (calling `authorize` again for private ones), `RemovedFromChannel`;
+//! * `task.rs` drives it: a WebSocket of the class the wrapper passes in `options.WebSocket`
+//!   (the global one by default; `ws` in Node 20), used through web-sys's `WebSocket`
+//!   interface, one `setTimeout` for the session's next timeout, and `authorize` calls;
 //! * channel names checked with [`ChannelName::parse`] before anything is sent, so the codes
-//!   are the server's (`invalid_channel_name`, `ambiguous_channel_name`);
-//! * reconnection with jittered exponential backoff, re-listening every channel (calling
-//!   `authorize` again for private ones); `RemovedFromChannel` drops channels from the set.
+//!   are the server's (`invalid_channel_name`, `ambiguous_channel_name`).
 //!
-//! Everything runs on the JavaScript event loop: one task (`spawn_local`) owns the connection
+//! Everything runs on the JavaScript event loop: one task (`spawn_local`) owns the session
 //! and reads one mailbox.
 
 mod js;
 mod task;
-mod util;
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
+use std::time::Duration;
+
 use futures_channel::mpsc::{self, UnboundedSender};
 use futures_channel::oneshot;
+use herald_client_core::Backoff;
 use herald_protocol::{ChannelName, ErrorCode, HandshakeAuth, ProjectId, Refusal};
 use js_sys::{Function, Promise, Reflect};
 use wasm_bindgen::prelude::*;
@@ -46,7 +48,6 @@ const REQUEST_TIMEOUT_MS: f64 = 10_000.0;
 pub struct WasmClient {
     tx: UnboundedSender<Input>,
     shared: SharedRef,
-    config: Rc<Config>,
 }
 
 #[wasm_bindgen]
@@ -62,9 +63,9 @@ impl WasmClient {
             emit,
         }));
         let (tx, rx) = mpsc::unbounded();
-        let task = Task::new(Rc::clone(&config), Rc::clone(&shared), rx, tx.clone());
+        let task = Task::new(config, Rc::clone(&shared), rx, tx.clone());
         wasm_bindgen_futures::spawn_local(task.run());
-        Ok(Self { tx, shared, config })
+        Ok(Self { tx, shared })
     }
 
     /// Connects (one attempt; reconnection starts once connected). Resolves when the server
@@ -78,41 +79,15 @@ impl WasmClient {
         })
     }
 
-    /// Listens to a channel (asking `authorize` for a token first when it is private).
+    /// Listens to a channel (the session asks `authorize` for a token first when it is
+    /// private).
     pub fn listen(&self, channel_name: String) -> Promise {
         let tx = self.tx.clone();
-        let config = Rc::clone(&self.config);
         future_to_promise(async move {
             let channel = ChannelName::parse(&channel_name)
                 .map_err(|e| ClientError::refused(Refusal::from(e)).to_js())?;
-            let token = match (channel.is_private(), &config.authorize) {
-                (false, _) => None,
-                (true, Some(authorize)) => Some(
-                    js::authorize(authorize, &channel, config.request_timeout_ms)
-                        .await
-                        .map_err(|e| e.to_js())?,
-                ),
-                (true, None) => {
-                    return Err(ClientError::new(
-                        ErrorCode::TokenMissing.as_str(),
-                        format!(
-                            "{channel} is a private channel: pass an `authorize` callback to the client"
-                        ),
-                    )
-                    .to_js());
-                }
-            };
             let (reply, answer) = oneshot::channel();
-            let deadline = js::now() + config.request_timeout_ms;
-            send(
-                &tx,
-                Command::Listen {
-                    channel,
-                    token,
-                    reply,
-                    deadline,
-                },
-            )?;
+            send(&tx, Command::Listen { channel, reply })?;
             answer_of(answer).await
         })
     }
@@ -120,20 +95,11 @@ impl WasmClient {
     /// Stops listening to a channel (idempotent).
     pub fn remove(&self, channel_name: String) -> Promise {
         let tx = self.tx.clone();
-        let timeout = self.config.request_timeout_ms;
         future_to_promise(async move {
             let channel = ChannelName::parse(&channel_name)
                 .map_err(|e| ClientError::refused(Refusal::from(e)).to_js())?;
             let (reply, answer) = oneshot::channel();
-            let deadline = js::now() + timeout;
-            send(
-                &tx,
-                Command::Remove {
-                    channel,
-                    reply,
-                    deadline,
-                },
-            )?;
+            send(&tx, Command::Remove { channel, reply })?;
             answer_of(answer).await
         })
     }
@@ -247,15 +213,24 @@ fn config(url: &str, options: &JsValue) -> Result<Config, ClientError> {
                 })?,
         ),
     };
+    let ms = |value: f64| Duration::from_secs_f64(value / 1000.0);
+    let request_timeout_ms = number("requestTimeoutMs", REQUEST_TIMEOUT_MS)?;
     Ok(Config {
-        url: util::socket_url(url).map_err(invalid)?,
-        auth: HandshakeAuth { project_id },
+        url: herald_client_core::socket_url(url).map_err(invalid)?,
+        session: herald_client_core::Config {
+            auth: HandshakeAuth { project_id },
+            has_token_provider: authorize.is_some(),
+            backoff: Backoff::new(
+                ms(number("reconnectDelayMs", RECONNECT_DELAY_MS)?),
+                ms(number("reconnectDelayMaxMs", RECONNECT_DELAY_MAX_MS)?),
+            ),
+            max_reconnect_attempts,
+            connect_timeout: ms(number("connectTimeoutMs", CONNECT_TIMEOUT_MS)?),
+            request_timeout: ms(request_timeout_ms),
+            seed: (js::random() * 9_007_199_254_740_992.0) as u64,
+        },
         authorize,
         web_socket,
-        reconnect_delay_ms: number("reconnectDelayMs", RECONNECT_DELAY_MS)?,
-        reconnect_delay_max_ms: number("reconnectDelayMaxMs", RECONNECT_DELAY_MAX_MS)?,
-        max_reconnect_attempts,
-        connect_timeout_ms: number("connectTimeoutMs", CONNECT_TIMEOUT_MS)?,
-        request_timeout_ms: number("requestTimeoutMs", REQUEST_TIMEOUT_MS)?,
+        request_timeout_ms,
     })
 }

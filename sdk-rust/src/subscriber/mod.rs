@@ -1,7 +1,6 @@
 //! The socket side: [`Subscriber`] receives the events of the channels it listens to.
 
 mod task;
-mod wire;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -17,9 +16,10 @@ use reqwest::Url;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::backoff::Backoff;
+use herald_client_core::Backoff;
+
 use crate::error::{Cause, Error};
-use task::{Command, Config, Task};
+use task::{Command, Task};
 
 /// How many events wait in the subscriber's buffer before it stops reading from the socket.
 const EVENT_BUFFER: usize = 1024;
@@ -183,56 +183,48 @@ impl SubscriberBuilder {
     /// ```
     pub async fn connect(self) -> Result<Subscriber, Error> {
         let project = ProjectId::parse(&self.project_id)?;
-        let config = Arc::new(Config {
-            url: socket_url(&self.url)?,
+        let config = herald_client_core::Config {
             auth: HandshakeAuth {
                 project_id: project.clone(),
             },
-            token_provider: self.token_provider.clone(),
+            has_token_provider: self.token_provider.is_some(),
             backoff: self.backoff,
             max_reconnect_attempts: self.max_reconnect_attempts,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
-        });
-        let connection = task::connect(&config).await?;
+            seed: rand::random(),
+        };
+        let url = socket_url(&self.url)?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let task = Task::new(config, commands_rx, events_tx, shutdown_rx);
-        let handle = tokio::spawn(task.run(connection));
+        let (connected_tx, connected) = oneshot::channel();
+        let task = Task::new(
+            config,
+            url,
+            self.token_provider,
+            commands_rx,
+            events_tx,
+            shutdown_rx,
+            connected_tx,
+        );
+        let handle = tokio::spawn(task.run());
+        connected.await.map_err(|_| Error::Closed)??;
         Ok(Subscriber {
             commands: commands_tx,
             events: tokio::sync::Mutex::new(events_rx),
             shutdown: shutdown_tx,
             task: std::sync::Mutex::new(Some(handle)),
-            token_provider: self.token_provider,
             request_timeout: self.request_timeout,
             project,
         })
     }
 }
 
-/// Turns the server's base URL into its Engine.IO WebSocket URL:
-/// `ws(s)://host[/prefix]/socket.io/?EIO=4&transport=websocket`.
+/// The server's Engine.IO WebSocket URL ([`herald_client_core::socket_url`]), parsed.
 fn socket_url(raw: &str) -> Result<Url, Error> {
-    let invalid = |why: String| Error::Config(format!("invalid URL {raw:?}: {why}"));
-    let mut url = Url::parse(raw.trim()).map_err(|e| invalid(e.to_string()))?;
-    let scheme = match url.scheme() {
-        "http" | "ws" => "ws",
-        "https" | "wss" => "wss",
-        _ => return Err(invalid("expected http(s):// or ws(s)://".into())),
-    };
-    url.set_scheme(scheme)
-        .map_err(|()| invalid("cannot use a WebSocket scheme".into()))?;
-    url.set_query(None);
-    url.set_fragment(None);
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    let mut url = url.join("socket.io/").map_err(|e| invalid(e.to_string()))?;
-    url.set_query(Some("EIO=4&transport=websocket"));
-    Ok(url)
+    let url = herald_client_core::socket_url(raw).map_err(Error::Config)?;
+    Url::parse(&url).map_err(|e| Error::Config(format!("invalid URL {raw:?}: {e}")))
 }
 
 /// What a [`Subscriber`] yields.
@@ -361,7 +353,6 @@ pub struct Subscriber {
     events: tokio::sync::Mutex<mpsc::Receiver<SubscriberEvent>>,
     shutdown: watch::Sender<bool>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
-    token_provider: Option<TokenProvider>,
     request_timeout: Duration,
     project: ProjectId,
 }
@@ -430,14 +421,9 @@ impl Subscriber {
     pub async fn listen(&self, channel: impl AsRef<str>) -> Result<(), Error> {
         let channel = ChannelName::parse(channel.as_ref())?;
         self.with_timeout("listen", &channel, async {
-            let token = match (&self.token_provider, channel.is_private()) {
-                (_, false) => None,
-                (Some(provider), true) => Some(task::fetch_token(provider, &channel).await?),
-                (None, true) => return Err(Error::NoTokenProvider(channel.clone())),
-            };
             self.request(|reply| Command::Listen {
                 channel: channel.clone(),
-                token,
+                token: None,
                 reply,
             })
             .await
@@ -532,13 +518,16 @@ impl Subscriber {
         }
     }
 
+    /// The session times requests out itself; this bound (a second later) only covers a task
+    /// that cannot run the session, e.g. while it waits for the application to read events.
     async fn with_timeout(
         &self,
         what: &str,
         channel: &ChannelName,
         request: impl Future<Output = Result<(), Error>>,
     ) -> Result<(), Error> {
-        tokio::time::timeout(self.request_timeout, request)
+        let slack = Duration::from_secs(1);
+        tokio::time::timeout(self.request_timeout + slack, request)
             .await
             .map_err(|_| {
                 Error::Timeout(format!(
