@@ -1,0 +1,404 @@
+#!/usr/bin/env node
+// The conductor of the conformance suite: the server side of every scenario, written once for
+// the three runners (Rust, browser, Kotlin). It starts the real `herald` binary on a free port
+// with its own data dir, and serves a small HTTP control API on another port of 127.0.0.1:
+//
+//   POST /scenario   a fresh project with a publisher key and a signing key; token counters and
+//                    the token mode reset. Answers {project, herald}.
+//   POST /step       runs one `server` step of scenarios.json (the step object is the body):
+//                    publish → {id}, delete_key, restart, flood → {published}, tokens,
+//                    expect_token_requests. Answers 200 {ok: true, …} or 422 {ok: false, error}.
+//   POST /token      the clients' token provider: {channel} → {token}, as an app's backend
+//                    would sign it (POST /v1/publishers/sign with the signing key), or, per
+//                    the token mode, a token for another channel or a string that is no JWT.
+//   POST /hold, POST /release, GET /hold
+//                    a flag a runner may use to block a client (the browser page polls it with
+//                    synchronous XHR while its event loop is blocked); GET answers "held" or
+//                    "released".
+//   POST /stop       stops Herald and exits.
+//
+// It prints one JSON line on stdout once ready: {"control", "herald", "project", "pid"}.
+// It also stops Herald and exits when its stdin closes (the runner died) or on SIGTERM/SIGINT,
+// so no process outlives a run. Every response carries `access-control-allow-origin: *` (the
+// browser page calls /token and /hold from its own origin).
+//
+// The binary is $HERALD_BIN, else the newer of target/release/herald and target/debug/herald
+// (under $CARGO_TARGET_DIR when set). No npm dependency: Node 20+ (fetch) is enough.
+
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+/** Frames buffered per socket: small, so the flood step makes a non-reading client slow quickly. */
+const SOCKET_BUFFER = 16;
+const READY_TIMEOUT_MS = 20_000;
+const STOP_TIMEOUT_MS = 10_000;
+/** How long expect_token_requests waits for the count to be reached. */
+const EXPECT_TIMEOUT_MS = 10_000;
+/** The flood gives up when no slow-consumer close came after this many events or this long. */
+const FLOOD_MAX_EVENTS = 20_000;
+const FLOOD_MAX_MS = 45_000;
+const FLOOD_IN_FLIGHT = 4;
+
+function heraldBin() {
+  if (process.env.HERALD_BIN) return process.env.HERALD_BIN;
+  const target = process.env.CARGO_TARGET_DIR ?? path.join(repoRoot, 'target');
+  const found = ['release', 'debug']
+    .map((profile) => path.join(target, profile, 'herald'))
+    .filter((p) => existsSync(p))
+    .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs);
+  if (found.length === 0) {
+    throw new Error(`no herald binary: set HERALD_BIN or run \`cargo build -p herald-server\` (looked in ${target})`);
+  }
+  return found[0];
+}
+
+const bin = heraldBin();
+const dataDir = mkdtempSync(path.join(tmpdir(), 'herald-conformance-'));
+const adminToken = `admin-${randomBytes(24).toString('hex')}`;
+
+/** The running Herald: {child, url, metricsUrl, exited, log()}. */
+let herald = null;
+
+/** Starts Herald on `bind` ("127.0.0.1:0" the first time, its port again on restart). */
+function startHerald(bind) {
+  const args = [
+    'serve',
+    '--bind', bind,
+    '--metrics-bind', '127.0.0.1:0',
+    '--data-dir', dataDir,
+    '--admin-token', adminToken,
+    '--socket-buffer', String(SOCKET_BUFFER),
+    '--shutdown-timeout-secs', '2',
+  ];
+  // HERALD_* of the runner's environment would change the server's settings (every flag has one).
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('HERALD_')));
+  const child = spawn(bin, args, { env: { ...env, HERALD_LOG: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const keep = (chunk) => {
+    out = (out + chunk).slice(-64 * 1024);
+  };
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', keep);
+  child.stdout.setEncoding('utf8');
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`herald did not start within ${READY_TIMEOUT_MS} ms:\n${out}`));
+    }, READY_TIMEOUT_MS);
+    let url = null;
+    let metricsUrl = null;
+    child.stdout.on('data', (chunk) => {
+      keep(chunk);
+      url ??= /herald listening on (http:\/\/\S+)/.exec(out)?.[1] ?? null;
+      metricsUrl ??= /herald metrics on (http:\/\/\S+)/.exec(out)?.[1] ?? null;
+      if (url && metricsUrl) {
+        clearTimeout(timer);
+        resolve({ child, url, metricsUrl, exited, log: () => out });
+      }
+    });
+    child.once('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot spawn ${bin}: ${e.message}`));
+    });
+    exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`herald exited (code ${code}, signal ${signal}) before it was ready:\n${out}`));
+    });
+  });
+}
+
+async function stopHerald() {
+  if (!herald) return;
+  const { child, exited } = herald;
+  herald = null;
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  let timer;
+  const late = new Promise((resolve) => {
+    timer = setTimeout(() => resolve('late'), STOP_TIMEOUT_MS);
+  });
+  if ((await Promise.race([exited, late])) === 'late') {
+    child.kill('SIGKILL');
+    await exited;
+  }
+  clearTimeout(timer);
+}
+
+async function call(method, urlPath, bearer, body) {
+  if (!herald) throw new Error('herald is not running');
+  const res = await fetch(herald.url + urlPath, {
+    method,
+    headers: { authorization: `Bearer ${bearer}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const text = await res.text();
+  let parsed;
+  try {
+    parsed = text === '' ? undefined : JSON.parse(text);
+  } catch {
+    parsed = text;
+  }
+  return { status: res.status, body: parsed };
+}
+
+async function expectStatus(what, status, answer) {
+  const res = await answer;
+  if (res.status !== status) throw new Error(`${what}: HTTP ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body;
+}
+
+const admin = (method, urlPath, body) => call(method, urlPath, adminToken, body);
+
+async function createKey(project, name, scopes) {
+  return expectStatus(
+    `create key ${name}`,
+    201,
+    admin('POST', `/v1/admin/projects/${project}/api-keys`, { name, scopes }),
+  );
+}
+
+/** The current scenario: project, keys, token mode and how often each channel's token was asked. */
+let scenario = null;
+let scenarios = 0;
+
+async function newScenario() {
+  const project = `conf-${++scenarios}-${randomBytes(4).toString('hex')}`;
+  await expectStatus('create project', 201, admin('POST', '/v1/admin/projects', { id: project, name: project }));
+  const publisher = await createKey(project, 'publisher', ['publish_event']);
+  const signer = await createKey(project, 'signer', ['sign_token']);
+  scenario = { project, publisher, signer, mode: 'sign', asked: new Map() };
+  return { project, herald: herald.url };
+}
+
+function current() {
+  if (!scenario) throw new Error('no scenario: POST /scenario first');
+  return scenario;
+}
+
+async function sign(channelName) {
+  const body = await expectStatus(
+    `sign ${channelName}`,
+    200,
+    call('POST', '/v1/publishers/sign', current().signer.key, { channelName }),
+  );
+  return body.token;
+}
+
+async function token(channel) {
+  const s = current();
+  if (typeof channel !== 'string') throw new Error('POST /token wants {"channel": "private-…"}');
+  s.asked.set(channel, (s.asked.get(channel) ?? 0) + 1);
+  switch (s.mode) {
+    case 'sign':
+      return sign(channel);
+    case 'wrong_channel':
+      return sign(`${channel}-other`);
+    case 'garbage':
+      return 'not-a-token';
+    default:
+      throw new Error(`unknown token mode ${s.mode}`);
+  }
+}
+
+async function publish(channelName, payload) {
+  const body = await expectStatus(
+    `publish to ${channelName}`,
+    200,
+    call('POST', '/v1/publishers/events/publish', current().publisher.key, { channelName, payload }),
+  );
+  return body.id;
+}
+
+async function slowConsumers() {
+  const res = await fetch(herald.metricsUrl, { signal: AbortSignal.timeout(5000) });
+  const text = await res.text();
+  const line = text.split('\n').find((l) => l.startsWith('herald_slow_consumers_total'));
+  return line ? Number(line.trim().split(/\s+/).pop()) : 0;
+}
+
+/**
+ * Publishes large events to `channel` until Herald closed a socket as a slow consumer (its
+ * `herald_slow_consumers_total` grew), at most FLOOD_MAX_EVENTS / FLOOD_MAX_MS.
+ */
+async function flood(channel, bytes) {
+  const before = await slowConsumers();
+  const filler = 'x'.repeat(Math.max(0, Math.min(bytes, 60_000)));
+  const started = Date.now();
+  let published = 0;
+  for (;;) {
+    const batch = [];
+    for (let i = 0; i < FLOOD_IN_FLIGHT * 8; i++) {
+      batch.push(publish(channel, { flood: published + i, filler }));
+    }
+    // A batch runs FLOOD_IN_FLIGHT × 8 publishes; fetch keeps a handful of connections busy.
+    await Promise.all(batch);
+    published += batch.length;
+    if ((await slowConsumers()) > before) return { published };
+    if (published >= FLOOD_MAX_EVENTS || Date.now() - started > FLOOD_MAX_MS) {
+      throw new Error(`no slow-consumer close after ${published} events of ${bytes} bytes in ${Date.now() - started} ms`);
+    }
+  }
+}
+
+async function expectTokenRequests(channel, count) {
+  const deadline = Date.now() + EXPECT_TIMEOUT_MS;
+  for (;;) {
+    const asked = current().asked.get(channel) ?? 0;
+    if (asked > count) throw new Error(`the token provider was asked ${asked} times for ${channel}, expected ${count}`);
+    if (asked === count) return { asked };
+    if (Date.now() > deadline) {
+      throw new Error(`the token provider was asked ${asked} times for ${channel} within ${EXPECT_TIMEOUT_MS} ms, expected ${count}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function restart() {
+  const bind = new URL(herald.url).host;
+  await stopHerald();
+  herald = await startHerald(bind);
+  return { herald: herald.url };
+}
+
+/** One `server` step of scenarios.json. */
+async function step(s) {
+  switch (s.server) {
+    case 'publish':
+      return { id: await publish(s.channel, s.payload) };
+    case 'delete_key': {
+      const { project, signer } = current();
+      await expectStatus('delete key', 204, admin('DELETE', `/v1/admin/projects/${project}/api-keys/${signer.id}`));
+      return {};
+    }
+    case 'restart':
+      return restart();
+    case 'flood':
+      return flood(s.channel, s.bytes ?? 32_768);
+    case 'tokens':
+      if (!['sign', 'wrong_channel', 'garbage'].includes(s.mode)) throw new Error(`unknown token mode ${s.mode}`);
+      current().mode = s.mode;
+      return {};
+    case 'expect_token_requests':
+      return expectTokenRequests(s.channel, s.count);
+    default:
+      throw new Error(`unknown server step ${JSON.stringify(s.server)}`);
+  }
+}
+
+let held = false;
+
+function readJson(req) {
+  return new Promise((resolve, reject) => {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (c) => {
+      body += c;
+    });
+    req.on('end', () => {
+      try {
+        resolve(body === '' ? {} : JSON.parse(body));
+      } catch (e) {
+        reject(new Error(`request body is not JSON: ${e.message}`));
+      }
+    });
+    req.on('error', reject);
+  });
+}
+
+const CORS = {
+  'access-control-allow-origin': '*',
+  'access-control-allow-methods': 'GET, POST, OPTIONS',
+  'access-control-allow-headers': 'content-type',
+};
+
+function send(res, status, body) {
+  const text = typeof body === 'string' ? body : JSON.stringify(body);
+  res.writeHead(status, {
+    ...CORS,
+    'content-type': typeof body === 'string' ? 'text/plain' : 'application/json',
+    'cache-control': 'no-store',
+  });
+  res.end(text);
+}
+
+let stopping = null;
+
+async function shutdown(code) {
+  stopping ??= (async () => {
+    await stopHerald().catch(() => {});
+    rmSync(dataDir, { recursive: true, force: true });
+    control.close();
+    process.exit(code);
+  })();
+  return stopping;
+}
+
+const control = createServer(async (req, res) => {
+  try {
+    if (req.method === 'OPTIONS') return send(res, 204, '');
+    const route = `${req.method} ${new URL(req.url, 'http://x').pathname}`;
+    switch (route) {
+      case 'GET /hold':
+        return send(res, 200, held ? 'held' : 'released');
+      case 'POST /hold':
+        held = true;
+        return send(res, 200, { ok: true });
+      case 'POST /release':
+        held = false;
+        return send(res, 200, { ok: true });
+      case 'POST /scenario':
+        held = false;
+        return send(res, 200, { ok: true, ...(await newScenario()) });
+      case 'POST /token': {
+        const { channel } = await readJson(req);
+        try {
+          return send(res, 200, { token: await token(channel) });
+        } catch (e) {
+          return send(res, 502, { error: e.message });
+        }
+      }
+      case 'POST /step': {
+        const s = await readJson(req);
+        try {
+          return send(res, 200, { ok: true, ...(await step(s)) });
+        } catch (e) {
+          return send(res, 422, { ok: false, error: e.message });
+        }
+      }
+      case 'POST /stop':
+        send(res, 200, { ok: true });
+        return shutdown(0);
+      default:
+        return send(res, 404, { error: `no route ${route}` });
+    }
+  } catch (e) {
+    return send(res, 500, { error: e.message });
+  }
+});
+
+process.on('SIGTERM', () => shutdown(0));
+process.on('SIGINT', () => shutdown(0));
+// The runner holds our stdin: when it ends (the runner exited or died), so do we.
+process.stdin.on('end', () => shutdown(0));
+process.stdin.on('error', () => shutdown(0));
+process.stdin.resume();
+
+try {
+  herald = await startHerald('127.0.0.1:0');
+  const { project } = await newScenario();
+  await new Promise((resolve) => control.listen(0, '127.0.0.1', resolve));
+  const line = { control: `http://127.0.0.1:${control.address().port}`, herald: herald.url, project, pid: process.pid };
+  process.stdout.write(`${JSON.stringify(line)}\n`);
+} catch (e) {
+  process.stderr.write(`conductor: ${e.stack ?? e}\n`);
+  await shutdown(1);
+}
