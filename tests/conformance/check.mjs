@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+// Compares the conformance reports of every platform with the spec: reads
+// tests/conformance/scenarios.json and target/conformance/<platform>.json (written by the Rust,
+// browser and Kotlin runners: [{name, passed, error?}]), prints a table scenario × platform and
+// exits 1 when a report is missing, misses a scenario, names one the spec does not have, names
+// one twice, or has one that failed.
+//
+//   node tests/conformance/check.mjs [platform …]     (default: rust browser kotlin)
+
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const platforms = process.argv.length > 2 ? process.argv.slice(2) : ['rust', 'browser', 'kotlin'];
+const spec = JSON.parse(readFileSync(path.join(root, 'tests', 'conformance', 'scenarios.json'), 'utf8'));
+const names = spec.scenarios.map((s) => s.name);
+const problems = [];
+
+const dup = names.filter((n, i) => names.indexOf(n) !== i);
+if (dup.length) problems.push(`the spec names scenarios twice: ${dup.join(', ')}`);
+
+/** platform → Map(name → entry) */
+const results = new Map();
+for (const platform of platforms) {
+  const file = path.join(root, 'target', 'conformance', `${platform}.json`);
+  const byName = new Map();
+  results.set(platform, byName);
+  if (!existsSync(file)) {
+    problems.push(`${platform}: no report (${path.relative(root, file)}): did its runner run?`);
+    continue;
+  }
+  let report;
+  try {
+    report = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    problems.push(`${platform}: ${path.relative(root, file)} is not JSON: ${e.message}`);
+    continue;
+  }
+  if (!Array.isArray(report)) {
+    problems.push(`${platform}: the report is not a list`);
+    continue;
+  }
+  for (const entry of report) {
+    if (typeof entry?.name !== 'string' || typeof entry.passed !== 'boolean') {
+      problems.push(`${platform}: an entry is not {name, passed}: ${JSON.stringify(entry)}`);
+      continue;
+    }
+    if (byName.has(entry.name)) problems.push(`${platform}: reports ${entry.name} twice`);
+    byName.set(entry.name, entry);
+    if (!names.includes(entry.name)) problems.push(`${platform}: reports ${entry.name}, which the spec does not have`);
+    else if (!entry.passed) problems.push(`${platform}: ${entry.name} failed: ${entry.error ?? '(no error given)'}`);
+  }
+  for (const name of names) {
+    if (!byName.has(name)) problems.push(`${platform}: ${name} was not reported`);
+  }
+}
+
+const extra = [...new Set([...results.values()].flatMap((m) => [...m.keys()]))].filter((n) => !names.includes(n));
+const rows = [...names, ...extra];
+const width = Math.max('scenario'.length, ...rows.map((n) => n.length));
+const cell = (platform, name) => {
+  const entry = results.get(platform).get(name);
+  if (!names.includes(name)) return entry ? 'EXTRA' : '';
+  if (!entry) return 'MISSING';
+  return entry.passed ? 'pass' : 'FAIL';
+};
+const line = (cells) => cells.map((c, i) => c.padEnd(i === 0 ? width : Math.max(platforms[i - 1].length, 7))).join('  ');
+console.log(line(['scenario', ...platforms]));
+for (const name of rows) console.log(line([name, ...platforms.map((p) => cell(p, name))]));
+
+if (problems.length) {
+  console.error(`\nconformance: ${problems.length} problem(s):\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  process.exit(1);
+}
+console.log(`\nconformance: ${names.length} scenarios passed on ${platforms.join(', ')}`);
