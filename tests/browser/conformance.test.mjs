@@ -208,7 +208,8 @@ class Run {
           (e) =>
             e.kind === 'system_message' &&
             e.a.code === step.code &&
-            (step.channels === undefined || isDeepEqual(e.a.data?.channels, step.channels)),
+            (step.channels === undefined || isDeepEqual(e.a.data?.channels, step.channels)) &&
+            (step.error_code === undefined || e.a.data?.errorCode === step.error_code),
         );
       case 'no_event': {
         await sleep(step.ms ?? 0);

@@ -242,7 +242,11 @@ async function flood(channel, bytes) {
     // A batch runs FLOOD_IN_FLIGHT × 8 publishes; fetch keeps a handful of connections busy.
     await Promise.all(batch);
     published += batch.length;
-    if ((await slowConsumers()) > before) return { published };
+    if ((await slowConsumers()) > before) {
+      const ms = Date.now() - started;
+      process.stderr.write(`conductor: a slow-consumer close after ${published} events of ${bytes} bytes, ${ms} ms\n`);
+      return { published, ms };
+    }
     if (published >= FLOOD_MAX_EVENTS || Date.now() - started > FLOOD_MAX_MS) {
       throw new Error(`no slow-consumer close after ${published} events of ${bytes} bytes in ${Date.now() - started} ms`);
     }
