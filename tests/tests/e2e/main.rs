@@ -2,6 +2,7 @@
 //! links once). Socket.IO behaviour with the official JS client lives in `tests/js/`.
 
 mod cli;
+mod conformance;
 mod direct;
 mod hardening;
 mod http_limits;
