@@ -33,7 +33,8 @@ async function startConductor() {
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   const exited = new Promise((resolve) => child.once('exit', resolve));
-  process.once('exit', () => child.kill('SIGKILL'));
+  // Not killed on exit: a SIGKILL would leave Herald behind. When this process ends, the
+  // conductor's stdin closes, and it stops Herald and exits by itself.
   const lines = createInterface({ input: child.stdout });
   const first = await Promise.race([
     new Promise((resolve) => lines.once('line', resolve)),

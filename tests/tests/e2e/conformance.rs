@@ -48,7 +48,8 @@ impl Conductor {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
+            // No kill_on_drop: a SIGKILL would leave Herald behind. Dropping the child closes
+            // the conductor's stdin instead, and it stops Herald and exits by itself.
             .spawn()
             .with_context(|| format!("spawning node {}", script.display()))?;
         let stdout = child.stdout.take().context("conductor stdout")?;
