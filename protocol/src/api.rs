@@ -5,9 +5,11 @@
 //! |---|---|---|
 //! | `POST /v1/publishers/events/publish` | [`PublishRequest`] | 200 [`PublishResponse`] |
 //! | `POST /v1/publishers/sign` | [`SignRequest`] | 200 [`SignResponse`] |
+//! | `GET /v1/publishers/channels/{channelName}/history?since=&limit=` | | 200 [`HistoryPage`](crate::history::HistoryPage) |
 //! | `POST /v1/admin/projects` | [`CreateProjectRequest`] | 201 [`Project`] |
 //! | `GET /v1/admin/projects` | | 200 `[`[`Project`]`]` |
 //! | `GET /v1/admin/projects/{id}` | | 200 [`Project`] |
+//! | `PATCH /v1/admin/projects/{id}` | `{ "history": { "size"?, "ttlSecs"? } }` | 200 [`Project`] |
 //! | `DELETE /v1/admin/projects/{id}` | | 204 |
 //! | `POST /v1/admin/projects/{id}/rotate-secret` | | 204 |
 //! | `POST /v1/admin/projects/{id}/api-keys` | [`CreateApiKeyRequest`] | 201 [`CreatedApiKey`] |
@@ -25,6 +27,7 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
 use crate::error::{ErrorCode, Refusal};
+use crate::history::{ChannelOffset, Epoch, HistorySettings};
 use crate::limits::MAX_DISPLAY_NAME_CHARS;
 use crate::messages::channel_field;
 use crate::names::{ChannelName, NameError, ProjectId};
@@ -38,6 +41,17 @@ pub enum ApiKeyScope {
     PublishEvent,
     /// `POST /v1/publishers/sign`: sign private-channel tokens.
     SignToken,
+    /// `GET /v1/publishers/channels/{channelName}/history`: read a channel's retained events.
+    ReadHistory,
+}
+
+impl ApiKeyScope {
+    /// Every scope: what a key created without `scopes` gets.
+    pub const ALL: [ApiKeyScope; 3] = [
+        ApiKeyScope::PublishEvent,
+        ApiKeyScope::SignToken,
+        ApiKeyScope::ReadHistory,
+    ];
 }
 
 impl ApiKeyScope {
@@ -46,6 +60,7 @@ impl ApiKeyScope {
         match self {
             ApiKeyScope::PublishEvent => "publish_event",
             ApiKeyScope::SignToken => "sign_token",
+            ApiKeyScope::ReadHistory => "read_history",
         }
     }
 }
@@ -62,8 +77,9 @@ impl std::str::FromStr for ApiKeyScope {
         match s {
             "publish_event" => Ok(ApiKeyScope::PublishEvent),
             "sign_token" => Ok(ApiKeyScope::SignToken),
+            "read_history" => Ok(ApiKeyScope::ReadHistory),
             other => Err(format!(
-                "unknown scope {other:?}; expected publish_event or sign_token"
+                "unknown scope {other:?}; expected publish_event, sign_token or read_history"
             )),
         }
     }
@@ -291,12 +307,19 @@ pub fn check_payload_size(len: usize, max_payload: usize) -> Result<(), Refusal>
     Ok(())
 }
 
-/// Answer to a publish: the message id (a UUIDv7, also sent to subscribers as `event.id`).
+/// Answer to a publish: the message id (a UUIDv7, also sent to subscribers as `event.id`),
+/// and, when the project keeps history, the event's offset in its channel and their epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublishResponse {
     /// The message id.
     pub id: String,
+    /// The event's offset in its channel (absent when the project's history is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<ChannelOffset>,
+    /// The epoch of `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
 }
 
 /// `POST /v1/publishers/sign`: `{ "channelName": "private-..." }`.
@@ -358,6 +381,9 @@ pub struct Project {
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// How much history each of its channels keeps.
+    #[serde(default)]
+    pub history: HistorySettings,
 }
 
 /// `POST /v1/admin/projects/{id}/api-keys`.
@@ -368,8 +394,9 @@ pub struct CreateApiKeyRequest {
     /// Display name (which service holds the key).
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::display_name))]
     pub name: String,
-    /// What the key may do; at least one.
+    /// What the key may do; at least one. Absent: every scope ([`ApiKeyScope::ALL`]).
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::scopes))]
+    #[serde(default = "all_scopes")]
     pub scopes: Vec<ApiKeyScope>,
     /// When the key stops working (RFC 3339, in the future); never when absent.
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::expiry))]
@@ -379,6 +406,10 @@ pub struct CreateApiKeyRequest {
         skip_serializing_if = "Option::is_none"
     )]
     pub expires_at: Option<OffsetDateTime>,
+}
+
+fn all_scopes() -> Vec<ApiKeyScope> {
+    ApiKeyScope::ALL.to_vec()
 }
 
 /// An API key as listed: everything but the secret.

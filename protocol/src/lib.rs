@@ -8,6 +8,7 @@
 //!   `system_message`, acks, handshake auth).
 //! * [`api`]: the publisher and admin REST bodies, [`ApiKeyScope`] and the API key format.
 //! * [`claims`]: the claims of a private-channel token.
+//! * [`history`]: per-channel offsets and epochs, retention settings, recovery on `listen`.
 //! * [`error`]: every [`ErrorCode`] Herald answers with, and its HTTP status.
 //! * [`limits`]: default limits shared by server and clients; [`depth`]: the JSON nesting
 //!   bound of payloads.
@@ -34,6 +35,7 @@ pub mod claims;
 pub mod codec;
 pub mod depth;
 pub mod error;
+pub mod history;
 pub mod limits;
 pub mod messages;
 pub mod names;
@@ -44,6 +46,9 @@ pub mod openapi;
 pub use api::{ApiKeyId, ApiKeyScope, ApiKeyToken};
 pub use claims::ChannelTokenClaims;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, Refusal};
+pub use history::{
+    ChannelOffset, Epoch, HistorySettings, Recovery, RecoveryFailure, StreamPosition,
+};
 pub use messages::{
     Ack, ChannelEvent, ClientEvent, HandshakeAuth, ListenRequest, RemoveRequest, SystemMessage,
     SystemMessageCode,

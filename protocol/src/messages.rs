@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{ErrorCode, Refusal};
+use crate::history::{ChannelOffset, Epoch, StreamPosition};
 use crate::names::{ChannelName, ProjectId};
 
 /// Socket.IO event names.
@@ -105,6 +106,19 @@ impl ListenRequest {
             auth_token,
         })
     }
+
+    /// The optional `since: { offset, epoch }` of an untrusted `listen` body: the last event
+    /// the client received on the channel. The server then delivers the events after it
+    /// first and says in the ack whether it could ([`crate::history::Recovery`]).
+    ///
+    /// (A function of its own rather than a field, so that code building a `ListenRequest`
+    /// literally keeps compiling; the field joins the struct with the client core.)
+    pub fn parse_since(body: &Value) -> Result<Option<StreamPosition>, Refusal> {
+        match body.get("since") {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => StreamPosition::parse(v).map(Some),
+        }
+    }
 }
 
 /// `remove`: unsubscribe from a channel. Removing a channel the socket does not listen to
@@ -152,7 +166,8 @@ impl ClientEvent {
     }
 }
 
-/// Server → client `event`: `{ "id", "channelName", "payload" }`.
+/// Server → client `event`: `{ "id", "channelName", "payload", "offset"?, "epoch"? }`.
+/// `offset` and `epoch` are there when the channel's project keeps history.
 ///
 /// `P` is the payload type: clients read a [`serde_json::Value`]; the server writes the raw
 /// JSON the publisher sent without re-parsing it.
@@ -166,6 +181,12 @@ pub struct ChannelEvent<P = Value> {
     pub channel_name: ChannelName,
     /// The publisher's JSON, byte for byte.
     pub payload: P,
+    /// The event's position in its channel (published events of a project with history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<ChannelOffset>,
+    /// The epoch of `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
 }
 
 /// The code of a [`SystemMessage`].
@@ -314,6 +335,20 @@ mod tests {
         let ok = ListenRequest::parse(&json!({"channelName": "orders"})).expect("valid");
         assert_eq!(ok.channel_name.as_str(), "orders");
         assert_eq!(ok.auth_token, None);
+        assert_eq!(
+            ListenRequest::parse_since(&json!({"channelName": "orders"})),
+            Ok(None)
+        );
+        let since = ListenRequest::parse_since(
+            &json!({"channelName": "orders", "since": {"offset": 4, "epoch": "e"}}),
+        )
+        .expect("valid");
+        assert_eq!(since.map(|p| p.offset.get()), Some(4));
+        assert_eq!(
+            ListenRequest::parse_since(&json!({"channelName": "orders", "since": {"offset": "4"}}))
+                .map_err(|e| e.code),
+            Err(ErrorCode::InvalidBody)
+        );
         let with_token =
             ListenRequest::parse(&json!({"channelName": "private-a", "authToken": "t"}))
                 .expect("valid");
