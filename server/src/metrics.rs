@@ -95,6 +95,14 @@ pub const CONNECTIONS_REFUSED: &str = "herald_connections_refused_total";
 pub const CONNECTION_TIMEOUTS: &str = "herald_connection_timeouts_total";
 /// Counter: failed `accept()` calls other than a peer's early reset.
 pub const ACCEPT_ERRORS: &str = "herald_accept_errors_total";
+/// Gauge: bytes the embedded (in-memory) channel history holds, against `--history-max-bytes`.
+pub const HISTORY_BYTES: &str = "herald_history_bytes";
+/// Counter: history events evicted before their time to keep `--history-max-bytes`.
+pub const HISTORY_EVICTIONS: &str = "herald_history_evictions_total";
+/// Counter: `listen` requests with `since`, by outcome (`recovered`, or the reason it failed).
+pub const HISTORY_RECOVERIES: &str = "herald_history_recoveries_total";
+/// Counter: history appends that failed (the publish is answered `unavailable`).
+pub const HISTORY_ERRORS: &str = "herald_history_errors_total";
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {

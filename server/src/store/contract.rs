@@ -13,6 +13,7 @@ pub(crate) fn sample(tag: &str) -> (ProjectRecord, ApiKeyRecord) {
         name: format!("Project {tag}"),
         created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("valid time"),
         signing_secret: SigningSecret::generate(),
+        history: herald_protocol::HistorySettings::default(),
     };
     let key = key_for(&project, &hex::encode(rand::random::<[u8; 8]>()));
     (project, key)
@@ -43,6 +44,29 @@ pub(crate) async fn run(store: &dyn Store) {
         Err(StoreError::Conflict)
     ));
     assert_eq!(store.project(&a.id).await.expect("read"), Some(a.clone()));
+
+    // History settings: replaced, kept across reads; an unknown project is refused.
+    let history = herald_protocol::HistorySettings {
+        size: 7,
+        ttl_secs: 30,
+    };
+    store
+        .set_history(&b.id, history)
+        .await
+        .expect("set history");
+    let read_b = store.project(&b.id).await.expect("read").expect("exists");
+    assert_eq!(read_b.history, history);
+    assert_eq!(read_b.signing_secret, b.signing_secret);
+    store
+        .set_history(&b.id, b.history)
+        .await
+        .expect("set history back");
+    assert!(matches!(
+        store
+            .set_history(&ProjectId::parse("p-none").expect("valid"), history)
+            .await,
+        Err(StoreError::ProjectNotFound)
+    ));
     let ids: Vec<_> = store
         .projects()
         .await

@@ -217,6 +217,23 @@ impl Store for EmbeddedStore {
         self.write(vec![Write::PutProject(project)]).await
     }
 
+    async fn set_history(
+        &self,
+        id: &ProjectId,
+        history: herald_protocol::HistorySettings,
+    ) -> Result<(), StoreError> {
+        let _w = self.write_lock.lock().await;
+        let mut project = self
+            .cache
+            .read()
+            .projects
+            .get(id)
+            .cloned()
+            .ok_or(StoreError::ProjectNotFound)?;
+        project.history = history;
+        self.write(vec![Write::PutProject(project)]).await
+    }
+
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let _w = self.write_lock.lock().await;
         {

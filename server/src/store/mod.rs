@@ -16,7 +16,7 @@ pub(crate) mod contract;
 
 use async_trait::async_trait;
 use herald_protocol::api::{ApiKeyInfo, Project};
-use herald_protocol::{ApiKeyId, ApiKeyScope, ProjectId};
+use herald_protocol::{ApiKeyId, ApiKeyScope, HistorySettings, ProjectId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -32,6 +32,9 @@ pub struct ProjectRecord {
     pub created_at: OffsetDateTime,
     /// The HMAC key that signs this project's channel tokens.
     pub signing_secret: SigningSecret,
+    /// Channel history retention (records written before history existed get the defaults).
+    #[serde(default)]
+    pub history: HistorySettings,
 }
 
 impl ProjectRecord {
@@ -41,6 +44,7 @@ impl ProjectRecord {
             id: self.id.clone(),
             name: self.name.clone(),
             created_at: self.created_at,
+            history: self.history,
         }
     }
 }
@@ -191,6 +195,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces a project's signing secret; [`StoreError::ProjectNotFound`] when it is gone.
     async fn rotate_secret(&self, id: &ProjectId, secret: SigningSecret) -> Result<(), StoreError>;
+
+    /// Replaces a project's history retention; [`StoreError::ProjectNotFound`] when it is gone.
+    async fn set_history(&self, id: &ProjectId, history: HistorySettings)
+    -> Result<(), StoreError>;
 
     /// Inserts a key; [`StoreError::ProjectNotFound`] when its project does not exist,
     /// [`StoreError::Conflict`] when the id is taken.

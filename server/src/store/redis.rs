@@ -299,6 +299,34 @@ impl Store for RedisStore {
         )))
     }
 
+    async fn set_history(
+        &self,
+        id: &ProjectId,
+        history: herald_protocol::HistorySettings,
+    ) -> Result<(), StoreError> {
+        let key = self.project_key(id);
+        for _ in 0..ROTATE_ATTEMPTS {
+            let Some(current) = self.get(key.clone()).await? else {
+                return Err(StoreError::ProjectNotFound);
+            };
+            let mut project: ProjectRecord = decode("project", &current)?;
+            project.history = history;
+            let args = vec![current, encode(&project)?];
+            let outcome = COMPARE_AND_SET_PROJECT
+                .run(&self.client, vec![key.clone()], args)
+                .await?;
+            match int(outcome)? {
+                1 => return Ok(()),
+                -1 => return Err(StoreError::ProjectNotFound),
+                0 => continue,
+                n => return Err(unexpected("set_history", n)),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "project {id} kept changing during the history update"
+        )))
+    }
+
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
         let keys = vec![
             self.project_key(&key.project_id),
