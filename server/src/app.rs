@@ -122,6 +122,10 @@ impl AppState {
     pub fn tokens(&self) -> &ChannelTokens {
         &self.0.gateway.tokens
     }
+    /// Channel history, its per-room sequencer and the projects' settings.
+    pub fn histories(&self) -> &crate::history::Histories {
+        &self.0.gateway.histories
+    }
     /// Room broadcasts.
     pub fn fanout(&self) -> &Fanout {
         &self.0.gateway.fanout
@@ -148,6 +152,8 @@ pub struct Backends {
     pub tracker: Arc<dyn ConnectionTracker>,
     /// Revocation job queue and revoked-key set.
     pub revocations: Arc<dyn RevocationQueue>,
+    /// Channel history.
+    pub history: Arc<dyn crate::history::History>,
 }
 
 /// The shared part of every request handler, both transports.
@@ -161,6 +167,7 @@ pub fn gateway(config: &ServeConfig, backends: Backends) -> anyhow::Result<Gatew
         max_channels_per_socket: config.max_channels_per_socket,
         max_payload_bytes: config.max_payload_bytes,
         revocations: backends.revocations,
+        histories: Arc::new(crate::history::Histories::new(backends.history)),
     }))
 }
 
@@ -213,12 +220,18 @@ pub fn router<A: Adapter>(
         .route("/v1/publishers/events/publish", post(publisher::publish))
         .route("/v1/publishers/sign", post(publisher::sign))
         .route(
+            "/v1/publishers/channels/{channelName}/history",
+            get(publisher::history),
+        )
+        .route(
             "/v1/admin/projects",
             post(admin::create_project).get(admin::list_projects),
         )
         .route(
             "/v1/admin/projects/{id}",
-            get(admin::get_project).delete(admin::delete_project),
+            get(admin::get_project)
+                .delete(admin::delete_project)
+                .patch(admin::update_project),
         )
         .route(
             "/v1/admin/projects/{id}/rotate-secret",

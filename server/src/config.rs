@@ -110,6 +110,14 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", default_value_t = limits::DEFAULT_MAX_CONNECTIONS_PER_IP)]
     pub max_connections_per_ip: usize,
 
+    /// Embedded mode: most bytes the in-memory channel history may hold (event ids, payloads
+    /// and bookkeeping), all channels together. Beyond it the oldest events of any channel are
+    /// evicted (`herald_history_evictions_total`); `herald_history_bytes` reports the size.
+    /// Redis mode keeps history in Redis, bounded per channel by the project's retention and
+    /// overall by Redis's `maxmemory`.
+    #[arg(long, env = "HERALD_HISTORY_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub history_max_bytes: usize,
+
     /// Packets buffered per socket before the socket counts as a slow consumer.
     #[arg(long, env = "HERALD_SOCKET_BUFFER", default_value_t = 1024)]
     pub socket_buffer: usize,

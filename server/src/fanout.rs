@@ -311,6 +311,13 @@ impl Fanout {
         except: Option<Sid>,
     ) -> Result<EmitReport, FanoutError> {
         let report = self.emit_local(&room, event, data, except).await?;
+        self.emit_remote(&room, data).await?;
+        Ok(report)
+    }
+
+    /// Sends an `event` with the encoded `data` to the other instances' sockets in `room`
+    /// (nothing outside Redis mode). An `Unavailable` error means some may not have it.
+    pub async fn emit_remote(&self, room: &RoomName, data: &RawValue) -> Result<(), FanoutError> {
         if let Some(bus) = self.bus.get() {
             let message = BusMessage {
                 room: room.as_str(),
@@ -321,7 +328,7 @@ impl Fanout {
                 serde_json::to_vec(&message).map_err(|e| FanoutError::Encode(e.to_string()))?;
             bus.publish(encoded).await?;
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Emits to this instance's sockets in `room` only; counts the deliveries and closes the

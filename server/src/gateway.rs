@@ -2,7 +2,8 @@
 //!
 //! * handshake: `auth.projectId` must name an existing project ([`authenticate`]);
 //! * `listen` / `remove`: join or leave `{projectId}:{channelName}` rooms, private ones only
-//!   with a valid channel token ([`ChannelTokens::authorize_listen`]);
+//!   with a valid channel token ([`ChannelTokens::authorize_listen`]); a `listen` with
+//!   `since` first gets the events it missed from the channel's history ([`listen`]);
 //! * `event` from a client: relayed to the other members of a private channel it joined;
 //! * any other event: refused with `unknown_event`;
 //! * disconnect: connection-tracking entries removed.
@@ -13,10 +14,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use herald_protocol::history::ListenAck;
 use herald_protocol::messages::event_names::{EVENT, LISTEN, REMOVE, SYSTEM_MESSAGE};
 use herald_protocol::{
     Ack, ApiKeyId, ChannelEvent, ChannelKind, ChannelName, ClientEvent, ErrorCode, HandshakeAuth,
-    ListenRequest, ProjectId, Refusal, RemoveRequest, RoomName, SystemMessage,
+    HistorySettings, ListenRequest, ProjectId, Recovery, RecoveryFailure, Refusal, RemoveRequest,
+    RoomName, StreamPosition, SystemMessage,
 };
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -57,6 +60,8 @@ pub struct GatewayInner {
     pub revocations: Arc<dyn RevocationQueue>,
     /// Where events go: client events relayed to private channels use it too.
     pub fanout: Arc<Fanout>,
+    /// Channel history (publish appends, `listen` with `since` replays).
+    pub histories: Arc<crate::history::Histories>,
 }
 
 impl GatewayInner {
@@ -82,6 +87,8 @@ pub trait Peer: Send + Sync {
     fn is_connected(&self) -> bool;
     /// Sends a `system_message` (dropped with a debug line when the socket is gone or full).
     fn send_system(&self, message: &SystemMessage);
+    /// Sends one `event` (a replayed history event) to this socket only.
+    fn send_event(&self, data: &serde_json::value::RawValue);
 }
 
 impl<A: Adapter> Peer for SocketRef<A> {
@@ -103,6 +110,11 @@ impl<A: Adapter> Peer for SocketRef<A> {
     fn send_system(&self, message: &SystemMessage) {
         if let Err(e) = self.emit(SYSTEM_MESSAGE, message) {
             tracing::debug!(socket_id = %self.id, error = %e, "system message not delivered");
+        }
+    }
+    fn send_event(&self, data: &serde_json::value::RawValue) {
+        if let Err(e) = self.emit(EVENT, data) {
+            tracing::debug!(socket_id = %self.id, error = %e, "history event not delivered");
         }
     }
 }
@@ -244,20 +256,47 @@ fn session<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Session>> {
 /// about).
 pub type Outcome = Result<SystemMessage, (Refusal, Option<ChannelName>)>;
 
+/// An ack body: a plain [`Ack`], or the ack of a `listen` with `since` ([`ListenAck`]).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum AckBody {
+    /// `{ "ok": … }`.
+    Plain(Ack),
+    /// `{ "ok": true, "recovered": …, … }`.
+    Listen(ListenAck),
+}
+
 /// Splits an outcome into the ack body and the `system_message`.
-pub fn answer(result: Outcome) -> (Ack, SystemMessage) {
-    match result {
-        Ok(message) => (Ack::Ok, message),
-        Err((refusal, channel)) => {
+pub fn answer(result: Outcome) -> (AckBody, SystemMessage) {
+    answer_with(result, None)
+}
+
+/// Like [`answer`], with what a successful `listen` with `since` recovered.
+pub fn answer_with(result: Outcome, recovery: Option<Recovery>) -> (AckBody, SystemMessage) {
+    match (result, recovery) {
+        (Ok(message), Some(recovery)) => {
+            (AckBody::Listen(ListenAck { ok: true, recovery }), message)
+        }
+        (Ok(message), None) => (AckBody::Plain(Ack::Ok), message),
+        (Err((refusal, channel)), _) => {
             let message = SystemMessage::error(&refusal, channel.as_ref());
-            (Ack::Refused(refusal), message)
+            (AckBody::Plain(Ack::Refused(refusal)), message)
         }
     }
 }
 
 /// Answers a request through the ack (if asked) and a `system_message`.
 fn reply<A: Adapter>(s: &SocketRef<A>, ack: AckSender<A>, result: Outcome) {
-    let (ack_body, message) = answer(result);
+    reply_with(s, ack, result, None)
+}
+
+fn reply_with<A: Adapter>(
+    s: &SocketRef<A>,
+    ack: AckSender<A>,
+    result: Outcome,
+    recovery: Option<Recovery>,
+) {
+    let (ack_body, message) = answer_with(result, recovery);
     if let Err(e) = ack.send(&ack_body) {
         tracing::debug!(socket_id = %s.id, error = %e, "ack not delivered");
     }
@@ -281,16 +320,125 @@ async fn on_listen<A: Adapter>(
     ack: AckSender<A>,
     State(gw): State<Gateway>,
 ) {
-    let result = listen(&s, &gw, body.ok()).await;
+    let (result, recovery) = listen(&s, &gw, body.ok()).await;
     count_listen(&result);
-    reply(&s, ack, result);
+    reply_with(&s, ack, result, recovery);
 }
 
-/// `listen {channelName, authToken?}`.
-pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcome {
+/// `listen {channelName, authToken?, since?}`: the outcome, and what was recovered when the
+/// request carried `since` and succeeded.
+///
+/// With `since`, the room's [`Sequencer`](crate::history::Sequencer) lock is held from
+/// before the join to after the replay (the private-channel checks included, so no event is
+/// replayed before they passed): every event of the channel published on this instance meanwhile is then
+/// either replayed or delivered live after the replay, never both, never neither.
+pub async fn listen<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    body: Option<Value>,
+) -> (Outcome, Option<Recovery>) {
+    let body = body.unwrap_or(Value::Null);
+    let since = match ListenRequest::parse_since(&body) {
+        Ok(since) => since,
+        Err(r) => {
+            let channel = herald_protocol::messages::channel_field(&body).ok();
+            return (Err((r, channel)), None);
+        }
+    };
+    let Some(since) = since else {
+        return (listen_checked(s, gw, body).await, None);
+    };
+    let Ok(channel) = herald_protocol::messages::channel_field(&body) else {
+        return (listen_checked(s, gw, body).await, None);
+    };
+    let Some(session) = s.session() else {
+        return (Err((not_connected(), None)), None);
+    };
+    let room = RoomName::channel(&session.project, &channel);
+    let settings = gw
+        .histories
+        .settings(gw.store.as_ref(), &session.project)
+        .await;
+    let _order = gw.histories.sequencer.lock(&room).await;
+    let outcome = listen_checked(s, gw, body).await;
+    if outcome.is_err() {
+        return (outcome, None);
+    }
+    let recovery = recover(s, gw, &room, &channel, settings, &since).await;
+    metrics::counter!(m::HISTORY_RECOVERIES, "outcome" => recovery.reason.map_or("recovered", |r| r.as_str()))
+        .increment(1);
+    (outcome, Some(recovery))
+}
+
+/// Reads the history after `since` and sends the missed events to `s`, oldest first; the
+/// caller holds the room's sequencer lock.
+async fn recover<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    room: &RoomName,
+    channel: &ChannelName,
+    settings: HistorySettings,
+    since: &StreamPosition,
+) -> Recovery {
+    let lost = |reason, epoch, offset| Recovery {
+        recovered: false,
+        reason: Some(reason),
+        epoch,
+        offset,
+    };
+    if !settings.enabled() {
+        return lost(RecoveryFailure::HistoryDisabled, None, None);
+    }
+    let slice = match gw
+        .histories
+        .backend
+        .read(room, settings, since.offset, settings.size as usize)
+        .await
+    {
+        Ok(slice) => slice,
+        Err(e) => {
+            if let Some(p) = backend_faults().check(&"history_read") {
+                tracing::warn!(error = %e, suppressed = p.suppressed, "history read failed; listen not recovered");
+            }
+            // What was missed cannot be known: the client must re-sync.
+            return lost(RecoveryFailure::HistoryExpired, None, None);
+        }
+    };
+    let (epoch, top) = (slice.epoch.clone(), slice.top);
+    match crate::history::decide(since, slice) {
+        crate::history::Decision::Lost(reason) => lost(reason, epoch, Some(top)),
+        crate::history::Decision::Recovered(events) => {
+            for e in events {
+                let Ok(payload) = serde_json::value::RawValue::from_string(e.payload) else {
+                    continue;
+                };
+                let event = ChannelEvent {
+                    id: Some(e.id),
+                    channel_name: channel.clone(),
+                    payload: &*payload,
+                    offset: Some(e.offset),
+                    epoch: epoch.clone(),
+                };
+                match serde_json::value::to_raw_value(&event) {
+                    Ok(raw) => s.send_event(&raw),
+                    Err(err) => tracing::error!(error = %err, "history event not encodable"),
+                }
+            }
+            Recovery {
+                recovered: true,
+                reason: None,
+                epoch,
+                offset: Some(top),
+            }
+        }
+    }
+}
+
+/// `listen {channelName, authToken?}` without the recovery part.
+async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> Outcome {
     let sid = s.sid();
     let session = s.session().ok_or_else(|| (not_connected(), None))?;
-    let req = ListenRequest::parse(&body.unwrap_or(Value::Null)).map_err(|r| (r, None))?;
+    let req = ListenRequest::parse(&body).map_err(|r| (r, None))?;
     let channel = req.channel_name;
     let fail = |r: Refusal| (r, Some(channel.clone()));
     let room = RoomName::channel(&session.project, &channel);
@@ -473,6 +621,8 @@ pub async fn client_event<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> 
         id: None,
         channel_name: channel.clone(),
         payload: ev.payload,
+        offset: None,
+        epoch: None,
     };
     let encoded = serde_json::value::to_raw_value(&event).map_err(|_| {
         fail(Refusal::new(

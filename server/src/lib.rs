@@ -6,6 +6,7 @@
 //! * [`app`]: state, router, serve loop; [`gateway`]: Socket.IO handlers;
 //!   [`rest`]: publisher and admin endpoints;
 //! * [`store`]: projects and keys behind the [`store::Store`] trait;
+//!   [`history`]: per-channel event history behind [`history::History`];
 //!   [`tracking`]: socket ↔ (room, key) index behind [`tracking::ConnectionTracker`];
 //! * [`channel_token`]: private-channel tokens; [`keys`]: API key and admin token secrets;
 //! * [`config`]: `herald serve` flags; [`cli`]: the `herald admin` / `herald publish` client.
@@ -20,6 +21,7 @@ pub mod config;
 pub mod direct;
 pub mod fanout;
 pub mod gateway;
+pub mod history;
 pub mod keys;
 pub mod listen;
 pub mod log_throttle;
@@ -73,6 +75,9 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
         store: store.clone(),
         tracker: tracker.clone(),
         revocations: queue.clone(),
+        history: Arc::new(history::memory::MemoryHistory::new(
+            config.history_max_bytes,
+        )),
     };
     let gateway = app::gateway(config, backends)?;
     let (io_layer, io) = app::socket_io(config, &gateway).build_layer();

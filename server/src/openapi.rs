@@ -50,6 +50,29 @@ pub struct UpdateApiKeyBody {
     scopes: Option<Vec<ApiKeyScope>>,
 }
 
+/// Body of `PATCH /v1/admin/projects/{id}`: a JSON object; fields left out keep their value.
+#[derive(ToSchema)]
+#[schema(as = UpdateProjectRequest)]
+#[allow(dead_code)]
+pub struct UpdateProjectBody {
+    /// New history retention; fields left out keep their value.
+    history: Option<UpdateHistoryBody>,
+}
+
+/// The `history` of [`UpdateProjectBody`].
+#[derive(ToSchema)]
+#[schema(as = UpdateHistoryRequest)]
+#[allow(dead_code)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateHistoryBody {
+    /// Events kept per channel (0: history off).
+    #[schema(minimum = 0, maximum = 10000)]
+    size: Option<u32>,
+    /// Seconds an event is kept.
+    #[schema(minimum = 1, maximum = 86400)]
+    ttl_secs: Option<u32>,
+}
+
 /// `GET /`: the index of a running server.
 #[derive(ToSchema, serde::Serialize)]
 pub struct Index {
@@ -280,9 +303,11 @@ impl<T: ToSchema> SchemaRef for T {
     paths(
         crate::rest::publisher::publish,
         crate::rest::publisher::sign,
+        crate::rest::publisher::history,
         crate::rest::admin::create_project,
         crate::rest::admin::list_projects,
         crate::rest::admin::get_project,
+        crate::rest::admin::update_project,
         crate::rest::admin::delete_project,
         crate::rest::admin::rotate_secret,
         crate::rest::admin::create_api_key,
@@ -299,7 +324,9 @@ impl<T: ToSchema> SchemaRef for T {
         PublishBody, PublishResponse, SignRequest, SignResponse, CreateProjectRequest, Project,
         CreateApiKeyRequest, ApiKeyInfo, CreatedApiKey, UpdateApiKeyBody, ApiKeyScope, ApiKeyId,
         ProjectId, ChannelName, ErrorBody, ErrorDetail, ErrorCode, ApiKeyEvent, ApiKeyEventType,
-        RevocationAccepted, HealthStatus, Index, IndexLinks,
+        RevocationAccepted, HealthStatus, Index, IndexLinks, UpdateProjectBody, UpdateHistoryBody,
+        herald_protocol::history::HistoryPage, herald_protocol::history::HistoryEvent,
+        herald_protocol::HistorySettings, herald_protocol::ChannelOffset, herald_protocol::Epoch,
     )),
     modifiers(&Common),
 )]
@@ -387,7 +414,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 16);
+        assert_eq!(checked, 18);
     }
 
     /// The schemas carry the protocol's rules, from the protocol's own constants.

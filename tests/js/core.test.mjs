@@ -52,6 +52,16 @@ function publishedId(res) {
   return res.body.id;
 }
 
+/**
+ * An event without its channel position (`offset`, `epoch`: history.test.mjs checks them),
+ * asserting it carries one.
+ */
+function bare({ offset, epoch, ...event }) {
+  assert.equal(typeof offset, 'number', `event should carry an offset: ${JSON.stringify(event)}`);
+  assert.equal(typeof epoch, 'string', `event should carry an epoch: ${JSON.stringify(event)}`);
+  return event;
+}
+
 /** Splits an Engine.IO v4 polling body into packets. */
 const eioPackets = (text) => (text ?? '').split('\x1e').filter((p) => p.length > 0);
 
@@ -120,13 +130,13 @@ describe('herald core', () => {
     const received = nextEvent(socket, 'event');
     const id = publishedId(await publish(h, p.key, channel, payload));
     const event = await received;
-    assert.deepEqual(event, { id, channelName: channel, payload });
+    assert.deepEqual(bare(event), { id, channelName: channel, payload });
 
     // The key also works as X-API-Key, and scalar payloads arrive unchanged.
     const second = nextEvent(socket, 'event');
     const id2 = publishedId(await publish(h, p.key, channel, 'plain string ✓', { header: 'x-api-key' }));
     assert.notEqual(id2, id, 'every publish gets its own id');
-    assert.deepEqual(await second, { id: id2, channelName: channel, payload: 'plain string ✓' });
+    assert.deepEqual(bare(await second), { id: id2, channelName: channel, payload: 'plain string ✓' });
   });
 
   it('2. remove stops delivery to that socket only', T, async () => {
@@ -144,7 +154,7 @@ describe('herald core', () => {
     const got = nextEvent(stayer, 'event');
     const none = expectNoEvent(leaver, 'event', 500);
     const id = publishedId(await publish(h, p.key, channel, { n: 1 }));
-    assert.deepEqual(await got, { id, channelName: channel, payload: { n: 1 } });
+    assert.deepEqual(bare(await got), { id, channelName: channel, payload: { n: 1 } });
     await none;
   });
 
@@ -166,7 +176,7 @@ describe('herald core', () => {
     await sleep(300); // room for duplicates to show up
     inboxes.forEach((box, i) => {
       assert.equal(box.length, 1, `socket ${i} received ${box.length} events`);
-      assert.deepEqual(box[0], { id, channelName: channel, payload: { hello: 'everyone' } });
+      assert.deepEqual(bare(box[0]), { id, channelName: channel, payload: { hello: 'everyone' } });
     });
     for (const s of sockets) s.disconnect();
   });
@@ -183,7 +193,7 @@ describe('herald core', () => {
 
     const got = nextEvent(socket, 'event');
     const id = publishedId(await publish(h, p.key, channel, { via: 'polling', n: [1, 2, 3] }));
-    assert.deepEqual(await got, { id, channelName: channel, payload: { via: 'polling', n: [1, 2, 3] } });
+    assert.deepEqual(bare(await got), { id, channelName: channel, payload: { via: 'polling', n: [1, 2, 3] } });
     assert.equal(socket.io.engine.transport.name, 'polling', 'never upgraded');
   });
 
@@ -201,8 +211,8 @@ describe('herald core', () => {
       const gotA2 = nextEvent(a2, 'event');
       const noneB = expectNoEvent(b1, 'event', 500);
       const id = publishedId(await publish(h, a.key, channel, { for: 'a' }));
-      assert.deepEqual(await gotA1, { id, channelName: channel, payload: { for: 'a' } });
-      assert.deepEqual(await gotA2, { id, channelName: channel, payload: { for: 'a' } });
+      assert.deepEqual(bare(await gotA1), { id, channelName: channel, payload: { for: 'a' } });
+      assert.deepEqual(bare(await gotA2), { id, channelName: channel, payload: { for: 'a' } });
       await noneB;
     }
     // And the other way round.
@@ -210,7 +220,7 @@ describe('herald core', () => {
       const gotB = nextEvent(b1, 'event');
       const noneA = expectNoEvent(a1, 'event', 500);
       const id = publishedId(await publish(h, b.key, channel, { for: 'b' }));
-      assert.deepEqual(await gotB, { id, channelName: channel, payload: { for: 'b' } });
+      assert.deepEqual(bare(await gotB), { id, channelName: channel, payload: { for: 'b' } });
       await noneA;
     }
     // Trying to name B from A's key does not reach B either: a `projectId` in the body is not

@@ -374,17 +374,17 @@ impl Reader {
     async fn on_event(&mut self, ack: Option<u64>, name: &str, data: Option<Value>) {
         let gw = &self.transport.gateway;
         let conn = self.conn.as_ref();
-        let result: Outcome = match name {
+        let (result, recovery): (Outcome, _) = match name {
             LISTEN => {
-                let r = gateway::listen(conn, gw, data).await;
+                let (r, recovery) = gateway::listen(conn, gw, data).await;
                 gateway::count_listen(&r);
-                r
+                (r, recovery)
             }
-            REMOVE => gateway::remove(conn, gw, data).await,
-            EVENT => gateway::client_event(conn, gw, data).await,
-            other => gateway::unknown_event(other),
+            REMOVE => (gateway::remove(conn, gw, data).await, None),
+            EVENT => (gateway::client_event(conn, gw, data).await, None),
+            other => (gateway::unknown_event(other), None),
         };
-        let (ack_body, message) = gateway::answer(result);
+        let (ack_body, message) = gateway::answer_with(result, recovery);
         // The ack and the system_message leave in one write, so a client sees both at once.
         let mut reply = Vec::new();
         if let Some(id) = ack {
@@ -450,6 +450,9 @@ mod tests {
             max_payload_bytes: 1024,
             revocations: queue,
             fanout: Arc::new(Fanout::new(Arc::new(DirectRooms::new()))),
+            histories: Arc::new(crate::history::Histories::new(Arc::new(
+                crate::history::memory::MemoryHistory::new(1 << 20),
+            ))),
         });
         Fixture {
             transport: DirectTransport {

@@ -287,6 +287,12 @@ impl Peer for DirectConn {
             Err(e) => tracing::error!(error = %e, "system message not encodable"),
         }
     }
+    fn send_event(&self, data: &serde_json::value::RawValue) {
+        self.send(frame::text(&packet::event(
+            herald_protocol::messages::event_names::EVENT,
+            data.get(),
+        )));
+    }
 }
 
 /// The slow-consumer warning: one line per interval across all sockets.

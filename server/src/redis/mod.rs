@@ -183,6 +183,10 @@ pub fn start(
             store: store.clone(),
             tracker: tracker.clone(),
             revocations: queue.clone(),
+            history: Arc::new(crate::history::redis::RedisHistory::new(
+                client.clone(),
+                prefix,
+            )),
         },
     )?;
 

@@ -10,7 +10,7 @@ use herald_protocol::api::{
     ApiKeyInfo, CreateApiKeyRequest, CreateProjectRequest, CreatedApiKey, Project,
 };
 use herald_protocol::api::{parse_display_name, parse_rfc3339};
-use herald_protocol::{ApiKeyId, ApiKeyScope, ErrorCode, ProjectId, RoomName};
+use herald_protocol::{ApiKeyId, ApiKeyScope, ErrorCode, HistorySettings, ProjectId, RoomName};
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -118,11 +118,16 @@ pub async fn create_project(
             ));
         }
     };
+    let history = match v.get("history") {
+        None | Some(Value::Null) => HistorySettings::default(),
+        Some(h) => HistorySettings::default().patch(h)?,
+    };
     let record = ProjectRecord {
         id,
         name,
         created_at: now_seconds(),
         signing_secret: SigningSecret::generate(),
+        history,
     };
     match state.store().create_project(&record).await {
         Ok(()) => {}
@@ -168,6 +173,52 @@ pub async fn get_project(
     Ok(Json(
         existing_project(&state, &project_id(&id)?).await?.to_api(),
     ))
+}
+
+/// `PATCH /v1/admin/projects/{id}` `{ "history": { "size"?, "ttlSecs"? } }`: changes the
+/// project's history retention. Every instance applies it within a second; retained events
+/// beyond the new bounds are no longer served.
+#[utoipa::path(patch, path = "/v1/admin/projects/{id}", tag = "admin", params(("id" = ProjectId, Path, description = "Project id")), request_body = crate::openapi::UpdateProjectBody, security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The updated project", body = Project),
+        (status = 400, description = "`invalid_project_id`, `invalid_body`: a bad project id, not a JSON object, a `history` out of its limits", body = ErrorBody),
+        (status = 401, description = "`missing_admin_token`, `invalid_admin_token`: no or wrong admin token", body = ErrorBody),
+        (status = 404, description = "`project_not_found`", body = ErrorBody)))]
+pub async fn update_project(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Project>, ApiError> {
+    authorize(&state, &headers)?;
+    let id = project_id(&id)?;
+    let v = json_object(body)?;
+    if let Some(k) = v
+        .as_object()
+        .and_then(|o| o.keys().find(|k| *k != "history"))
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("unknown field {k:?}; a project's \"history\" is what can change"),
+        ));
+    }
+    let mut record = existing_project(&state, &id).await?;
+    if let Some(h) = v.get("history") {
+        record.history = record.history.patch(h)?;
+        match state.store().set_history(&id, record.history).await {
+            Ok(()) => {}
+            Err(StoreError::ProjectNotFound) => {
+                return Err(ApiError::new(
+                    ErrorCode::ProjectNotFound,
+                    format!("project {id} does not exist"),
+                ));
+            }
+            Err(e) => return Err(store_refusal(e).into()),
+        }
+        state.histories().forget(&id);
+        tracing::info!(project_id = %id, size = record.history.size, ttl_secs = record.history.ttl_secs, "project history settings changed");
+    }
+    Ok(Json(record.to_api()))
 }
 
 /// `DELETE /v1/admin/projects/{id}`: deletes the project and its keys, disconnects its sockets.
@@ -255,7 +306,11 @@ pub async fn create_api_key(
     let project = project_id(&id)?;
     let v = json_object(body)?;
     let name = display_name(&v)?;
-    let scopes = parse_scopes(v.get("scopes").unwrap_or(&Value::Null))?;
+    // Without `scopes`, a key may do everything a publisher does.
+    let scopes = match v.get("scopes") {
+        None => ApiKeyScope::ALL.to_vec(),
+        Some(s) => parse_scopes(s)?,
+    };
     let now = now_seconds();
     let expires_at = match v.get("expiresAt") {
         None | Some(Value::Null) => None,
@@ -389,7 +444,7 @@ fn parse_scopes(v: &Value) -> Result<Vec<ApiKeyScope>, ApiError> {
     let mut scopes: Vec<ApiKeyScope> = serde_json::from_value(v.clone()).map_err(|_| {
         ApiError::new(
             ErrorCode::InvalidBody,
-            "\"scopes\" must be a list of \"publish_event\" and/or \"sign_token\"",
+            "\"scopes\" must be a list of \"publish_event\", \"sign_token\" and/or \"read_history\"",
         )
     })?;
     if scopes.is_empty() {

@@ -5,12 +5,16 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use herald_protocol::api::{PublishRequest, PublishResponse, SignRequest, SignResponse};
+use herald_protocol::history::{HistoryEvent, HistoryPage, MAX_HISTORY_PAGE};
 use herald_protocol::messages::event_names::EVENT;
-use herald_protocol::{ApiKeyScope, ApiKeyToken, ChannelEvent, ErrorBody, ErrorCode, RoomName};
+use herald_protocol::{
+    ApiKeyScope, ApiKeyToken, ChannelEvent, ChannelName, ChannelOffset, ErrorBody, ErrorCode,
+    Refusal, RoomName,
+};
 use time::OffsetDateTime;
 
 use super::{ApiError, bearer, body_bytes};
@@ -37,6 +41,7 @@ pub async fn authenticate(
             let operation = match scope {
                 ApiKeyScope::PublishEvent => "publish",
                 ApiKeyScope::SignToken => "sign",
+                ApiKeyScope::ReadHistory => "history",
             };
             metrics::counter!(m::API_KEY_REQUESTS, "api_key_id" => key.id.to_string(), "operation" => operation)
                 .increment(1);
@@ -125,14 +130,195 @@ async fn publish_inner(
     let req = PublishRequest::parse(&body, state.max_payload_bytes())?;
     let id = uuid::Uuid::now_v7().to_string();
     let room = RoomName::channel(&key.project_id, &req.channel_name);
-    let event = ChannelEvent {
+    let settings = state
+        .histories()
+        .settings(state.store(), &key.project_id)
+        .await;
+    let mut event = ChannelEvent {
         id: Some(id.clone()),
         channel_name: req.channel_name,
         payload: &*req.payload,
+        offset: None,
+        epoch: None,
     };
-    state.deliver(room, &event).await?;
-    tracing::debug!(api_key_id = %key.id, project_id = %key.project_id, channel = %event.channel_name, message_id = %id, "published");
-    Ok(Json(PublishResponse { id }))
+    if !settings.enabled() {
+        state.deliver(room, &event).await?;
+        tracing::debug!(api_key_id = %key.id, project_id = %key.project_id, channel = %event.channel_name, message_id = %id, "published");
+        return Ok(Json(PublishResponse {
+            id,
+            offset: None,
+            epoch: None,
+        }));
+    }
+    // Append, then deliver locally, under the room's sequencer lock (see
+    // `history::Sequencer`); the other instances get it after the lock is released.
+    let encoded = {
+        let _order = state.histories().sequencer.lock(&room).await;
+        let position = state
+            .histories()
+            .backend
+            .append(&room, settings, &id, req.payload.get())
+            .await
+            .map_err(|e| {
+                metrics::counter!(m::HISTORY_ERRORS).increment(1);
+                if let Some(p) = crate::log_throttle::backend_faults().check(&"history_append") {
+                    tracing::warn!(error = %e, suppressed = p.suppressed, "history append failed; event not published");
+                }
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "history backend unavailable, the event was not published; try again shortly",
+                )
+            })?;
+        event.offset = Some(position.offset);
+        event.epoch = Some(position.epoch);
+        let encoded = encode_event(&event)?;
+        state
+            .fanout()
+            .emit_local(&room, EVENT, &encoded, None)
+            .await
+            .map_err(fanout_error)?;
+        encoded
+    };
+    state
+        .fanout()
+        .emit_remote(&room, &encoded)
+        .await
+        .map_err(fanout_error)?;
+    tracing::debug!(api_key_id = %key.id, project_id = %key.project_id, channel = %event.channel_name, message_id = %id, offset = ?event.offset, "published");
+    Ok(Json(PublishResponse {
+        id,
+        offset: event.offset,
+        epoch: event.epoch,
+    }))
+}
+
+fn encode_event<P: serde::Serialize>(
+    event: &ChannelEvent<P>,
+) -> Result<Box<serde_json::value::RawValue>, ApiError> {
+    serde_json::value::to_raw_value(event).map_err(|e| {
+        tracing::error!(error = %e, "event serialization failed");
+        ApiError::new(ErrorCode::Internal, "event could not be encoded")
+    })
+}
+
+fn fanout_error(e: FanoutError) -> ApiError {
+    match e {
+        FanoutError::Encode(e) => {
+            tracing::error!(error = %e, "event encoding failed");
+            ApiError::new(ErrorCode::Internal, "event could not be encoded")
+        }
+        FanoutError::Unavailable(e) => {
+            if let Some(p) = crate::log_throttle::backend_faults().check(&"publish_bus") {
+                tracing::warn!(error = %e, suppressed = p.suppressed, "broadcast failed");
+            }
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "fan-out backend unavailable, try again shortly",
+            )
+        }
+    }
+}
+
+/// Query of the history endpoint.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// List the events after this offset (default 0: from the oldest retained).
+    #[param(minimum = 0)]
+    pub since: Option<u64>,
+    /// At most this many events, 1 to 100 (default 100).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<u64>,
+}
+
+/// `GET /v1/publishers/channels/{channelName}/history?since=&limit=`: the channel's retained
+/// events after `since`, oldest first (newest last), a page of at most `limit`; `next` is the
+/// `since` of the next page.
+#[utoipa::path(get, path = "/v1/publishers/channels/{channelName}/history", tag = "publisher",
+    params(("channelName" = ChannelName, Path, description = "The channel"), HistoryQuery),
+    security(("api_key" = []), ("api_key_header" = [])),
+    responses(
+        (status = 200, description = "A page of retained events, oldest first", body = herald_protocol::history::HistoryPage),
+        (status = 400, description = "`invalid_body` (a bad `since` or `limit`), `invalid_channel_name`, `ambiguous_channel_name`", body = ErrorBody),
+        (status = 401, description = "`missing_api_key`, `unknown_api_key`, `expired_api_key`", body = ErrorBody),
+        (status = 403, description = "`missing_scope`: the key lacks `read_history`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the history backend (Redis) is unreachable", body = ErrorBody)))]
+pub async fn history(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let key = authenticate(&state, &headers, ApiKeyScope::ReadHistory).await?;
+    let channel = ChannelName::parse(&channel).map_err(Refusal::from)?;
+    let Query(query) = query.map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("\"since\" must be an integer >= 0 and \"limit\" one from 1 to {MAX_HISTORY_PAGE}: {e}"),
+        )
+    })?;
+    let limit = match query.limit {
+        None => MAX_HISTORY_PAGE,
+        Some(n) if (1..=MAX_HISTORY_PAGE as u64).contains(&n) => n as usize,
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("\"limit\" must be from 1 to {MAX_HISTORY_PAGE}"),
+            ));
+        }
+    };
+    let since = ChannelOffset(query.since.unwrap_or(0));
+    let settings = state
+        .histories()
+        .settings(state.store(), &key.project_id)
+        .await;
+    let room = RoomName::channel(&key.project_id, &channel);
+    let slice = if settings.enabled() {
+        state
+            .histories()
+            .backend
+            .read(&room, settings, since, limit)
+            .await
+            .map_err(|e| {
+                if let Some(p) = crate::log_throttle::backend_faults().check(&"history_read") {
+                    tracing::warn!(error = %e, suppressed = p.suppressed, "history read failed");
+                }
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "history backend unavailable, try again shortly",
+                )
+            })?
+    } else {
+        crate::history::Slice {
+            epoch: None,
+            top: ChannelOffset(0),
+            events: Vec::new(),
+            first: None,
+        }
+    };
+    let next = match slice.events.last() {
+        Some(last) if slice.events.len() == limit && last.offset < slice.top => Some(last.offset),
+        _ => None,
+    };
+    let mut events = Vec::with_capacity(slice.events.len());
+    for e in slice.events {
+        let payload = serde_json::value::RawValue::from_string(e.payload).map_err(|err| {
+            tracing::error!(error = %err, "unreadable history payload");
+            ApiError::new(ErrorCode::Internal, "history holds an unreadable event")
+        })?;
+        events.push(HistoryEvent {
+            id: e.id,
+            offset: e.offset,
+            payload,
+        });
+    }
+    Ok(Json(HistoryPage {
+        channel_name: channel,
+        epoch: slice.epoch,
+        offset: slice.top,
+        events,
+        next,
+    }))
 }
 
 /// `POST /v1/publishers/sign`.
@@ -188,28 +374,11 @@ impl AppState {
         room: RoomName,
         event: &ChannelEvent<P>,
     ) -> Result<(), ApiError> {
-        let encoded = serde_json::value::to_raw_value(event).map_err(|e| {
-            tracing::error!(error = %e, "event serialization failed");
-            ApiError::new(ErrorCode::Internal, "event could not be encoded")
-        })?;
-        match self.fanout().emit(room, EVENT, &encoded, None).await {
-            Ok(_) => Ok(()),
-            Err(FanoutError::Encode(e)) => {
-                tracing::error!(error = %e, "event encoding failed");
-                Err(ApiError::new(
-                    ErrorCode::Internal,
-                    "event could not be encoded",
-                ))
-            }
-            Err(FanoutError::Unavailable(e)) => {
-                if let Some(p) = crate::log_throttle::backend_faults().check(&"publish_bus") {
-                    tracing::warn!(error = %e, suppressed = p.suppressed, "broadcast failed");
-                }
-                Err(ApiError::new(
-                    ErrorCode::Unavailable,
-                    "fan-out backend unavailable, try again shortly",
-                ))
-            }
-        }
+        let encoded = encode_event(event)?;
+        self.fanout()
+            .emit(room, EVENT, &encoded, None)
+            .await
+            .map(|_| ())
+            .map_err(fanout_error)
     }
 }
