@@ -55,13 +55,13 @@ pub enum FanoutError {
 /// The socketioxide side of an instance's rooms (local operations only).
 #[async_trait]
 pub trait SioRooms: Send + Sync + 'static {
-    /// Emits to the room's local socketioxide sockets, except `except`.
+    /// Emits to the room's local socketioxide sockets, but those in `skip`.
     async fn emit_local(
         &self,
         room: &RoomName,
         event: &'static str,
         data: &RawValue,
-        except: Option<Sid>,
+        skip: &[Sid],
     ) -> Result<EmitReport, FanoutError>;
     /// Disconnects the room's local socketioxide sockets.
     async fn disconnect_local(&self, room: &RoomName);
@@ -84,23 +84,30 @@ impl<A: Adapter> SioRooms for SocketIo<A> {
         room: &RoomName,
         event: &'static str,
         data: &RawValue,
-        except: Option<Sid>,
+        skip: &[Sid],
     ) -> Result<EmitReport, FanoutError> {
         // No namespace yet: no socketioxide socket can be connected.
         let Some(ns) = default_namespace(self) else {
             return Ok(EmitReport::default());
         };
-        let members = ns
-            .clone()
-            .local()
-            .to(room.as_str().to_owned())
-            .sockets()
-            .len();
+        let sockets = ns.clone().local().to(room.as_str().to_owned()).sockets();
+        let members = sockets.len();
         if members == 0 {
             return Ok(EmitReport::default());
         }
+        if skip.len() > 1 {
+            // Rare (sockets finishing a recovery in Redis mode): one emit per socket.
+            let mut report = EmitReport::default();
+            for s in sockets.iter().filter(|s| !skip.contains(&s.id)) {
+                match s.emit(event, data) {
+                    Ok(()) => report.queued += 1,
+                    Err(_) => report.not_queued += 1,
+                }
+            }
+            return Ok(report);
+        }
         // A socket's own `broadcast()` leaves the socket out.
-        let ops = match except.and_then(|sid| ns.get_socket(sid)) {
+        let ops = match skip.first().and_then(|sid| ns.get_socket(*sid)) {
             Some(origin) => origin.broadcast().local(),
             None => ns.local(),
         };
@@ -258,7 +265,19 @@ pub struct Fanout {
     /// reads would otherwise log a line for every event of its rooms. socketioxide's
     /// broadcast error does not name the sockets, so the key is the room.
     not_queued_log: LogThrottle<RoomName>,
+    /// Per room, sockets that got its events up to an offset from history ([`Fanout::hold_floor`]).
+    floors: parking_lot::Mutex<std::collections::HashMap<RoomName, Vec<Floor>>>,
+    /// How many rooms have floors: while none, bus events skip the check.
+    floors_active: AtomicUsize,
+    sequencer: crate::history::Sequencer,
 }
+
+/// A recovered socket, the offset it has the room's events up to, and since when.
+type Floor = (Sid, u64, std::time::Instant);
+
+/// How long a recovered socket's floor is kept at most ([`Fanout::hold_floor`]): well beyond
+/// the bus's confirmation timeout.
+pub const FLOOR_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Fanout {
     /// A fan-out over the direct transport's rooms; the socketioxide side and the bus are
@@ -270,6 +289,9 @@ impl Fanout {
             sio_sockets: AtomicUsize::new(0),
             bus: OnceLock::new(),
             not_queued_log: LogThrottle::new("not_queued"),
+            floors: parking_lot::Mutex::new(std::collections::HashMap::new()),
+            floors_active: AtomicUsize::new(0),
+            sequencer: crate::history::Sequencer::default(),
         }
     }
 
@@ -286,6 +308,12 @@ impl Fanout {
     /// The direct transport's sockets and rooms.
     pub fn direct(&self) -> &Arc<DirectRooms> {
         &self.direct
+    }
+
+    /// Per-room ordering of publishes, bus events and recoveries on this instance
+    /// ([`crate::history::Sequencer`]).
+    pub fn sequencer(&self) -> &crate::history::Sequencer {
+        &self.sequencer
     }
 
     /// A socketioxide socket was admitted.
@@ -315,6 +343,62 @@ impl Fanout {
         Ok(report)
     }
 
+    /// Redis mode: `sid` just got `room`'s events up to `offset` from history; the events of
+    /// the room other instances send on the bus up to that offset are not delivered to it
+    /// again. (Another instance appends an event before this one read the history, and its
+    /// bus message may arrive after.) Forgotten once a later event came, or after
+    /// [`FLOOR_TTL`]. Nothing to do without a bus: local publishes are ordered by the
+    /// room's sequencer.
+    pub fn hold_floor(&self, room: &RoomName, sid: Sid, offset: u64) {
+        if self.bus.get().is_none() {
+            return;
+        }
+        let mut floors = self.floors.lock();
+        let now = std::time::Instant::now();
+        floors.retain(|_, f| {
+            f.retain(|x| now.duration_since(x.2) < FLOOR_TTL);
+            !f.is_empty()
+        });
+        floors
+            .entry(room.clone())
+            .or_default()
+            .push((sid, offset, now));
+        self.floors_active.store(floors.len(), Ordering::Relaxed);
+    }
+
+    /// The sockets of `room` that already have the bus event `data` from history.
+    fn skip_floors(&self, room: &RoomName, data: &RawValue) -> Vec<Sid> {
+        if self.floors_active.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let mut floors = self.floors.lock();
+        let Some(room_floors) = floors.get_mut(room) else {
+            return Vec::new();
+        };
+        #[derive(Deserialize)]
+        struct Offset {
+            offset: Option<u64>,
+        }
+        let Some(offset) = serde_json::from_str::<Offset>(data.get())
+            .ok()
+            .and_then(|o| o.offset)
+        else {
+            return Vec::new();
+        };
+        let now = std::time::Instant::now();
+        let skip = room_floors
+            .iter()
+            .filter(|(_, floor, _)| offset <= *floor)
+            .map(|(sid, _, _)| *sid)
+            .collect();
+        room_floors.retain(|(_, floor, at)| offset < *floor && now.duration_since(*at) < FLOOR_TTL);
+        if room_floors.is_empty() {
+            floors.remove(room);
+        }
+        self.floors_active.store(floors.len(), Ordering::Relaxed);
+        skip
+    }
+
     /// Sends an `event` with the encoded `data` to the other instances' sockets in `room`
     /// (nothing outside Redis mode). An `Unavailable` error means some may not have it.
     pub async fn emit_remote(&self, room: &RoomName, data: &RawValue) -> Result<(), FanoutError> {
@@ -340,12 +424,23 @@ impl Fanout {
         data: &RawValue,
         except: Option<Sid>,
     ) -> Result<EmitReport, FanoutError> {
+        self.emit_local_skipping(room, event, data, except.as_slice())
+            .await
+    }
+
+    async fn emit_local_skipping(
+        &self,
+        room: &RoomName,
+        event: &'static str,
+        data: &RawValue,
+        skip: &[Sid],
+    ) -> Result<EmitReport, FanoutError> {
         let frame = frame::text(&packet::event(event, data.get()));
-        let mut report = self.direct.emit(room, &frame, except).await;
+        let mut report = self.direct.emit(room, &frame, skip).await;
         if self.sio_sockets.load(Ordering::Relaxed) > 0
             && let Some(sio) = self.sio.get()
         {
-            report += sio.emit_local(room, event, data, except).await?;
+            report += sio.emit_local(room, event, data, skip).await?;
         }
         metrics::counter!(m::DELIVERIES, "outcome" => "queued").increment(report.queued as u64);
         if report.not_queued > 0 {
@@ -413,7 +508,9 @@ impl Fanout {
         match (message.kind, message.data) {
             (BusKind::Event, Some(data)) => {
                 let event = herald_protocol::messages::event_names::EVENT;
-                if let Err(e) = self.emit_local(&room, event, data, None).await {
+                let _order = self.sequencer.lock(&room).await;
+                let skip = self.skip_floors(&room, data);
+                if let Err(e) = self.emit_local_skipping(&room, event, data, &skip).await {
                     tracing::warn!(error = %e, "bus event not delivered locally");
                 }
             }
@@ -485,7 +582,7 @@ mod tests {
         let room = RoomName::parse("p:c").expect("valid room");
         let data = RawValue::from_string("1".to_owned()).expect("json");
         let report = io
-            .emit_local(&room, "event", &data, None)
+            .emit_local(&room, "event", &data, &[])
             .await
             .expect("emit");
         assert_eq!(report, EmitReport::default());

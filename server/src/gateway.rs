@@ -359,7 +359,7 @@ pub async fn listen<P: Peer>(
         .histories
         .settings(gw.store.as_ref(), &session.project)
         .await;
-    let _order = gw.histories.sequencer.lock(&room).await;
+    let _order = gw.fanout.sequencer().lock(&room).await;
     let outcome = listen_checked(s, gw, body).await;
     if outcome.is_err() {
         return (outcome, None);
@@ -424,6 +424,7 @@ async fn recover<P: Peer>(
                     Err(err) => tracing::error!(error = %err, "history event not encodable"),
                 }
             }
+            gw.fanout.hold_floor(room, s.sid(), top.get());
             Recovery {
                 recovered: true,
                 reason: None,

@@ -314,4 +314,27 @@ describe('history (redis mode, three instances)', () => {
     await waitFor(() => got.length === 4, 5000, 'the live event');
     assert.deepEqual(offsets(got), [4, 5, 6, 7]);
   });
+
+  it('a recovery on one instance while another publishes: contiguous, no duplicate', T, async () => {
+    const { id, key } = await project(nodes[0], { size: 1000 });
+    const { epoch } = await published(nodes[0], key, 'busy', 0);
+    const TOTAL = 300;
+    let next = 2;
+    const publishers = Array.from({ length: 4 }, async () => {
+      while (next <= TOTAL) {
+        next++;
+        await published(nodes[0], key, 'busy', 0);
+      }
+    });
+    await waitFor(() => next > 50, 10_000, 'publishing under way');
+    const socket = await connect(nodes[2], id);
+    const got = collectEvents(socket, 'event');
+    const ack = await listenSince(socket, 'busy', { offset: 1, epoch });
+    assert.equal(ack.recovered, true, JSON.stringify(ack));
+    await Promise.all(publishers);
+    const top = (await published(nodes[0], key, 'busy', 'last')).offset;
+    await waitFor(() => got.length >= top - 1, 10_000, `events up to ${top}`);
+    await sleep(200); // room for a late duplicate to show up
+    assert.deepEqual(offsets(got), range(2, top));
+  });
 });

@@ -338,12 +338,12 @@ impl DirectRooms {
         }
     }
 
-    /// Sends `frame` to every member of `room` except `except`. Never waits on a socket: each
+    /// Sends `frame` to every member of `room` but those in `skip`. Never waits on a socket: each
     /// member gets it written or queued ([`DirectConn::send`]); a member whose queue is full is
     /// closed as a slow consumer. The room lock is held only to copy the member list, and the
     /// loop yields to other tasks every [`YIELD_EVERY`] members, so a large room does not hold
     /// a runtime worker for the whole fan-out.
-    pub async fn emit(&self, room: &RoomName, frame: &Bytes, except: Option<Sid>) -> EmitReport {
+    pub async fn emit(&self, room: &RoomName, frame: &Bytes, skip: &[Sid]) -> EmitReport {
         let mut report = EmitReport::default();
         let members: Vec<Arc<DirectConn>> = match self.rooms.read().get(room) {
             Some(members) => members.clone(),
@@ -355,7 +355,7 @@ impl DirectRooms {
                 tokio::task::yield_now().await;
                 now = Instant::now();
             }
-            if Some(m.sid) == except {
+            if skip.contains(&m.sid) {
                 continue;
             }
             match m.send_at(frame.clone(), now) {

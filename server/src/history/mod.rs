@@ -150,11 +150,15 @@ pub fn decide(since: &herald_protocol::StreamPosition, slice: Slice) -> Decision
     }
 }
 
-/// Per-room ordering on this instance: a publish holds its room's lock from the append to
-/// the local delivery, and a `listen` with `since` holds it from joining the room to sending
-/// the replayed events. So every event of the room this instance delivers is either in what
-/// the listen read (appended before) or delivered live after the replay (appended after): no
-/// gap, no duplicate. The locks are sharded by room, a fixed number of them.
+/// Per-room ordering on this instance ([`Fanout::sequencer`](crate::fanout::Fanout::sequencer)):
+/// a publish holds its room's lock from the append to the local delivery (and the queueing
+/// on the bus), an event from another instance holds it while it is delivered locally, and a
+/// `listen` with `since` holds it from joining the room to sending the replayed events. So
+/// every event of the room this instance delivers is either in what the listen read
+/// (appended before) or delivered live after the replay: no gap. An event another instance
+/// appended before the read but whose bus message comes after it is not delivered twice:
+/// the recovered socket's floor ([`Fanout::hold_floor`](crate::fanout::Fanout::hold_floor))
+/// skips it. The locks are sharded by room, a fixed number of them.
 pub struct Sequencer {
     shards: Vec<tokio::sync::Mutex<()>>,
 }
@@ -186,12 +190,10 @@ impl Sequencer {
 /// within this time.
 pub const SETTINGS_CACHE_TTL: Duration = Duration::from_secs(1);
 
-/// The history backend, the per-room sequencer and a short cache of projects' settings.
+/// The history backend and a short cache of projects' settings.
 pub struct Histories {
     /// The backend.
     pub backend: Arc<dyn History>,
-    /// Per-room ordering.
-    pub sequencer: Sequencer,
     settings: Mutex<HashMap<ProjectId, (HistorySettings, Instant)>>,
 }
 
@@ -200,7 +202,6 @@ impl Histories {
     pub fn new(backend: Arc<dyn History>) -> Self {
         Self {
             backend,
-            sequencer: Sequencer::default(),
             settings: Mutex::new(HashMap::new()),
         }
     }

@@ -150,10 +150,11 @@ async fn publish_inner(
             epoch: None,
         }));
     }
-    // Append, then deliver locally, under the room's sequencer lock (see
-    // `history::Sequencer`); the other instances get it after the lock is released.
+    // Append, deliver locally and queue for the other instances under the room's sequencer
+    // lock (see `history::Sequencer`): this instance's events of a room then leave on the bus
+    // in offset order; the wait for the bus's confirmation happens after the lock.
+    let order = state.fanout().sequencer().lock(&room).await;
     let encoded = {
-        let _order = state.histories().sequencer.lock(&room).await;
         let position = state
             .histories()
             .backend
@@ -179,11 +180,15 @@ async fn publish_inner(
             .map_err(fanout_error)?;
         encoded
     };
-    state
-        .fanout()
-        .emit_remote(&room, &encoded)
-        .await
-        .map_err(fanout_error)?;
+    let mut remote = std::pin::pin!(state.fanout().emit_remote(&room, &encoded));
+    // One poll runs it up to its first wait: the message is queued, in order.
+    let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(remote.as_mut().poll(cx))).await;
+    drop(order);
+    match queued {
+        std::task::Poll::Ready(r) => r,
+        std::task::Poll::Pending => remote.await,
+    }
+    .map_err(fanout_error)?;
     tracing::debug!(api_key_id = %key.id, project_id = %key.project_id, channel = %event.channel_name, message_id = %id, offset = ?event.offset, "published");
     Ok(Json(PublishResponse {
         id,
