@@ -102,8 +102,8 @@ enum KeyCommand {
         /// Display name (who holds the key).
         #[arg(long)]
         name: String,
-        /// Scopes (repeat or comma-separate): publish_event, sign_token.
-        #[arg(long = "scope", value_delimiter = ',', default_values = ["publish_event", "sign_token"])]
+        /// Scopes (repeat or comma-separate): publish_event, sign_token, read_history.
+        #[arg(long = "scope", value_delimiter = ',', default_values = ["publish_event", "sign_token", "read_history"])]
         scopes: Vec<ApiKeyScope>,
         /// Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
         #[arg(long)]
