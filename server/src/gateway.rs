@@ -408,21 +408,28 @@ async fn recover<P: Peer>(
     match crate::history::decide(since, slice) {
         crate::history::Decision::Lost(reason) => lost(reason, epoch, Some(top)),
         crate::history::Decision::Recovered(events) => {
+            // Encode them all first: one that cannot be is a gap, and a gap is not recovered.
+            let mut frames = Vec::with_capacity(events.len());
             for e in events {
-                let Ok(payload) = serde_json::value::RawValue::from_string(e.payload) else {
-                    continue;
-                };
-                let event = ChannelEvent {
-                    id: Some(e.id),
-                    channel_name: channel.clone(),
-                    payload: &*payload,
-                    offset: Some(e.offset),
-                    epoch: epoch.clone(),
-                };
-                match serde_json::value::to_raw_value(&event) {
-                    Ok(raw) => s.send_event(&raw),
-                    Err(err) => tracing::error!(error = %err, "history event not encodable"),
+                let encoded = serde_json::value::RawValue::from_string(e.payload).and_then(|p| {
+                    serde_json::value::to_raw_value(&ChannelEvent {
+                        id: Some(e.id),
+                        channel_name: channel.clone(),
+                        payload: &*p,
+                        offset: Some(e.offset),
+                        epoch: epoch.clone(),
+                    })
+                });
+                match encoded {
+                    Ok(raw) => frames.push(raw),
+                    Err(err) => {
+                        tracing::error!(error = %err, offset = %e.offset, "history event not encodable; listen not recovered");
+                        return lost(RecoveryFailure::HistoryExpired, epoch, Some(top));
+                    }
                 }
+            }
+            for raw in &frames {
+                s.send_event(raw);
             }
             gw.fanout.hold_floor(room, s.sid(), top.get());
             Recovery {
