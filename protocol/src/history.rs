@@ -226,7 +226,8 @@ impl HistorySettings {
         self.size > 0
     }
 
-    /// Applies an untrusted partial update `{ "size"?, "ttlSecs"? }` to `self`.
+    /// Applies an untrusted partial update `{ "size"?, "ttlSecs"? }` to `self` (other fields
+    /// are ignored, as everywhere in Herald's `PATCH` bodies; `null` is not a value).
     ///
     /// ```
     /// use herald_protocol::history::HistorySettings;
@@ -258,12 +259,6 @@ impl HistorySettings {
                     }),
             }
         };
-        if let Some(k) = obj.keys().find(|k| *k != "size" && *k != "ttlSecs") {
-            return Err(Refusal::new(
-                ErrorCode::InvalidBody,
-                format!("unknown field \"history.{k}\"; expected size and/or ttlSecs"),
-            ));
-        }
         Ok(Self {
             size: field("size", 0, MAX_HISTORY_SIZE)?.unwrap_or(self.size),
             ttl_secs: field("ttlSecs", 1, MAX_HISTORY_TTL_SECS)?.unwrap_or(self.ttl_secs),
@@ -367,7 +362,7 @@ mod tests {
         assert!(!off.enabled());
         assert!(
             HistorySettings::default()
-                .patch(&json!({"other": 1}))
+                .patch(&json!({"size": null}))
                 .is_err()
         );
         assert!(HistorySettings::default().patch(&json!([])).is_err());

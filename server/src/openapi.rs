@@ -56,7 +56,8 @@ pub struct UpdateApiKeyBody {
 #[allow(dead_code)]
 pub struct UpdateProjectBody {
     /// New history retention; fields left out keep their value.
-    history: Option<UpdateHistoryBody>,
+    #[schema(required = false)]
+    history: UpdateHistoryBody,
 }
 
 /// The `history` of [`UpdateProjectBody`].
@@ -66,11 +67,11 @@ pub struct UpdateProjectBody {
 #[serde(rename_all = "camelCase")]
 pub struct UpdateHistoryBody {
     /// Events kept per channel (0: history off).
-    #[schema(minimum = 0, maximum = 10000)]
-    size: Option<u32>,
+    #[schema(required = false, minimum = 0, maximum = 10000)]
+    size: u32,
     /// Seconds an event is kept.
-    #[schema(minimum = 1, maximum = 86400)]
-    ttl_secs: Option<u32>,
+    #[schema(required = false, minimum = 1, maximum = 86400)]
+    ttl_secs: u32,
 }
 
 /// `GET /`: the index of a running server.
@@ -456,6 +457,20 @@ mod tests {
             );
         }
         assert!(schemas["UpdateApiKeyRequest"].get("required").is_none());
+        for field in ["size", "ttlSecs"] {
+            let schema = &schemas["UpdateHistoryRequest"]["properties"][field];
+            assert!(
+                !schema.to_string().contains("null"),
+                "{field} is not nullable: {schema}"
+            );
+        }
+        assert!(schemas["UpdateHistoryRequest"].get("required").is_none());
+        assert!(schemas["UpdateProjectRequest"].get("required").is_none());
+        assert!(
+            !schemas["UpdateProjectRequest"]["properties"]["history"]
+                .to_string()
+                .contains("null")
+        );
         // The payload is any JSON, not only an object.
         assert!(
             schemas["PublishRequest"]["properties"]["payload"]

@@ -193,7 +193,7 @@ describe('history (embedded mode)', () => {
   it('PATCH project history validates its bounds', T, async () => {
     const id = uid('hist');
     await createProject(h, id);
-    for (const history of [{ size: 10001 }, { ttlSecs: 0 }, { ttlSecs: 86401 }, { size: -1 }, { other: 1 }, 'x']) {
+    for (const history of [{ size: 10001 }, { ttlSecs: 0 }, { ttlSecs: 86401 }, { size: -1 }, { size: null }, 'x']) {
       const res = await admin(h, 'PATCH', `/v1/admin/projects/${id}`, { history });
       assert.equal(res.status, 400, JSON.stringify(history));
       assert.equal(res.body.error.code, 'invalid_body');

@@ -118,16 +118,12 @@ pub async fn create_project(
             ));
         }
     };
-    let history = match v.get("history") {
-        None | Some(Value::Null) => HistorySettings::default(),
-        Some(h) => HistorySettings::default().patch(h)?,
-    };
     let record = ProjectRecord {
         id,
         name,
         created_at: now_seconds(),
         signing_secret: SigningSecret::generate(),
-        history,
+        history: HistorySettings::default(),
     };
     match state.store().create_project(&record).await {
         Ok(()) => {}
@@ -193,15 +189,6 @@ pub async fn update_project(
     authorize(&state, &headers)?;
     let id = project_id(&id)?;
     let v = json_object(body)?;
-    if let Some(k) = v
-        .as_object()
-        .and_then(|o| o.keys().find(|k| *k != "history"))
-    {
-        return Err(ApiError::new(
-            ErrorCode::InvalidBody,
-            format!("unknown field {k:?}; a project's \"history\" is what can change"),
-        ));
-    }
     let mut record = existing_project(&state, &id).await?;
     if let Some(h) = v.get("history") {
         record.history = record.history.patch(h)?;
