@@ -1,8 +1,10 @@
-//! What a socket client sends as JSON: the handshake `auth`, `listen`, `remove` and client
-//! `event` bodies, and every name inside them. Parsing must refuse, never panic; whatever is
+//! What a socket client sends as JSON: the handshake `auth`, `listen` (with its `since`
+//! position), `remove` and client `event` bodies, every name inside them, and a project's
+//! history settings patch. Parsing must refuse, never panic; whatever is
 //! accepted is valid (names round-trip through their own parser).
 #![no_main]
 
+use herald_protocol::history::{Epoch, HistorySettings, MAX_HISTORY_SIZE, MAX_HISTORY_TTL_SECS};
 use herald_protocol::messages::{ClientEvent, HandshakeAuth, ListenRequest, RemoveRequest};
 use herald_protocol::{ChannelName, ProjectId, RoomName};
 use libfuzzer_sys::fuzz_target;
@@ -18,6 +20,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = herald_protocol::ApiKeyToken::parse(text);
         let _ = RoomName::parse(text);
         let _ = RoomName::parse_channel(text);
+        if let Ok(e) = Epoch::parse(text) {
+            assert_eq!(Epoch::parse(e.as_str()).ok(), Some(e));
+        }
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
         return;
@@ -26,4 +31,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = ListenRequest::parse(&value);
     let _ = RemoveRequest::parse(&value);
     let _ = ClientEvent::parse(&value);
+    if let Ok(Some(since)) = ListenRequest::parse_since(&value) {
+        assert_eq!(Epoch::parse(since.epoch.as_str()).ok(), Some(since.epoch));
+    }
+    if let Ok(settings) = HistorySettings::default().patch(&value) {
+        assert!(settings.size <= MAX_HISTORY_SIZE);
+        assert!((1..=MAX_HISTORY_TTL_SECS).contains(&settings.ttl_secs));
+    }
 });
