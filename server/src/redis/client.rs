@@ -8,6 +8,13 @@ use fred::clients::{Client, SubscriberClient};
 use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy};
 use fred::types::RespVersion;
 
+/// Slots of each of fred's event broadcast channels (pub/sub messages, reconnects, errors,
+/// …; eight per client). tokio allocates and initialises every slot when a channel is
+/// created, so 65 536 slots cost about 40 MB per client before any traffic. The driver's
+/// hand-off takes each pub/sub message out of the channel as fred sends it
+/// ([`super::driver`]), so a few slots are enough; reconnect notices come one at a time.
+pub const FRED_BROADCAST_CAPACITY: usize = 256;
+
 /// How Herald talks to Redis.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
@@ -46,8 +53,10 @@ impl RedisSettings {
         builder
             .with_performance_config(|p| {
                 p.default_command_timeout = command_timeout;
-                // Room for bursts of cross-instance messages before fred's broadcast lags.
-                p.broadcast_channel_capacity = 65_536;
+                // Every slot of fred's event channels is allocated up front: keep them small.
+                // Messages do not wait there; the driver's hand-over queue is the room for
+                // bursts ([`super::driver::MESSAGE_QUEUE_CAPACITY`]).
+                p.broadcast_channel_capacity = FRED_BROADCAST_CAPACITY;
             })
             .with_connection_config(|c| {
                 c.connection_timeout = connect_timeout;
