@@ -8,5 +8,6 @@ mod hardening;
 mod http_limits;
 mod ops;
 mod persistence;
+mod redis_memory;
 mod rest_errors;
 mod sdk;
