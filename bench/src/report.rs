@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::scenarios::{BURST_CASE, REDIS_MODE};
 use crate::stats::Summary;
 
 /// One scenario case for one server.
@@ -116,6 +117,21 @@ impl Report {
             .filter(|x| x.is_finite())
     }
 
+    /// Herald's memory-scenario metric, embedded or in Redis mode.
+    fn memory(&self, redis: bool, metric: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| {
+                r.scenario == "memory"
+                    && r.peer == "herald"
+                    && r.case != BURST_CASE
+                    && r.case.starts_with(REDIS_MODE) == redis
+            })
+            .and_then(|r| r.metrics.get(metric))
+            .map(|s| s.median)
+            .filter(|x| x.is_finite())
+    }
+
     /// Computes the targets from the rows.
     pub fn evaluate(&mut self) {
         let mut t = Vec::new();
@@ -167,8 +183,8 @@ impl Report {
             verdict: verdict(q.map(|q| q >= 10.0)),
         });
 
-        let idle = self.get("memory", "", "herald", "rss_kb_per_conn_idle");
-        let traffic = self.get("memory", "", "herald", "rss_kb_per_conn_traffic");
+        let idle = self.memory(false, "rss_kb_per_conn_idle");
+        let traffic = self.memory(false, "rss_kb_per_conn_traffic");
         t.push(Target {
             target: "memory ≤ 12 KB RSS per idle connection".into(),
             measured: show(idle, " KB"),
@@ -178,6 +194,64 @@ impl Report {
             target: "memory ≤ 15 KB RSS per connection after traffic".into(),
             measured: show(traffic, " KB"),
             verdict: verdict(traffic.map(|v| v <= 15.0)),
+        });
+
+        let e0 = self.memory(false, "rss_mb_no_connection");
+        let r0 = self.memory(true, "rss_mb_no_connection");
+        t.push(Target {
+            target: "Redis mode: idle RSS (no connection) ≤ 2× embedded + 10 MB".into(),
+            measured: format!(
+                "Redis mode {}, embedded {} (limit {})",
+                show(r0, " MB"),
+                show(e0, " MB"),
+                show(e0.map(|e| 2.0 * e + 10.0), " MB")
+            ),
+            verdict: verdict(r0.zip(e0).map(|(r, e)| r <= 2.0 * e + 10.0)),
+        });
+        let ri = self.memory(true, "rss_kb_per_conn_idle");
+        let rt = self.memory(true, "rss_kb_per_conn_traffic");
+        let (qi, qt) = (ratio(ri, idle), ratio(rt, traffic));
+        t.push(Target {
+            target: "Redis mode: KB RSS per connection ≤ 1.2× embedded (idle and after traffic)"
+                .into(),
+            measured: format!(
+                "idle {} ({} vs {}), after traffic {} ({} vs {})",
+                show(qi, "×"),
+                show(ri, " KB"),
+                show(idle, " KB"),
+                show(qt, "×"),
+                show(rt, " KB"),
+                show(traffic, " KB")
+            ),
+            verdict: verdict(qi.zip(qt).map(|(i, t)| i <= 1.2 && t <= 1.2)),
+        });
+        let burst = |m: &str| self.get("memory", BURST_CASE, "herald", m);
+        let falls_back = |who: &str| {
+            let before = burst(&format!("{who}_rss_mb_before"))?;
+            let peak = burst(&format!("{who}_rss_mb_peak"))?;
+            let after = burst(&format!("{who}_rss_mb_after"))?;
+            Some((
+                format!("{who}: {} → {} → {}", num(before), num(peak), num(after)),
+                after - before <= (0.2 * (peak - before)).max(2.0),
+            ))
+        };
+        let (fa, fb) = (falls_back("a"), falls_back("b"));
+        let after_s = burst("after_s");
+        t.push(Target {
+            target: "Redis mode: after an event-bus burst, RSS falls back within 60 s \
+                     (to within 20% of the rise or 2 MB; before → peak → after, MB)"
+                .into(),
+            measured: format!(
+                "{}; {}; read {} after",
+                fa.as_ref().map_or("–".into(), |f| f.0.clone()),
+                fb.as_ref().map_or("–".into(), |f| f.0.clone()),
+                show(after_s, " s")
+            ),
+            verdict: verdict(
+                fa.zip(fb)
+                    .filter(|_| after_s.is_some_and(|s| s >= 60.0))
+                    .map(|(a, b)| a.1 && b.1),
+            ),
         });
 
         let h = self.get("fanout", "1000 ", "herald", "p99_ms");
@@ -441,6 +515,30 @@ impl Report {
                 "",
                 "rss_kb_per_conn_traffic",
                 "memory: KB RSS per connection after traffic",
+            ),
+            (
+                "memory",
+                "",
+                "rss_mb_no_connection",
+                "memory: MB RSS with no connection",
+            ),
+            (
+                "memory",
+                REDIS_MODE,
+                "rss_mb_no_connection",
+                "memory, Redis mode: MB RSS with no connection",
+            ),
+            (
+                "memory",
+                REDIS_MODE,
+                "rss_kb_per_conn_idle",
+                "memory, Redis mode: KB RSS per idle connection",
+            ),
+            (
+                "memory",
+                REDIS_MODE,
+                "rss_kb_per_conn_traffic",
+                "memory, Redis mode: KB RSS per connection after traffic",
             ),
             (
                 "personal",

@@ -41,6 +41,11 @@ pub struct Sizes {
     pub rest_rate: f64,
     /// Pause before reading RSS (lets the server finish and the allocator settle).
     pub settle: Duration,
+    /// Memory scenario, Redis mode: publishes per second offered and seconds of the event-bus
+    /// burst.
+    pub burst: (f64, f64),
+    /// How long after the burst its RSS is read again.
+    pub burst_after: Duration,
 }
 
 impl Sizes {
@@ -62,6 +67,8 @@ impl Sizes {
             churn: 4.0,
             rest_rate: 50_000.0,
             settle: Duration::from_millis(700),
+            burst: (20_000.0, 3.0),
+            burst_after: Duration::from_secs(60),
         }
     }
     /// The smoke test.
@@ -79,6 +86,8 @@ impl Sizes {
             churn: 1.5,
             rest_rate: 5_000.0,
             settle: Duration::from_millis(300),
+            burst: (5_000.0, 1.0),
+            burst_after: Duration::from_secs(10),
         }
     }
 }
@@ -394,23 +403,59 @@ async fn settle_rss(settle: Duration, pid: u32) -> f64 {
     rss_bytes(pid).unwrap_or(0) as f64
 }
 
-/// Idle memory: RSS per connection from the slope between the first and last count, idle and
-/// after traffic.
+/// Idle memory: RSS with no connection, and RSS per connection from the slope between the
+/// first and last count, idle and after traffic. Herald runs it twice, embedded and in Redis
+/// mode (one instance on a redis-server of its own), and in Redis mode then bursts the event
+/// bus ([`memory_burst`]).
 pub async fn memory(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    memory_mode(ctx, kind, None).await?;
+    if kind != Kind::Herald {
+        return Ok(());
+    }
+    let redis = match servers::start_redis(&ctx.env).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("-- memory / herald in Redis mode: skipped ({e:#})");
+            return Ok(());
+        }
+    };
+    let url = redis.url();
+    let r = memory_mode(ctx, kind, Some(&url)).await;
+    let b = match r {
+        Ok(()) => memory_burst(ctx, &url).await,
+        Err(e) => Err(e),
+    };
+    redis.stop().await;
+    b
+}
+
+/// The case name of the memory rows: `{first}..{last} sockets`, prefixed with
+/// [`REDIS_MODE`] in Redis mode.
+pub const REDIS_MODE: &str = "Redis mode, ";
+
+async fn memory_mode(ctx: &mut Ctx, kind: Kind, redis_url: Option<&str>) -> anyhow::Result<()> {
     const S: &str = "memory";
     let ns = ctx.sizes.memory.clone();
     let (first, last) = (ns[0], *ns.last().context("no sizes")?);
-    let r = ctx.row(S, &format!("{first}..{last} sockets"), kind.name());
+    let mode = if redis_url.is_some() { REDIS_MODE } else { "" };
+    let r = ctx.row(S, &format!("{mode}{first}..{last} sockets"), kind.name());
+    let opts = Options {
+        redis_url: redis_url.map(str::to_owned),
+        tag: if redis_url.is_some() { "-redis" } else { "" }.into(),
+        ..Options::default()
+    };
     let mut idle = Vec::new();
     let mut traffic = Vec::new();
+    let mut no_conn = Vec::new();
     let mut connect_rate = Vec::new();
     let mut points: Vec<String> = Vec::new();
-    let mut gen_cores = Vec::new();
     for rep in 0..ctx.sizes.reps {
-        let server = ctx.start(kind, &Options::default()).await?;
+        let server = ctx.start(kind, &opts).await?;
         let t = target(&server);
         let pids = server.pids();
         let pid = server.pid;
+        let r_empty = settle_rss(ctx.sizes.settle, pid).await;
+        no_conn.push(r_empty / 1e6);
         let c = ctx
             .connect(server.addr, vec!["idle".into(); first], None)
             .await;
@@ -431,8 +476,9 @@ pub async fn memory(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
         let base = settle_rss(ctx.sizes.settle, pid).await;
         let mut have = first;
         let mut line = format!(
-            "rep {}: {}k idle {:.0} MB, after traffic {:.0} MB",
+            "rep {}: no connection {:.1} MB; {}k idle {:.0} MB, after traffic {:.0} MB",
             rep + 1,
+            r_empty / 1e6,
             first / 1000,
             r_first_idle / 1e6,
             base / 1e6
@@ -458,7 +504,6 @@ pub async fn memory(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
             )
             .await?;
         ctx.check_window(kind, S, &w);
-        gen_cores.push(w.cpu.generator_core());
         let r_last_traffic = settle_rss(ctx.sizes.settle, pid).await;
         line.push_str(&format!("; after traffic {:.0} MB", r_last_traffic / 1e6));
         let span = (last - first) as f64;
@@ -469,14 +514,164 @@ pub async fn memory(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
     }
     let row = &mut ctx.rows[r];
     row.metrics
+        .insert("rss_mb_no_connection".into(), Summary::of(&no_conn));
+    row.metrics
         .insert("rss_kb_per_conn_idle".into(), Summary::of(&idle));
     row.metrics
         .insert("rss_kb_per_conn_traffic".into(), Summary::of(&traffic));
     row.metrics
         .insert("connects_per_s".into(), Summary::of(&connect_rate));
     row.notes.extend(points);
-    let _ = gen_cores;
     Ok(())
+}
+
+/// Case name of the burst row.
+pub const BURST_CASE: &str = "Redis mode, event-bus burst";
+
+/// A burst through the event bus: instance B is stopped (`SIGSTOP`) while publishes go
+/// through instance A, so Redis holds B's share; B is then resumed and takes the whole backlog
+/// at once, through its hand-over queue, bus listener and sockets. RSS of both instances
+/// before, at the peak (`VmHWM`, the process's high-water mark) and [`Sizes::burst_after`]
+/// after.
+async fn memory_burst(ctx: &mut Ctx, url: &str) -> anyhow::Result<()> {
+    const S: &str = "memory";
+    let kind = Kind::Herald;
+    let r = ctx.row(S, BURST_CASE, kind.name());
+    let a = ctx
+        .start(
+            kind,
+            &Options {
+                redis_url: Some(url.to_owned()),
+                tag: "-burst-a".into(),
+                ..Options::default()
+            },
+        )
+        .await?;
+    let b = ctx
+        .start(
+            kind,
+            &Options {
+                redis_url: Some(url.to_owned()),
+                skip_setup: true,
+                tag: "-burst-b".into(),
+                ..Options::default()
+            },
+        )
+        .await?;
+    wait_both_instances_take_events(&a).await?;
+    // One listener on B for the end marker: events on the bus arrive in order, so once it
+    // has the marker B has taken the whole backlog. Nobody listens to the burst's channel:
+    // what is measured is the bus, not socket queues.
+    let c = ctx.connect(b.addr, vec!["burst-end".into()], None).await;
+    ctx.check_connect(kind, S, &c);
+    let (a0, b0) = (
+        settle_rss(ctx.sizes.settle, a.pid).await,
+        rss_bytes(b.pid).unwrap_or(0) as f64,
+    );
+    let (a_hwm0, b_hwm0) = (hwm_bytes(a.pid), hwm_bytes(b.pid));
+    signal(b.pid, "-STOP");
+    let (rate, seconds) = ctx.sizes.burst;
+    let p = Plan {
+        rate,
+        total: (rate * seconds) as u64,
+        channels: Channels::One("burst".into()),
+        pad: PAD,
+        conns: 32,
+        deadline: Some(Duration::from_secs_f64(seconds * 2.0)),
+    };
+    let out = publisher::run(&target(&a), &p).await;
+    signal(b.pid, "-CONT");
+    let out = out?;
+    let before = ctx.clients.status().await.events;
+    let marker = Plan {
+        rate: 10.0,
+        total: 1,
+        channels: Channels::One("burst-end".into()),
+        pad: PAD,
+        conns: 1,
+        deadline: None,
+    };
+    // Right after B resumes, A may answer 503 until B's subscription is confirmed again.
+    let mut got_marker = false;
+    for _ in 0..100 {
+        if publisher::run(&target(&a), &marker).await?.ok == 1 {
+            for _ in 0..3000 {
+                if ctx.clients.status().await.events > before {
+                    got_marker = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !got_marker {
+        ctx.fail(format!(
+            "{S}/herald: B did not get the end marker after the event-bus burst"
+        ));
+    }
+    let (a_peak, b_peak) = (hwm_bytes(a.pid), hwm_bytes(b.pid));
+    let after = ctx.sizes.burst_after;
+    tokio::time::sleep(after).await;
+    let (a1, b1) = (
+        rss_bytes(a.pid).unwrap_or(0) as f64,
+        rss_bytes(b.pid).unwrap_or(0) as f64,
+    );
+    let row = &mut ctx.rows[r];
+    let mb = |x: f64| Summary::of(&[x / 1e6]);
+    row.metrics.insert("a_rss_mb_before".into(), mb(a0));
+    row.metrics.insert("a_rss_mb_peak".into(), mb(a_peak));
+    row.metrics.insert("a_rss_mb_after".into(), mb(a1));
+    row.metrics.insert("b_rss_mb_before".into(), mb(b0));
+    row.metrics.insert("b_rss_mb_peak".into(), mb(b_peak));
+    row.metrics.insert("b_rss_mb_after".into(), mb(b1));
+    row.metrics
+        .insert("burst_events".into(), Summary::of(&[out.ok as f64]));
+    row.metrics
+        .insert("burst_refused".into(), Summary::of(&[out.errors as f64]));
+    row.metrics
+        .insert("after_s".into(), Summary::of(&[after.as_secs_f64()]));
+    row.notes.push(format!(
+        "B stopped while A took {} publishes ({} refused, {:?}); B took the backlog after \
+         resuming (end marker received: {got_marker}). A: {:.1} MB before, {:.1} MB peak, \
+         {:.1} MB {:.0} s after; B: {:.1} → {:.1} → {:.1} MB (peaks are VmHWM; before the \
+         burst VmHWM was A {:.1}, B {:.1} MB)",
+        out.ok,
+        out.errors,
+        out.error_samples.first(),
+        a0 / 1e6,
+        a_peak / 1e6,
+        a1 / 1e6,
+        after.as_secs_f64(),
+        b0 / 1e6,
+        b_peak / 1e6,
+        b1 / 1e6,
+        a_hwm0 / 1e6,
+        b_hwm0 / 1e6,
+    ));
+    ctx.finish(b, S).await;
+    ctx.finish(a, S).await;
+    Ok(())
+}
+
+/// `VmHWM` (peak RSS) of a process in bytes, 0 when unreadable.
+fn hwm_bytes(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb * 1024.0)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status();
 }
 
 /// Fan-out to one channel at each subscriber count, at a fixed offered delivery rate.

@@ -243,10 +243,7 @@ pub(crate) struct Handoff {
 
 impl Handoff {
     /// Starts moving `rx`'s messages; they arrive on the returned queue.
-    pub(crate) fn start(
-        rx: broadcast::Receiver<Message>,
-        stats: Arc<DriverStats>,
-    ) -> HandoffQueue {
+    pub(crate) fn start(rx: broadcast::Receiver<Message>, stats: Arc<DriverStats>) -> HandoffQueue {
         Self::with_capacity(rx, stats, MESSAGE_QUEUE_CAPACITY)
     }
 
@@ -386,7 +383,8 @@ async fn dispatch(
                 }
                 Err(mpsc::error::TrySendError::Full((chan, _))) => {
                     let n = stats.dropped_queue_full.fetch_add(1, Ordering::Relaxed) + 1;
-                    metrics::counter!(crate::metrics::REDIS_DROPPED, "reason" => "queue_full").increment(1);
+                    metrics::counter!(crate::metrics::REDIS_DROPPED, "reason" => "queue_full")
+                        .increment(1);
                     tracing::error!(channel = %chan, dropped_total = n, "cross-instance message dropped: adapter queue full");
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {}

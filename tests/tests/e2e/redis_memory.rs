@@ -74,7 +74,11 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
 /// Waits until `/readyz` answers 200 (Redis connected, pub/sub probe back).
 async fn wait_ready(h: &Herald) -> anyhow::Result<()> {
     for _ in 0..400 {
-        if h.request(Method::GET, "/readyz", None, None, &[]).await?.status == 200 {
+        if h.request(Method::GET, "/readyz", None, None, &[])
+            .await?
+            .status
+            == 200
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
