@@ -56,6 +56,12 @@ fn closed_text(code: Option<u16>, reason: &str) -> String {
     }
 }
 
+/// A duration in whole milliseconds, for messages. Not `{:?}` of the `Duration`: that is
+/// decimal formatting of its own, which the browser client would ship only for these texts.
+pub(crate) fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
 impl<D> SessionError<D> {
     pub(crate) fn refused(refusal: Refusal) -> Self {
         SessionError::Refused {
@@ -65,7 +71,7 @@ impl<D> SessionError<D> {
     }
 
     pub(crate) fn timeout_after(timeout: Duration, what: impl std::fmt::Display) -> Self {
-        SessionError::Timeout(format!("after {timeout:?} waiting for {what}"))
+        SessionError::Timeout(format!("after {} ms waiting for {what}", millis(timeout)))
     }
 
     /// The server's code, for refusals (and `token_missing` for [`NoTokenProvider`],

@@ -953,8 +953,8 @@ impl<D: Clone> Session<D> {
         };
         if now.saturating_since(live.last_seen) > live.silence_limit {
             let error = SessionError::Timeout(format!(
-                "no heartbeat from the server for {:?}",
-                live.silence_limit
+                "no heartbeat from the server for {} ms",
+                crate::error::millis(live.silence_limit)
             ));
             return self.lost(now, error);
         }

@@ -21,7 +21,6 @@ mod js;
 mod task;
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::rc::Rc;
 
 use std::time::Duration;
@@ -59,7 +58,7 @@ impl WasmClient {
         let config = Rc::new(config(url, options).map_err(|e| e.to_js())?);
         let shared = Rc::new(RefCell::new(Shared {
             state: "idle",
-            channels: BTreeSet::new(),
+            channels: Vec::new(),
             emit,
         }));
         let (tx, rx) = mpsc::unbounded();

@@ -5,7 +5,7 @@
 //! never awaits, so state is never shared across an `.await`.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -34,8 +34,10 @@ pub(crate) struct Config {
 /// State the JavaScript side reads synchronously, and the event callback.
 pub(crate) struct Shared {
     pub(crate) state: &'static str,
-    /// The session's channel set, copied after every input.
-    pub(crate) channels: BTreeSet<ChannelName>,
+    /// The session's channels in name order, copied after every input. A `Vec`: the session
+    /// already yields them sorted, and collecting into a `BTreeSet` would compile a sort
+    /// into the wasm for nothing.
+    pub(crate) channels: Vec<ChannelName>,
     /// `emit(kind, a, b)`: the JavaScript wrapper dispatches to `on(kind, …)` listeners.
     pub(crate) emit: Function,
 }
