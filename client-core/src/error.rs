@@ -57,9 +57,10 @@ fn closed_text(code: Option<u16>, reason: &str) -> String {
 }
 
 /// A duration in whole milliseconds, for messages. Not `{:?}` of the `Duration`: that is
-/// decimal formatting of its own, which the browser client would ship only for these texts.
-pub(crate) fn millis(d: Duration) -> u128 {
-    d.as_millis()
+/// decimal formatting of its own, which the browser client would ship only for these texts
+/// (and a `u64`, not `as_millis`'s `u128`, whose formatting is code of its own too).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl<D> SessionError<D> {

@@ -247,7 +247,11 @@ impl Task {
                 "reconnecting",
                 detail(&[
                     ("attempt", JsValue::from(attempt)),
-                    ("delayMs", JsValue::from(delay.as_millis() as f64)),
+                    // Through u64: converting as_millis()'s u128 to f64 is a helper of its own.
+                    (
+                        "delayMs",
+                        JsValue::from(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX) as f64),
+                    ),
                     ("error", client_error(cause).to_js()),
                 ]),
             ),
