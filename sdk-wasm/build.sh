@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds the npm package @herald/client into sdk-wasm/pkg/:
-#   cargo (wasm32-unknown-unknown, profile wasm-release: size-optimised, LTO)
+#   cargo (wasm32-unknown-unknown, profile wasm-release: opt-level "z", LTO)
 #   → wasm-bindgen --target web (without the name and producers sections: 129 KB of function
 #     names that only a debugger reads)
 #   → wasm-opt -O1 --dae-optimizing (binaryen, pinned in sdk-wasm/tools/package-lock.json;
 #     `npm ci` there when missing). Not -Oz: it makes the file smaller but compress worse, and
-#     gzip is what travels (measured on this module: none 132.8 KB gzip, -Oz 134.2, -Os 134.7,
-#     -O1 131.0, -O1 --dae-optimizing 129.9)
+#     gzip is what travels (measured on this module: none 129.2 KB gzip, -Oz 132.3, -O1 127.3,
+#     -O1 --dae-optimizing 126.9)
 #   + the hand-written wrapper (js/index.js for browsers, js/node.js for Node, both on js/client.js;
 #     js/index.d.ts), package.json (the crate's version)
 #     and README.md.
