@@ -118,6 +118,13 @@ export interface ChannelEvent<P = unknown> {
   channelName: string;
   /** The publisher's JSON. */
   payload: P;
+  /**
+   * The event's position in its channel (1, 2, …), when the project keeps history (the
+   * default; docs/PROTOCOL.md § History and recovery).
+   */
+  offset?: number;
+  /** The epoch `offset` belongs to: it changes when the channel's history was lost. */
+  epoch?: string;
 }
 
 export type SystemMessageCode = 'Success' | 'Error' | 'RemovedFromChannel';

@@ -85,7 +85,9 @@ describe('@herald/client in Chromium', () => {
     const res = await publish(herald, key, 'orders', payload);
     assert.equal(res.status, 200);
     const ev = await waitForLog(page, 'basic', (e) => e.kind === 'event', 5000, 'the published event');
-    assert.deepEqual(ev.a, { id: res.body.id, channelName: 'orders', payload });
+    // The event carries its place in the channel's history, as the publish answered it.
+    assert.equal(res.body.offset, 1);
+    assert.deepEqual(ev.a, { id: res.body.id, channelName: 'orders', payload, offset: 1, epoch: res.body.epoch });
 
     // Refused client-side, with the server's codes; the server never hears of them (it
     // answers every request with a system_message, and none is an Error).
