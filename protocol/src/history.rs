@@ -45,6 +45,26 @@ impl fmt::Display for ChannelOffset {
     }
 }
 
+/// Largest offset a client may name (`since`, the history endpoint's `since`): 2^53 − 1, the
+/// largest integer every JSON reader (JavaScript's included) holds exactly.
+pub const MAX_OFFSET: u64 = (1 << 53) - 1;
+
+/// A JSON whole number from 0 to [`MAX_OFFSET`]: `4` or `4.0` (JSON Schema's `integer` accepts
+/// both), not `4.5`, `-1` or `"4"`.
+fn whole_number(v: &Value) -> Option<u64> {
+    let n = match v.as_u64() {
+        Some(n) => n,
+        None => {
+            let f = v.as_f64()?;
+            if f.fract() != 0.0 || !(0.0..=MAX_OFFSET as f64).contains(&f) {
+                return None;
+            }
+            f as u64
+        }
+    };
+    (n <= MAX_OFFSET).then_some(n)
+}
+
 /// Longest epoch string, in bytes.
 pub const MAX_EPOCH_LEN: usize = 64;
 
@@ -121,7 +141,7 @@ impl StreamPosition {
             )
         };
         let obj = v.as_object().ok_or_else(bad)?;
-        let offset = obj.get("offset").and_then(Value::as_u64).ok_or_else(bad)?;
+        let offset = obj.get("offset").and_then(whole_number).ok_or_else(bad)?;
         let epoch = obj.get("epoch").and_then(Value::as_str).ok_or_else(bad)?;
         Ok(Self {
             offset: ChannelOffset(offset),
@@ -236,6 +256,9 @@ impl HistorySettings {
     /// assert_eq!((s.size, s.ttl_secs), (5, 120));
     /// assert!(HistorySettings::default().patch(&json!({"ttlSecs": 0})).is_err());
     /// assert!(HistorySettings::default().patch(&json!({"size": 10001})).is_err());
+    /// // JSON Schema's integers: 376.0 is one, 376.5 is not.
+    /// assert_eq!(HistorySettings::default().patch(&json!({"ttlSecs": 376.0})).map(|s| s.ttl_secs), Ok(376));
+    /// assert!(HistorySettings::default().patch(&json!({"ttlSecs": 376.5})).is_err());
     /// ```
     pub fn patch(self, v: &Value) -> Result<Self, Refusal> {
         let obj = v.as_object().ok_or_else(|| {
@@ -247,8 +270,7 @@ impl HistorySettings {
         let field = |name: &str, min: u32, max: u32| -> Result<Option<u32>, Refusal> {
             match obj.get(name) {
                 None => Ok(None),
-                Some(v) => v
-                    .as_u64()
+                Some(v) => whole_number(v)
                     .filter(|n| (u64::from(min)..=u64::from(max)).contains(n))
                     .map(|n| Some(n as u32))
                     .ok_or_else(|| {

@@ -9,7 +9,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use herald_protocol::api::{PublishRequest, PublishResponse, SignRequest, SignResponse};
-use herald_protocol::history::{HistoryEvent, HistoryPage, MAX_HISTORY_PAGE};
+use herald_protocol::history::{HistoryEvent, HistoryPage, MAX_HISTORY_PAGE, MAX_OFFSET};
 use herald_protocol::messages::event_names::EVENT;
 use herald_protocol::{
     ApiKeyScope, ApiKeyToken, ChannelEvent, ChannelName, ChannelOffset, ErrorBody, ErrorCode,
@@ -228,8 +228,9 @@ fn fanout_error(e: FanoutError) -> ApiError {
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
-    /// List the events after this offset (default 0: from the oldest retained).
-    #[param(minimum = 0)]
+    /// List the events after this offset (default 0: from the oldest retained); at most
+    /// 2^53 − 1 (`herald_protocol::history::MAX_OFFSET`).
+    #[param(minimum = 0, maximum = 9007199254740991_u64)]
     pub since: Option<u64>,
     /// At most this many events, 1 to 100 (default 100).
     #[param(minimum = 1, maximum = 100)]
@@ -272,7 +273,16 @@ pub async fn history(
             ));
         }
     };
-    let since = ChannelOffset(query.since.unwrap_or(0));
+    let since = match query.since {
+        None => ChannelOffset(0),
+        Some(n) if n <= MAX_OFFSET => ChannelOffset(n),
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("\"since\" must be an integer from 0 to {MAX_OFFSET}"),
+            ));
+        }
+    };
     let settings = state
         .histories()
         .settings(state.store(), &key.project_id)
