@@ -15,6 +15,23 @@ use herald_server::cli::{self, AdminArgs, PublishArgs, SignArgs};
 use herald_server::config::{LogFormat, ServeConfig};
 use tracing_subscriber::EnvFilter;
 
+/// The global allocator is jemalloc: its background thread hands pages unused for about 10 s
+/// back to the system (`dirty_decay_ms` then `muzzy_decay_ms`, 10 s each by default), where
+/// glibc's malloc kept the peak of a burst for good (issue 24: an instance that took an
+/// event-bus backlog stayed at its peak RSS a minute later).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Starts jemalloc's background purging thread (without it, freed pages go back only when
+/// the thread that freed them allocates again, and an idle server does not).
+fn start_allocator_purging() {
+    #[cfg(not(target_env = "msvc"))]
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "jemalloc background thread not started; freed memory returns to the system later");
+    }
+}
+
 /// Herald: real-time channel pub/sub gateway (REST in, Socket.IO out).
 ///
 /// Without a subcommand, runs the gateway: `herald [OPTIONS]` is `herald serve [OPTIONS]`
@@ -95,6 +112,7 @@ async fn run() -> anyhow::Result<()> {
                 config.log_format,
                 "info,socketioxide=warn,engineioxide=warn",
             );
+            start_allocator_purging();
             herald_server::run_serve(config).await
         }
         Command::Admin(args) => {
