@@ -418,6 +418,30 @@ mod tests {
         assert_eq!(checked, 18);
     }
 
+    /// The history endpoint's query bounds are the protocol's (`since` up to
+    /// `MAX_OFFSET`, `limit` 1 to `MAX_HISTORY_PAGE`).
+    #[test]
+    fn history_query_bounds_are_the_protocol_constants() {
+        use herald_protocol::history::{MAX_HISTORY_PAGE, MAX_OFFSET};
+        let json = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        let params =
+            json["paths"]["/v1/publishers/channels/{channelName}/history"]["get"]["parameters"]
+                .as_array()
+                .expect("parameters")
+                .clone();
+        let schema = |name: &str| {
+            params
+                .iter()
+                .find(|p| p["name"] == name)
+                .map(|p| p["schema"].clone())
+                .unwrap_or_else(|| panic!("no parameter {name}"))
+        };
+        assert_eq!(schema("since")["maximum"], MAX_OFFSET);
+        assert_eq!(schema("since")["minimum"], 0);
+        assert_eq!(schema("limit")["maximum"], MAX_HISTORY_PAGE);
+        assert_eq!(schema("limit")["minimum"], 1);
+    }
+
     /// The schemas carry the protocol's rules, from the protocol's own constants.
     #[test]
     fn schemas_carry_the_protocol_rules() {
@@ -471,6 +495,15 @@ mod tests {
                 .to_string()
                 .contains("null")
         );
+        // History bounds: schema attributes take literals, so each is held to its constant.
+        use herald_protocol::history::{MAX_HISTORY_SIZE, MAX_HISTORY_TTL_SECS};
+        for body in ["UpdateHistoryRequest", "HistorySettings"] {
+            let props = &schemas[body]["properties"];
+            assert_eq!(props["size"]["maximum"], MAX_HISTORY_SIZE, "{body}");
+            assert_eq!(props["size"]["minimum"], 0, "{body}");
+            assert_eq!(props["ttlSecs"]["maximum"], MAX_HISTORY_TTL_SECS, "{body}");
+            assert_eq!(props["ttlSecs"]["minimum"], 1, "{body}");
+        }
         // The payload is any JSON, not only an object.
         assert!(
             schemas["PublishRequest"]["properties"]["payload"]

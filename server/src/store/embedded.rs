@@ -161,6 +161,24 @@ impl EmbeddedStore {
         self.apply(writes);
         Ok(())
     }
+
+    /// Applies `change` to the project under the write lock and commits it.
+    async fn update_project(
+        &self,
+        id: &ProjectId,
+        change: impl FnOnce(&mut ProjectRecord) + Send,
+    ) -> Result<(), StoreError> {
+        let _w = self.write_lock.lock().await;
+        let mut project = self
+            .cache
+            .read()
+            .projects
+            .get(id)
+            .cloned()
+            .ok_or(StoreError::ProjectNotFound)?;
+        change(&mut project);
+        self.write(vec![Write::PutProject(project)]).await
+    }
 }
 
 #[async_trait]
@@ -205,16 +223,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn rotate_secret(&self, id: &ProjectId, secret: SigningSecret) -> Result<(), StoreError> {
-        let _w = self.write_lock.lock().await;
-        let mut project = self
-            .cache
-            .read()
-            .projects
-            .get(id)
-            .cloned()
-            .ok_or(StoreError::ProjectNotFound)?;
-        project.signing_secret = secret;
-        self.write(vec![Write::PutProject(project)]).await
+        self.update_project(id, |p| p.signing_secret = secret).await
     }
 
     async fn set_history(
@@ -222,16 +231,7 @@ impl Store for EmbeddedStore {
         id: &ProjectId,
         history: herald_protocol::HistorySettings,
     ) -> Result<(), StoreError> {
-        let _w = self.write_lock.lock().await;
-        let mut project = self
-            .cache
-            .read()
-            .projects
-            .get(id)
-            .cloned()
-            .ok_or(StoreError::ProjectNotFound)?;
-        project.history = history;
-        self.write(vec![Write::PutProject(project)]).await
+        self.update_project(id, |p| p.history = history).await
     }
 
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {

@@ -59,8 +59,9 @@ use super::{ApiKeyRecord, ProjectRecord, SigningSecret, Store, StoreError};
 /// The key prefix Herald uses unless configured otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "herald";
 
-/// How many times `rotate_secret` retries its compare-and-set when the record changed under it.
-const ROTATE_ATTEMPTS: usize = 16;
+/// How many times [`RedisStore::update_project`] retries its compare-and-set when the record
+/// changed under it.
+const UPDATE_ATTEMPTS: usize = 16;
 
 /// KEYS: project, projects set. ARGV: JSON, project id. Returns 1 (created) or 0 (taken).
 static CREATE_PROJECT: LuaScript = LuaScript::new(
@@ -198,6 +199,38 @@ impl RedisStore {
         }
         Ok(out)
     }
+
+    /// Reads the project, applies `change` and writes it back if nobody changed it meanwhile
+    /// (compare-and-set in one script), retrying up to [`UPDATE_ATTEMPTS`] times; `what`
+    /// names the update in errors.
+    async fn update_project(
+        &self,
+        id: &ProjectId,
+        what: &str,
+        change: impl Fn(&mut ProjectRecord) + Send,
+    ) -> Result<(), StoreError> {
+        let key = self.project_key(id);
+        for _ in 0..UPDATE_ATTEMPTS {
+            let Some(current) = self.get(key.clone()).await? else {
+                return Err(StoreError::ProjectNotFound);
+            };
+            let mut project: ProjectRecord = decode("project", &current)?;
+            change(&mut project);
+            let args = vec![current, encode(&project)?];
+            let outcome = COMPARE_AND_SET_PROJECT
+                .run(&self.client, vec![key.clone()], args)
+                .await?;
+            match int(outcome)? {
+                1 => return Ok(()),
+                -1 => return Err(StoreError::ProjectNotFound),
+                0 => continue,
+                n => return Err(unexpected(what, n)),
+            }
+        }
+        Err(StoreError::Backend(format!(
+            "project {id} kept changing during the {what}"
+        )))
+    }
 }
 
 #[async_trait]
@@ -276,27 +309,8 @@ impl Store for RedisStore {
     }
 
     async fn rotate_secret(&self, id: &ProjectId, secret: SigningSecret) -> Result<(), StoreError> {
-        let key = self.project_key(id);
-        for _ in 0..ROTATE_ATTEMPTS {
-            let Some(current) = self.get(key.clone()).await? else {
-                return Err(StoreError::ProjectNotFound);
-            };
-            let mut project: ProjectRecord = decode("project", &current)?;
-            project.signing_secret = secret.clone();
-            let args = vec![current, encode(&project)?];
-            let outcome = COMPARE_AND_SET_PROJECT
-                .run(&self.client, vec![key.clone()], args)
-                .await?;
-            match int(outcome)? {
-                1 => return Ok(()),
-                -1 => return Err(StoreError::ProjectNotFound),
-                0 => continue,
-                n => return Err(unexpected("rotate_secret", n)),
-            }
-        }
-        Err(StoreError::Backend(format!(
-            "project {id} kept changing during secret rotation"
-        )))
+        self.update_project(id, "secret rotation", |p| p.signing_secret = secret.clone())
+            .await
     }
 
     async fn set_history(
@@ -304,27 +318,8 @@ impl Store for RedisStore {
         id: &ProjectId,
         history: herald_protocol::HistorySettings,
     ) -> Result<(), StoreError> {
-        let key = self.project_key(id);
-        for _ in 0..ROTATE_ATTEMPTS {
-            let Some(current) = self.get(key.clone()).await? else {
-                return Err(StoreError::ProjectNotFound);
-            };
-            let mut project: ProjectRecord = decode("project", &current)?;
-            project.history = history;
-            let args = vec![current, encode(&project)?];
-            let outcome = COMPARE_AND_SET_PROJECT
-                .run(&self.client, vec![key.clone()], args)
-                .await?;
-            match int(outcome)? {
-                1 => return Ok(()),
-                -1 => return Err(StoreError::ProjectNotFound),
-                0 => continue,
-                n => return Err(unexpected("set_history", n)),
-            }
-        }
-        Err(StoreError::Backend(format!(
-            "project {id} kept changing during the history update"
-        )))
+        self.update_project(id, "history update", |p| p.history = history)
+            .await
     }
 
     async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
