@@ -405,6 +405,23 @@ mod tests {
         assert!(Decoder::new().decode("4x").is_err());
     }
 
+    /// Event frames carry a last argument for socket.io-client's connection state recovery
+    /// (`herald_protocol::csr::marker`): Herald's own clients read the event and ignore it.
+    #[test]
+    fn event_frames_with_a_recovery_marker_decode() {
+        let ev = decode(
+            r#"42["event",{"id":"m1","channelName":"orders","payload":{"a":1},"offset":17,"epoch":"e1"},"17:orders"]"#,
+        );
+        match ev {
+            Incoming::Event(e) => {
+                assert_eq!(e.channel_name.as_str(), "orders");
+                assert_eq!(e.payload, json!({"a": 1}));
+                assert_eq!(e.offset, Some(crate::ChannelOffset(17)));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn binary_packets_are_ignored_not_buffered() {
         let d = Decoder::new();

@@ -9,6 +9,8 @@
 //! * [`api`]: the publisher and admin REST bodies, [`ApiKeyScope`] and the API key format.
 //! * [`claims`]: the claims of a private-channel token.
 //! * [`history`]: per-channel offsets and epochs, retention settings, recovery on `listen`.
+//! * [`csr`]: Socket.IO connection state recovery for the official `socket.io-client` (pid,
+//!   event markers, the resume `auth`).
 //! * [`error`]: every [`ErrorCode`] Herald answers with, and its HTTP status.
 //! * [`limits`]: default limits shared by server and clients; [`depth`]: the JSON nesting
 //!   bound of payloads.
@@ -33,6 +35,7 @@ pub mod api;
 pub mod claims;
 #[cfg(feature = "codec")]
 pub mod codec;
+pub mod csr;
 pub mod depth;
 pub mod error;
 pub mod history;

@@ -1,4 +1,5 @@
-//! What a socket client sends as JSON: the handshake `auth`, `listen` (with its `since`
+//! What a socket client sends as JSON: the handshake `auth` (with socket.io-client's recovery
+//! `pid` and `offset`), `listen` (with its `since`
 //! position), `remove` and client `event` bodies, every name inside them, and a project's
 //! history settings patch. Parsing must refuse, never panic; whatever is
 //! accepted is valid (names round-trip through their own parser).
@@ -20,6 +21,13 @@ fuzz_target!(|data: &[u8]| {
         let _ = herald_protocol::ApiKeyToken::parse(text);
         let _ = RoomName::parse(text);
         let _ = RoomName::parse_channel(text);
+        if let Some((offset, channel)) = herald_protocol::csr::parse_marker(text) {
+            let again = herald_protocol::csr::marker(offset, &channel);
+            assert_eq!(herald_protocol::csr::parse_marker(&again), Some((offset, channel)));
+        }
+        if let Some(pid) = herald_protocol::csr::Pid::parse(text) {
+            assert_eq!(pid.as_str(), text);
+        }
         if let Ok(e) = Epoch::parse(text) {
             assert_eq!(Epoch::parse(e.as_str()).ok(), Some(e));
         }
@@ -28,6 +36,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let _ = HandshakeAuth::parse(Some(&value));
+    if let Some(resume) = herald_protocol::csr::ResumeAuth::parse(Some(&value)) {
+        if let Some(pid) = resume.pid {
+            assert_eq!(pid.as_str().len(), herald_protocol::csr::PID_LEN);
+        }
+    }
     let _ = ListenRequest::parse(&value);
     let _ = RemoveRequest::parse(&value);
     let _ = ClientEvent::parse(&value);
