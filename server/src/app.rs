@@ -154,6 +154,8 @@ pub struct Backends {
     pub revocations: Arc<dyn RevocationQueue>,
     /// Channel history.
     pub history: Arc<dyn crate::history::History>,
+    /// Disconnected sessions awaiting their socket.io-client (connection state recovery).
+    pub sessions: Arc<dyn crate::csr::SessionStore>,
 }
 
 /// The shared part of every request handler, both transports.
@@ -168,6 +170,12 @@ pub fn gateway(config: &ServeConfig, backends: Backends) -> anyhow::Result<Gatew
         max_payload_bytes: config.max_payload_bytes,
         revocations: backends.revocations,
         histories: Arc::new(crate::history::Histories::new(backends.history)),
+        recovery: (config.recovery_window_secs > 0).then(|| {
+            Arc::new(crate::csr::Recovery {
+                window: std::time::Duration::from_secs(config.recovery_window_secs),
+                store: backends.sessions,
+            })
+        }),
     }))
 }
 

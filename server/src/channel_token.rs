@@ -49,6 +49,8 @@ pub struct Grant {
     pub api_key_id: ApiKeyId,
     /// The project secret that verified it.
     pub secret: SecretId,
+    /// The token's `exp` (Unix seconds): a recovered session does not outlive it.
+    pub token_exp: u64,
 }
 
 /// Signs and verifies channel tokens with the server's audience, lifetime and lifetime cap.
@@ -308,6 +310,7 @@ impl ChannelTokens {
         Ok(Grant {
             api_key_id: claims.api_key_id,
             secret: record.signing_secret.id(),
+            token_exp: claims.exp,
         })
     }
 }

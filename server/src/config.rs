@@ -118,6 +118,13 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_HISTORY_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub history_max_bytes: usize,
 
+    /// How long a disconnected socket.io-client session stays resumable (Socket.IO connection
+    /// state recovery, like Socket.IO's `maxDisconnectionDuration`): a reconnect within it, on
+    /// any instance, gets its channels back and the events it missed, from history. 0
+    /// disables it (the CONNECT reply then carries no `pid`).
+    #[arg(long, env = "HERALD_RECOVERY_WINDOW_SECS", default_value_t = 120)]
+    pub recovery_window_secs: u64,
+
     /// Packets buffered per socket before the socket counts as a slow consumer.
     #[arg(long, env = "HERALD_SOCKET_BUFFER", default_value_t = 1024)]
     pub socket_buffer: usize,

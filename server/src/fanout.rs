@@ -272,6 +272,16 @@ pub struct Fanout {
     sequencer: crate::history::Sequencer,
 }
 
+/// The position fields of an encoded channel event (the payload is skipped, not copied).
+#[derive(Deserialize)]
+struct Position<'a> {
+    #[serde(rename = "channelName", borrow)]
+    channel: std::borrow::Cow<'a, str>,
+    offset: Option<u64>,
+    #[serde(borrow)]
+    epoch: Option<std::borrow::Cow<'a, str>>,
+}
+
 /// A recovered socket, the offset it has the room's events up to, and since when.
 type Floor = (Sid, u64, std::time::Instant);
 
@@ -435,8 +445,36 @@ impl Fanout {
         data: &RawValue,
         skip: &[Sid],
     ) -> Result<EmitReport, FanoutError> {
-        let frame = frame::text(&packet::event(event, data.get()));
-        let mut report = self.direct.emit(room, &frame, skip).await;
+        // A channel event with a position carries its recovery marker ([`herald_protocol::csr`]):
+        // still one frame for the whole room.
+        let position = (event == herald_protocol::messages::event_names::EVENT)
+            .then(|| serde_json::from_str::<Position<'_>>(data.get()).ok())
+            .flatten();
+        let (frame, tag) = match &position {
+            Some(Position {
+                channel,
+                offset: Some(offset),
+                epoch: Some(epoch),
+            }) => match herald_protocol::ChannelName::parse(channel) {
+                Ok(channel) => (
+                    frame::text(&packet::event_marked(
+                        event,
+                        data.get(),
+                        &herald_protocol::csr::marker(
+                            herald_protocol::ChannelOffset(*offset),
+                            &channel,
+                        ),
+                    )),
+                    Some(crate::direct::EventTag {
+                        offset: *offset,
+                        epoch,
+                    }),
+                ),
+                Err(_) => (frame::text(&packet::event(event, data.get())), None),
+            },
+            _ => (frame::text(&packet::event(event, data.get())), None),
+        };
+        let mut report = self.direct.emit(room, &frame, skip, tag).await;
         if self.sio_sockets.load(Ordering::Relaxed) > 0
             && let Some(sio) = self.sio.get()
         {

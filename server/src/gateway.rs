@@ -17,9 +17,9 @@ use std::sync::Arc;
 use herald_protocol::history::ListenAck;
 use herald_protocol::messages::event_names::{EVENT, LISTEN, REMOVE, SYSTEM_MESSAGE};
 use herald_protocol::{
-    Ack, ApiKeyId, ChannelEvent, ChannelKind, ChannelName, ClientEvent, ErrorCode, HandshakeAuth,
-    HistorySettings, ListenRequest, ProjectId, Recovery, RecoveryFailure, Refusal, RemoveRequest,
-    RoomName, StreamPosition, SystemMessage,
+    Ack, ApiKeyId, ChannelEvent, ChannelKind, ChannelName, ChannelOffset, ClientEvent, Epoch,
+    ErrorCode, HandshakeAuth, HistorySettings, ListenRequest, ProjectId, Recovery, RecoveryFailure,
+    Refusal, RemoveRequest, RoomName, StreamPosition, SystemMessage,
 };
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -62,6 +62,8 @@ pub struct GatewayInner {
     pub fanout: Arc<Fanout>,
     /// Channel history (publish appends, `listen` with `since` replays).
     pub histories: Arc<crate::history::Histories>,
+    /// Connection state recovery for socket.io-client (`None`: disabled).
+    pub recovery: Option<Arc<crate::csr::Recovery>>,
 }
 
 impl GatewayInner {
@@ -87,8 +89,23 @@ pub trait Peer: Send + Sync {
     fn is_connected(&self) -> bool;
     /// Sends a `system_message` (dropped with a debug line when the socket is gone or full).
     fn send_system(&self, message: &SystemMessage);
-    /// Sends one `event` (a replayed history event) to this socket only.
-    fn send_event(&self, data: &serde_json::value::RawValue);
+    /// Sends one `event` (a replayed history event) to this socket only, with its recovery
+    /// marker when `mark` says where it is.
+    fn send_event(&self, data: &serde_json::value::RawValue, mark: Option<Mark<'_>>);
+}
+
+/// Where a replayed event sits: the direct transport adds the recovery marker to its frame
+/// and counts it as a send of the subscription ([`crate::csr`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark<'a> {
+    /// The channel's room.
+    pub room: &'a RoomName,
+    /// The channel.
+    pub channel: &'a ChannelName,
+    /// The event's offset.
+    pub offset: ChannelOffset,
+    /// Its epoch.
+    pub epoch: &'a Epoch,
 }
 
 impl<A: Adapter> Peer for SocketRef<A> {
@@ -112,7 +129,7 @@ impl<A: Adapter> Peer for SocketRef<A> {
             tracing::debug!(socket_id = %self.id, error = %e, "system message not delivered");
         }
     }
-    fn send_event(&self, data: &serde_json::value::RawValue) {
+    fn send_event(&self, data: &serde_json::value::RawValue, _mark: Option<Mark<'_>>) {
         if let Err(e) = self.emit(EVENT, data) {
             tracing::debug!(socket_id = %self.id, error = %e, "history event not delivered");
         }
@@ -142,6 +159,30 @@ pub struct Session {
     /// Channels this socket listens to; private ones with what their token granted (the key
     /// that signed it, the secret that verified it).
     channels: Mutex<HashMap<ChannelName, Option<Grant>>>,
+    /// Connection state recovery (direct transport with recovery on).
+    pub csr: Option<CsrState>,
+}
+
+/// A recoverable session's own part ([`crate::csr`]).
+#[derive(Debug)]
+pub struct CsrState {
+    /// The pid the CONNECT reply carries.
+    pub pid: Mutex<herald_protocol::csr::Pid>,
+    /// The `offset` the client presented when the session started.
+    pub baseline: Option<String>,
+    /// Per channel room: what the subscription was sent.
+    subs: Mutex<HashMap<RoomName, Arc<crate::csr::SubCell>>>,
+}
+
+impl CsrState {
+    /// A new session's: a fresh pid.
+    pub fn new(baseline: Option<String>) -> Self {
+        Self {
+            pid: Mutex::new(herald_protocol::csr::Pid::from_bytes(rand::random())),
+            baseline,
+            subs: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 impl Session {
@@ -150,6 +191,32 @@ impl Session {
         Self {
             project,
             channels: Mutex::new(HashMap::new()),
+            csr: None,
+        }
+    }
+
+    /// A recoverable session in `project`.
+    pub fn recoverable(project: ProjectId, csr: CsrState) -> Self {
+        Self {
+            csr: Some(csr),
+            ..Self::new(project)
+        }
+    }
+
+    /// The subscription cell of a channel room, if tracked.
+    pub fn sub(&self, room: &RoomName) -> Option<Arc<crate::csr::SubCell>> {
+        self.csr.as_ref()?.subs.lock().get(room).cloned()
+    }
+
+    fn set_sub(&self, room: &RoomName, cell: Arc<crate::csr::SubCell>) {
+        if let Some(csr) = &self.csr {
+            csr.subs.lock().insert(room.clone(), cell);
+        }
+    }
+
+    fn drop_sub(&self, room: &RoomName) {
+        if let Some(csr) = &self.csr {
+            csr.subs.lock().remove(room);
         }
     }
 
@@ -346,6 +413,9 @@ pub async fn listen<P: Peer>(
         }
     };
     let Some(since) = since else {
+        if let Some(joined) = listen_tracked(s, gw, &body).await {
+            return (joined, None);
+        }
         return (listen_checked(s, gw, body).await, None);
     };
     let Ok(channel) = herald_protocol::messages::channel_field(&body) else {
@@ -360,14 +430,74 @@ pub async fn listen<P: Peer>(
         .settings(gw.store.as_ref(), &session.project)
         .await;
     let _order = gw.fanout.sequencer().lock(&room).await;
+    let new_cell = (session.csr.is_some() && session.sub(&room).is_none()).then(|| {
+        let cell = crate::csr::SubCell::new(Some(&since.epoch), since.offset);
+        session.set_sub(&room, cell.clone());
+        cell
+    });
     let outcome = listen_checked(s, gw, body).await;
     if outcome.is_err() {
+        if new_cell.is_some() && !session.channels.lock().contains_key(&channel) {
+            session.drop_sub(&room);
+        }
         return (outcome, None);
     }
     let recovery = recover(s, gw, &room, &channel, settings, &since).await;
+    if let Some(cell) = new_cell
+        && !recovery.recovered
+    {
+        // Nothing replayed: the socket has the channel from where it is now.
+        cell.rebase(
+            recovery.epoch.as_ref(),
+            recovery.offset.unwrap_or(ChannelOffset(0)),
+        );
+    }
     metrics::counter!(m::HISTORY_RECOVERIES, "outcome" => recovery.reason.map_or("recovered", |r| r.as_str()))
         .increment(1);
     (outcome, Some(recovery))
+}
+
+/// A plain `listen` of a recoverable session ([`crate::csr`]) for a channel it does not track
+/// yet: under the room's sequencer lock, notes where the channel is, then joins (`None`: not
+/// such a listen).
+async fn listen_tracked<P: Peer>(s: &P, gw: &Gateway, body: &Value) -> Option<Outcome> {
+    gw.recovery.as_ref()?;
+    let session = s.session()?;
+    session.csr.as_ref()?;
+    let channel = herald_protocol::messages::channel_field(body).ok()?;
+    let room = RoomName::channel(&session.project, &channel);
+    if session.sub(&room).is_some() {
+        return None;
+    }
+    let settings = gw
+        .histories
+        .settings(gw.store.as_ref(), &session.project)
+        .await;
+    let _order = gw.fanout.sequencer().lock(&room).await;
+    let cell = if settings.enabled() {
+        match gw
+            .histories
+            .backend
+            .read(
+                &room,
+                settings,
+                ChannelOffset(herald_protocol::history::MAX_OFFSET),
+                0,
+            )
+            .await
+        {
+            Ok(slice) => crate::csr::SubCell::new(slice.epoch.as_ref(), slice.top),
+            Err(_) => crate::csr::SubCell::unrecoverable(),
+        }
+    } else {
+        crate::csr::SubCell::unrecoverable()
+    };
+    session.set_sub(&room, cell);
+    let outcome = listen_checked(s, gw, body.clone()).await;
+    if outcome.is_err() && !session.channels.lock().contains_key(&channel) {
+        session.drop_sub(&room);
+    }
+    Some(outcome)
 }
 
 /// Reads the history after `since` and sends the missed events to `s`, oldest first; the
@@ -421,15 +551,21 @@ async fn recover<P: Peer>(
                     })
                 });
                 match encoded {
-                    Ok(raw) => frames.push(raw),
+                    Ok(raw) => frames.push((raw, e.offset)),
                     Err(err) => {
                         tracing::error!(error = %err, offset = %e.offset, "history event not encodable; listen not recovered");
                         return lost(RecoveryFailure::HistoryExpired, epoch, Some(top));
                     }
                 }
             }
-            for raw in &frames {
-                s.send_event(raw);
+            for (raw, offset) in &frames {
+                let mark = epoch.as_ref().map(|epoch| Mark {
+                    room,
+                    channel,
+                    offset: *offset,
+                    epoch,
+                });
+                s.send_event(raw, mark);
             }
             gw.fanout.hold_floor(room, s.sid(), top.get());
             Recovery {
@@ -552,6 +688,7 @@ fn leave<P: Peer + ?Sized>(s: &P, session: &Session, channel: &ChannelName, room
         subscription_gauge(channel.kind()).decrement(1.0);
     }
     s.leave(room);
+    session.drop_sub(room);
 }
 
 fn subscription_gauge(kind: ChannelKind) -> metrics::Gauge {
@@ -681,6 +818,11 @@ async fn on_disconnect<A: Adapter>(
 pub async fn disconnected(gw: &Gateway, sid: Sid, session: Option<Arc<Session>>, reason: &str) {
     let sid = sid.to_string();
     metrics::gauge!(m::SOCKETS_CONNECTED).decrement(1.0);
+    if let (Some(session), Some(recovery)) = (&session, &gw.recovery)
+        && let Some(record) = session_record(session, recovery.window)
+    {
+        recovery.save(record).await;
+    }
     if let Some(session) = session {
         for channel in session.channels.lock().drain() {
             subscription_gauge(channel.0.kind()).decrement(1.0);
@@ -695,6 +837,221 @@ pub async fn disconnected(gw: &Gateway, sid: Sid, session: Option<Arc<Session>>,
                 tracing::warn!(socket_id = %sid, error = %e, suppressed = p.suppressed, "tracking clean-up on disconnect failed")
             }
         }
+    }
+}
+
+/// What a recoverable session leaves behind when its socket goes away ([`crate::csr`]).
+fn session_record(
+    session: &Session,
+    window: std::time::Duration,
+) -> Option<crate::csr::SessionRecord> {
+    let csr = session.csr.as_ref()?;
+    let channels = session.channels.lock();
+    let subs = csr.subs.lock();
+    let channels = channels
+        .iter()
+        .map(|(channel, grant)| crate::csr::ChannelRecord {
+            channel: channel.as_str().to_owned(),
+            grant: grant.as_ref().map(|g| crate::csr::GrantRecord {
+                api_key_id: g.api_key_id.to_string(),
+                secret: g.secret.to_bits(),
+                token_exp: g.token_exp,
+            }),
+            sub: subs
+                .get(&RoomName::channel(&session.project, channel))
+                .map(|c| c.snapshot())
+                .unwrap_or_else(|| crate::csr::SubCell::unrecoverable().snapshot()),
+        })
+        .collect();
+    Some(crate::csr::SessionRecord {
+        pid: csr.pid.lock().as_str().to_owned(),
+        project: session.project.as_str().to_owned(),
+        baseline: csr.baseline.clone(),
+        channels,
+        expires_at: crate::csr::now_secs().saturating_add(window.as_secs()),
+    })
+}
+
+/// Why a resume failed, and whether the socket already joined rooms (it must then be closed:
+/// a fresh session has none).
+pub type ResumeError = (crate::csr::ResumeFailure, bool);
+
+/// A socket.io-client CONNECT that presented a `pid` ([`crate::csr`]): takes the saved
+/// session, checks it may still have every channel, works out where each channel stopped,
+/// joins the rooms and replays what was missed (the `listen` with `since` protocol, under each
+/// room's sequencer lock). `Ok` with the session's pid when recovered; `s`'s session must be
+/// recoverable and have no channels yet.
+pub async fn resume<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    resume: &herald_protocol::csr::ResumeAuth,
+    presented: Option<&str>,
+) -> Result<herald_protocol::csr::Pid, ResumeError> {
+    use crate::csr::ResumeFailure as F;
+    let result = resume_inner(s, gw, resume, presented).await;
+    let outcome = match &result {
+        Ok(_) => "recovered",
+        Err((f, _)) => f.as_str(),
+    };
+    metrics::counter!(m::CSR_RESUMES, "outcome" => outcome).increment(1);
+    if let Err((f, _)) = &result
+        && *f != F::Unknown
+    {
+        tracing::debug!(socket_id = %s.sid(), outcome, "session not recovered");
+    }
+    result
+}
+
+async fn resume_inner<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    resume: &herald_protocol::csr::ResumeAuth,
+    presented: Option<&str>,
+) -> Result<herald_protocol::csr::Pid, ResumeError> {
+    use crate::csr::ResumeFailure as F;
+    let fail = |f| (f, false);
+    let (Some(recovery), Some(session)) = (&gw.recovery, s.session()) else {
+        return Err(fail(F::Unknown));
+    };
+    let Some(csr) = &session.csr else {
+        return Err(fail(F::Unknown));
+    };
+    let pid = resume.pid.clone().ok_or(fail(F::Unknown))?;
+    let record = recovery
+        .store
+        .take(&session.project, &pid)
+        .await
+        .map_err(|_| fail(F::Unavailable))?
+        .ok_or(fail(F::Unknown))?;
+    if record.project != session.project.as_str() || record.pid != pid.as_str() {
+        return Err(fail(F::ProjectMismatch));
+    }
+    let channels =
+        crate::csr::positions(&record, resume.offset.as_ref(), presented).map_err(fail)?;
+    if channels.len() > gw.max_channels_per_socket {
+        return Err(fail(F::Ambiguous));
+    }
+    // Private channels: the token still valid, its key and secret still current.
+    let now = crate::csr::now_secs();
+    let mut grants = Vec::with_capacity(channels.len());
+    for c in &channels {
+        let grant = match &c.grant {
+            None => None,
+            Some(g) => {
+                let key = crate::csr::grant_key(g).ok_or(fail(F::Revoked))?;
+                let secret = crate::store::SecretId::from_bits(g.secret);
+                if g.token_exp <= now
+                    || key_revoked(gw, &key).await
+                    || !key_still_signs(gw, &key).await
+                    || !secret_still_current(gw, &session.project, secret).await
+                {
+                    return Err(fail(F::Revoked));
+                }
+                Some(Grant {
+                    api_key_id: key,
+                    secret,
+                    token_exp: g.token_exp,
+                })
+            }
+        };
+        grants.push(grant);
+    }
+    let settings = gw
+        .histories
+        .settings(gw.store.as_ref(), &session.project)
+        .await;
+    if !settings.enabled() {
+        return Err(fail(F::History));
+    }
+    // First without joining anything: can history serve every channel? (A fresh session must
+    // not have been in any room.)
+    let mut sinces = Vec::with_capacity(channels.len());
+    for c in &channels {
+        let room = RoomName::channel(&session.project, &c.channel);
+        let since = resume_since(gw, &room, settings, c).await.map_err(fail)?;
+        if let Some(since) = &since {
+            let slice = gw
+                .histories
+                .backend
+                .read(&room, settings, since.offset, settings.size as usize)
+                .await
+                .map_err(|_| fail(F::History))?;
+            if matches!(
+                crate::history::decide(since, slice),
+                crate::history::Decision::Lost(_)
+            ) {
+                return Err(fail(F::History));
+            }
+        }
+        sinces.push(since);
+    }
+    // Then each channel under its room's lock: join, replay.
+    let sid = s.sid().to_string();
+    for ((c, grant), since) in channels.iter().zip(grants).zip(sinces) {
+        let room = RoomName::channel(&session.project, &c.channel);
+        let _order = gw.fanout.sequencer().lock(&room).await;
+        session.set_sub(
+            &room,
+            crate::csr::SubCell::new(
+                c.epoch.as_ref().or(since.as_ref().map(|x| &x.epoch)),
+                c.offset,
+            ),
+        );
+        let key = grant.as_ref().map(|g| g.api_key_id.clone());
+        if session
+            .channels
+            .lock()
+            .insert(c.channel.clone(), grant)
+            .is_none()
+        {
+            subscription_gauge(c.channel.kind()).increment(1.0);
+        }
+        s.join(&room);
+        if let Some(key) = &key
+            && (gw.tracker.add(&sid, &room, key).await.is_err() || key_revoked(gw, key).await)
+        {
+            return Err((F::Revoked, true));
+        }
+        if let Some(since) = &since {
+            let recovery = recover(s, gw, &room, &c.channel, settings, since).await;
+            if !recovery.recovered {
+                return Err((F::History, true));
+            }
+        }
+    }
+    *csr.pid.lock() = pid.clone();
+    Ok(pid)
+}
+
+/// Where a resumed channel's replay starts: `None` when there is nothing to replay (the
+/// channel had no history when joined and still has none).
+async fn resume_since(
+    gw: &Gateway,
+    room: &RoomName,
+    settings: HistorySettings,
+    c: &crate::csr::Resumed,
+) -> Result<Option<StreamPosition>, crate::csr::ResumeFailure> {
+    if let Some(epoch) = &c.epoch {
+        return Ok(Some(StreamPosition {
+            offset: c.offset,
+            epoch: epoch.clone(),
+        }));
+    }
+    // No epoch: the socket joined before the channel's first event and got none since. Every
+    // event of the stream is missed, so it must still hold its first.
+    let slice = gw
+        .histories
+        .backend
+        .read(room, settings, ChannelOffset(0), 0)
+        .await
+        .map_err(|_| crate::csr::ResumeFailure::History)?;
+    match (slice.epoch, slice.first) {
+        (None, _) => Ok(None),
+        (Some(epoch), Some(ChannelOffset(1))) => Ok(Some(StreamPosition {
+            offset: ChannelOffset(0),
+            epoch,
+        })),
+        (Some(_), _) => Err(crate::csr::ResumeFailure::History),
     }
 }
 
@@ -772,7 +1129,9 @@ impl<A: Adapter> GatewaySockets<A> {
             for c in &gone {
                 channels.remove(c);
                 subscription_gauge(ChannelKind::Private).decrement(1.0);
-                s.leave(&RoomName::channel(&session.project, c));
+                let room = RoomName::channel(&session.project, c);
+                s.leave(&room);
+                session.drop_sub(&room);
             }
             gone
         };

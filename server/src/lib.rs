@@ -18,6 +18,7 @@ pub mod app;
 pub mod channel_token;
 pub mod cli;
 pub mod config;
+pub mod csr;
 pub mod direct;
 pub mod fanout;
 pub mod gateway;
@@ -78,6 +79,7 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
         history: Arc::new(history::memory::MemoryHistory::new(
             config.history_max_bytes,
         )),
+        sessions: Arc::new(csr::MemorySessions::default()),
     };
     let gateway = app::gateway(config, backends)?;
     let (io_layer, io) = app::socket_io(config, &gateway).build_layer();

@@ -51,7 +51,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway (the default when no subcommand is given).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Manage projects and API keys of a running server.
     Admin(AdminArgs),
     /// Publish one event through a running server.
@@ -113,7 +113,7 @@ async fn run() -> anyhow::Result<()> {
                 "info,socketioxide=warn,engineioxide=warn",
             );
             start_allocator_purging();
-            herald_server::run_serve(config).await
+            herald_server::run_serve(*config).await
         }
         Command::Admin(args) => {
             init_logs(LogFormat::Auto, "warn");

@@ -101,6 +101,15 @@ pub const HISTORY_BYTES: &str = "herald_history_bytes";
 pub const HISTORY_EVICTIONS: &str = "herald_history_evictions_total";
 /// Counter: `listen` requests with `since`, by outcome (`recovered`, or the reason it failed).
 pub const HISTORY_RECOVERIES: &str = "herald_history_recoveries_total";
+/// Counter: socket.io-client reconnects that presented a recovery `pid`, by `outcome`
+/// (`recovered`, `unknown_session`, `project_mismatch`, `ambiguous`, `revoked`, `history_lost`,
+/// `unavailable`).
+pub const CSR_RESUMES: &str = "herald_csr_resumes_total";
+/// Counter: disconnected sessions kept for recovery.
+pub const CSR_SESSIONS_SAVED: &str = "herald_csr_sessions_saved_total";
+/// Counter: disconnected sessions not kept (store full or unreachable): their client will not
+/// recover.
+pub const CSR_SESSIONS_REFUSED: &str = "herald_csr_sessions_refused_total";
 /// Counter: history appends that failed (the publish is answered `unavailable`).
 pub const HISTORY_ERRORS: &str = "herald_history_errors_total";
 

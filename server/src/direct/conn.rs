@@ -348,19 +348,50 @@ impl Reader {
             )));
             return;
         }
-        if conn.session.get().is_some() {
-            conn.send(frame::text(&packet::connected(&sid)));
+        if let Some(session) = conn.session.get() {
+            conn.send(frame::text(&connected(&sid, session)));
             return;
         }
-        match gateway::check_handshake(&self.transport.gateway, conn.sid, auth.as_ref()).await {
+        let gw = &self.transport.gateway;
+        match gateway::check_handshake(gw, conn.sid, auth.as_ref()).await {
             Ok(project) => {
                 let room = herald_protocol::RoomName::project(&project);
-                let _ = conn.session.set(Arc::new(Session::new(project)));
+                // socket.io-client's connection state recovery: a reconnect presents the pid
+                // and the marker of the last event it got.
+                let resume = herald_protocol::csr::ResumeAuth::parse(auth.as_ref());
+                let presented = auth
+                    .as_ref()
+                    .and_then(|a| a.get("offset"))
+                    .and_then(Value::as_str)
+                    .filter(|o| o.len() <= herald_protocol::csr::MAX_MARKER_LEN)
+                    .map(str::to_owned);
+                let session = match &gw.recovery {
+                    Some(_) => {
+                        Session::recoverable(project, gateway::CsrState::new(presented.clone()))
+                    }
+                    None => Session::new(project),
+                };
+                let _ = conn.session.set(Arc::new(session));
                 conn.join(&room);
                 self.connect_deadline = None;
                 metrics::gauge!(m::SOCKETS_CONNECTED).increment(1.0);
+                if let (Some(resume), Some(_)) = (resume, &gw.recovery) {
+                    // The replayed and live events sent meanwhile precede the CONNECT reply:
+                    // socket.io-client buffers them and hands them over once connected.
+                    if let Err((_, joined)) =
+                        gateway::resume(conn.as_ref(), gw, &resume, presented.as_deref()).await
+                        && joined
+                    {
+                        // Half-resumed: a fresh session must have no rooms, and what was sent
+                        // cannot be taken back. The client reconnects and starts afresh.
+                        conn.close(CloseReason::Internal);
+                        return;
+                    }
+                }
                 tracing::debug!(socket_id = %sid, project_id = %room, transport = "direct websocket", "socket connected");
-                conn.send(frame::text(&packet::connected(&sid)));
+                if let Some(session) = conn.session.get() {
+                    conn.send(frame::text(&connected(&sid, session)));
+                }
             }
             Err(refusal) => {
                 conn.send(frame::text(&packet::connect_error(
@@ -403,6 +434,14 @@ impl Reader {
         if !reply.is_empty() {
             conn.send(Bytes::from(reply));
         }
+    }
+}
+
+/// The CONNECT reply: with the session's pid when it is recoverable.
+fn connected(sid: &str, session: &Session) -> String {
+    match &session.csr {
+        Some(csr) => packet::connected_with_pid(sid, &csr.pid.lock()),
+        None => packet::connected(sid),
     }
 }
 
@@ -453,6 +492,7 @@ mod tests {
             histories: Arc::new(crate::history::Histories::new(Arc::new(
                 crate::history::memory::MemoryHistory::new(1 << 20),
             ))),
+            recovery: None,
         });
         Fixture {
             transport: DirectTransport {

@@ -142,6 +142,8 @@ struct WireState {
     busy: bool,
     /// When a frame was last written (directly or by the writer).
     last_write: Instant,
+    /// Tracked sends so far ([`DirectConn::send_tracked`]).
+    sent: u64,
 }
 
 /// A socket written to less than this long ago gets its next frame through the queue: under a
@@ -175,8 +177,24 @@ impl DirectConn {
 
     /// [`DirectConn::send`] with the time already read (once per broadcast).
     pub fn send_at(&self, frame: Bytes, now: Instant) -> Sent {
+        self.send_tracked(frame, now, None)
+    }
+
+    /// [`DirectConn::send_at`] of a channel event, numbered among this socket's tracked sends
+    /// in the order it reaches the wire or the queue, and noted in its subscription's cell
+    /// (`track`: the cell, the event's offset and epoch) for connection state recovery.
+    pub fn send_tracked(
+        &self,
+        frame: Bytes,
+        now: Instant,
+        track: Option<(&crate::csr::SubCell, u64, &str)>,
+    ) -> Sent {
         let outcome = {
             let mut state = self.wire_state.lock();
+            if let Some((cell, offset, epoch)) = track {
+                state.sent += 1;
+                cell.record(state.sent, offset, epoch);
+            }
             let frame = if state.busy {
                 frame
             } else if now.saturating_duration_since(state.last_write) < COALESCE_WINDOW {
@@ -287,11 +305,23 @@ impl Peer for DirectConn {
             Err(e) => tracing::error!(error = %e, "system message not encodable"),
         }
     }
-    fn send_event(&self, data: &serde_json::value::RawValue) {
-        self.send(frame::text(&packet::event(
-            herald_protocol::messages::event_names::EVENT,
-            data.get(),
-        )));
+    fn send_event(
+        &self,
+        data: &serde_json::value::RawValue,
+        mark: Option<crate::gateway::Mark<'_>>,
+    ) {
+        let name = herald_protocol::messages::event_names::EVENT;
+        let Some(mark) = mark else {
+            self.send(frame::text(&packet::event(name, data.get())));
+            return;
+        };
+        let marker = herald_protocol::csr::marker(mark.offset, mark.channel);
+        let frame = frame::text(&packet::event_marked(name, data.get(), &marker));
+        let cell = self.session().and_then(|s| s.sub(mark.room));
+        let track = cell
+            .as_deref()
+            .map(|c| (c, mark.offset.get(), mark.epoch.as_str()));
+        self.send_tracked(frame, Instant::now(), track);
     }
 }
 
@@ -305,8 +335,26 @@ fn slow_consumer_log() -> &'static crate::log_throttle::LogThrottle<()> {
 /// This instance's direct connections and the rooms they are in.
 #[derive(Default)]
 pub struct DirectRooms {
-    rooms: RwLock<HashMap<RoomName, Vec<Arc<DirectConn>>>>,
+    rooms: RwLock<HashMap<RoomName, Vec<Member>>>,
     conns: Mutex<HashMap<Sid, Arc<DirectConn>>>,
+}
+
+/// A room member: the connection, and its subscription's cell when the session is
+/// recoverable (the fan-out loop updates it without a lookup).
+#[derive(Clone)]
+struct Member {
+    conn: Arc<DirectConn>,
+    sub: Option<Arc<crate::csr::SubCell>>,
+}
+
+/// What the fan-out needs of a channel event for connection state recovery: its offset and
+/// epoch.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTag<'a> {
+    /// The event's offset.
+    pub offset: u64,
+    /// Its epoch.
+    pub epoch: &'a str,
 }
 
 impl DirectRooms {
@@ -319,17 +367,18 @@ impl DirectRooms {
         let Some(conn) = self.get(sid) else {
             return;
         };
+        let sub = conn.session().and_then(|s| s.sub(room));
         let mut rooms = self.rooms.write();
         let members = rooms.entry(room.clone()).or_default();
-        if !members.iter().any(|m| m.sid == sid) {
-            members.push(conn);
+        if !members.iter().any(|m| m.conn.sid == sid) {
+            members.push(Member { conn, sub });
         }
     }
 
     fn leave(&self, room: &RoomName, sid: Sid) {
         let mut rooms = self.rooms.write();
         if let Some(members) = rooms.get_mut(room) {
-            if let Some(i) = members.iter().position(|m| m.sid == sid) {
+            if let Some(i) = members.iter().position(|m| m.conn.sid == sid) {
                 members.swap_remove(i);
             }
             if members.is_empty() {
@@ -343,9 +392,16 @@ impl DirectRooms {
     /// closed as a slow consumer. The room lock is held only to copy the member list, and the
     /// loop yields to other tasks every [`YIELD_EVERY`] members, so a large room does not hold
     /// a runtime worker for the whole fan-out.
-    pub async fn emit(&self, room: &RoomName, frame: &Bytes, skip: &[Sid]) -> EmitReport {
+    /// `tag`: the event's position, noted in recoverable members' subscription cells.
+    pub async fn emit(
+        &self,
+        room: &RoomName,
+        frame: &Bytes,
+        skip: &[Sid],
+        tag: Option<EventTag<'_>>,
+    ) -> EmitReport {
         let mut report = EmitReport::default();
-        let members: Vec<Arc<DirectConn>> = match self.rooms.read().get(room) {
+        let members: Vec<Member> = match self.rooms.read().get(room) {
             Some(members) => members.clone(),
             None => return report,
         };
@@ -355,10 +411,14 @@ impl DirectRooms {
                 tokio::task::yield_now().await;
                 now = Instant::now();
             }
-            if skip.contains(&m.sid) {
+            if skip.contains(&m.conn.sid) {
                 continue;
             }
-            match m.send_at(frame.clone(), now) {
+            let track = match (&m.sub, tag) {
+                (Some(cell), Some(t)) => Some((cell.as_ref(), t.offset, t.epoch)),
+                _ => None,
+            };
+            match m.conn.send_tracked(frame.clone(), now, track) {
                 Sent::Written | Sent::Queued => report.queued += 1,
                 Sent::Dropped => report.not_queued += 1,
             }
@@ -369,7 +429,7 @@ impl DirectRooms {
     /// Disconnects every member of `room`.
     pub fn disconnect(&self, room: &RoomName) {
         let sids: Vec<Sid> = match self.rooms.read().get(room) {
-            Some(members) => members.iter().map(|m| m.sid).collect(),
+            Some(members) => members.iter().map(|m| m.conn.sid).collect(),
             None => return,
         };
         for sid in sids {
@@ -407,6 +467,7 @@ impl DirectRooms {
             wire_state: Mutex::new(WireState {
                 busy: false,
                 last_write: Instant::now() - COALESCE_WINDOW,
+                sent: 0,
             }),
             tx,
             rooms: self.clone(),

@@ -152,6 +152,12 @@ pub fn connected(sid: &str) -> String {
     format!(r#"40{{"sid":"{sid}"}}"#)
 }
 
+/// Socket.IO CONNECT for the default namespace, with the connection state recovery `pid`
+/// ([`herald_protocol::csr`]).
+pub fn connected_with_pid(sid: &str, pid: &herald_protocol::csr::Pid) -> String {
+    format!(r#"40{{"sid":"{sid}","pid":"{pid}"}}"#)
+}
+
 /// Socket.IO CONNECT_ERROR with a `message`, for `namespace`.
 pub fn connect_error(namespace: &str, message: &str) -> String {
     let body = serde_json::json!({ "message": message }).to_string();
@@ -170,6 +176,20 @@ pub fn event(name: &str, data_json: &str) -> String {
     out.push_str("\",");
     out.push_str(data_json);
     out.push(']');
+    out
+}
+
+/// Socket.IO EVENT `[name, data, marker]`: an event with its recovery marker as last argument
+/// ([`herald_protocol::csr::marker`], a string Herald builds from digits and a channel name).
+pub fn event_marked(name: &str, data_json: &str, marker: &str) -> String {
+    let mut out = String::with_capacity(data_json.len() + name.len() + marker.len() + 12);
+    out.push_str("42[\"");
+    out.push_str(name);
+    out.push_str("\",");
+    out.push_str(data_json);
+    out.push_str(",\"");
+    out.push_str(marker);
+    out.push_str("\"]");
     out
 }
 

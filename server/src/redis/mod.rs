@@ -187,6 +187,7 @@ pub fn start(
                 client.clone(),
                 prefix,
             )),
+            sessions: Arc::new(crate::csr::RedisSessions::new(client.clone(), prefix)),
         },
     )?;
 

@@ -137,9 +137,22 @@ impl SigningSecret {
 }
 
 /// A 64-bit fingerprint of a [`SigningSecret`] (a domain-separated SHA-256 prefix): tells
-/// secrets apart, reveals nothing usable of them. Kept in memory only, never logged.
+/// secrets apart, reveals nothing usable of them. Kept in memory and in recovery session
+/// records ([`crate::csr`]), never logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SecretId(u64);
+
+impl SecretId {
+    /// The fingerprint as a number (a recovery session record keeps it).
+    pub fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// A fingerprint read back from a record.
+    pub fn from_bits(bits: u64) -> Self {
+        Self(bits)
+    }
+}
 
 mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
