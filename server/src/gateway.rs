@@ -475,18 +475,8 @@ async fn listen_tracked<P: Peer>(s: &P, gw: &Gateway, body: &Value) -> Option<Ou
         .await;
     let _order = gw.fanout.sequencer().lock(&room).await;
     let cell = if settings.enabled() {
-        match gw
-            .histories
-            .backend
-            .read(
-                &room,
-                settings,
-                ChannelOffset(herald_protocol::history::MAX_OFFSET),
-                0,
-            )
-            .await
-        {
-            Ok(slice) => crate::csr::SubCell::new(slice.epoch.as_ref(), slice.top),
+        match gw.histories.backend.head(&room, settings).await {
+            Ok((epoch, top)) => crate::csr::SubCell::new(epoch.as_ref(), top),
             Err(_) => crate::csr::SubCell::unrecoverable(),
         }
     } else {

@@ -31,6 +31,10 @@ pub(crate) async fn run(history: &dyn History) {
         (empty.epoch, empty.top, empty.events.len()),
         (None, ChannelOffset(0), 0)
     );
+    assert_eq!(
+        history.head(&a, settings).await.expect("head"),
+        (None, ChannelOffset(0))
+    );
 
     // Offsets start at 1 and grow by one per event, under one epoch, per channel.
     let mut epoch = None;
@@ -47,6 +51,11 @@ pub(crate) async fn run(history: &dyn History) {
         .await
         .expect("append");
     assert_eq!(other.offset, ChannelOffset(1), "offsets are per channel");
+    // The head: where a socket joining now starts.
+    assert_eq!(
+        history.head(&a, settings).await.expect("head"),
+        (epoch.clone(), ChannelOffset(3))
+    );
 
     // Read after an offset: exactly the later events, oldest first, payload byte for byte.
     let slice = history

@@ -104,6 +104,24 @@ pub trait History: Send + Sync + 'static {
         after: ChannelOffset,
         limit: usize,
     ) -> Result<Slice, HistoryError>;
+
+    /// The stream's epoch and latest offset (`None`, 0: no stream), without reading events:
+    /// where a socket that joins now starts.
+    async fn head(
+        &self,
+        room: &RoomName,
+        settings: HistorySettings,
+    ) -> Result<(Option<Epoch>, ChannelOffset), HistoryError> {
+        let slice = self
+            .read(
+                room,
+                settings,
+                ChannelOffset(herald_protocol::history::MAX_OFFSET),
+                0,
+            )
+            .await?;
+        Ok((slice.epoch, slice.top))
+    }
 }
 
 /// A new epoch string: 12 random hex characters and a counter (unique within the process,

@@ -227,6 +227,25 @@ impl History for RedisHistory {
             first: (first > 0).then_some(ChannelOffset(first)),
         })
     }
+
+    async fn head(
+        &self,
+        room: &RoomName,
+        _settings: HistorySettings,
+    ) -> Result<(Option<Epoch>, ChannelOffset), HistoryError> {
+        use fred::interfaces::HashesInterface;
+        let [_, meta] = self.keys(room);
+        let (e, o): (Option<String>, Option<u64>) = self
+            .client
+            .hmget(meta, vec!["e", "o"])
+            .await
+            .map_err(history_error)?;
+        let Some(e) = e else {
+            return Ok((None, ChannelOffset(0)));
+        };
+        let epoch = Epoch::parse(&e).map_err(|r| HistoryError::Backend(r.message))?;
+        Ok((Some(epoch), ChannelOffset(o.unwrap_or(0))))
+    }
 }
 
 #[cfg(test)]
