@@ -45,8 +45,12 @@ async function startSwitch(target) {
   let port = new URL(target.url).port;
   let held = null;
   const sockets = new Set();
+  const pairs = new Set();
   const pipe = (client) => {
     const upstream = net.connect(Number(port), '127.0.0.1');
+    const pair = { client, upstream };
+    pairs.add(pair);
+    client.on('close', () => pairs.delete(pair));
     for (const s of [client, upstream]) {
       sockets.add(s);
       s.on('close', () => sockets.delete(s));
@@ -67,6 +71,22 @@ async function startSwitch(target) {
     url: `http://127.0.0.1:${server.address().port}`,
     hold() {
       held = [];
+    },
+    /**
+     * From now on what the servers send on the open connections is dropped (the client gets
+     * nothing more), until `cut()` closes them.
+     */
+    blackhole() {
+      for (const { client, upstream } of pairs) {
+        upstream.unpipe(client);
+        upstream.on('data', () => {});
+      }
+    },
+    cut() {
+      for (const { client, upstream } of pairs) {
+        client.destroy();
+        upstream.destroy();
+      }
     },
     release(next = target) {
       port = new URL(next.url).port;
@@ -181,6 +201,32 @@ describe('connection state recovery (embedded mode)', () => {
 
   it('socket.io-client recovers by itself: the missed events of every channel, in order, once each', T, async () => {
     await recoverScenario(h, h, sw);
+  });
+
+  it('events the server sent but the client never got (lost in flight) are replayed', T, async () => {
+    const { id, key } = await project(h);
+    const { socket, got } = await client(sw, id);
+    for (const c of ['a', 'b']) await listen(socket, c);
+    await published(h, key, 'a', { n: 1 });
+    await published(h, key, 'b', { n: 1 });
+    await published(h, key, 'a', { n: 2 });
+    await waitFor(() => got.a?.length === 2 && got.b?.length === 1, 5000, 'the first events');
+    // The connection goes dark: these reach the server's socket, never the client.
+    sw.hold();
+    sw.blackhole();
+    await published(h, key, 'b', { n: 2 });
+    await published(h, key, 'a', { n: 3 });
+    await published(h, key, 'b', { n: 3 });
+    const gone = new Promise((resolve) => socket.once('disconnect', resolve));
+    sw.cut();
+    await gone;
+    await published(h, key, 'a', { n: 4 });
+    assert.equal(await reconnect(sw, socket), true);
+    await published(h, key, 'a', { n: 5 });
+    await published(h, key, 'b', { n: 4 });
+    await waitFor(() => got.a?.at(-1) === 5 && got.b?.at(-1) === 4, 5000, 'the live events');
+    assert.deepEqual(got, { a: range(1, 5), b: range(1, 4) });
+    socket.disconnect();
   });
 
   it('the CONNECT reply carries a pid; a second reconnect recovers again', T, async () => {
