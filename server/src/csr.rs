@@ -194,6 +194,10 @@ pub fn positions(
     presented: Option<&Offset>,
     presented_raw: Option<&str>,
 ) -> Result<Vec<Resumed>, ResumeFailure> {
+    // An offset too long to keep as text is no marker of Herald's.
+    if presented.is_some() && presented_raw.is_none() {
+        return Err(ResumeFailure::Ambiguous);
+    }
     // The send the client's last event came with; 0: none of this session.
     let last_seq = if presented_raw == record.baseline.as_deref() {
         0
@@ -474,6 +478,11 @@ mod tests {
         );
         assert_eq!(
             positions(&r, Some(&Offset::Invalid), Some("x")),
+            Err(ResumeFailure::Ambiguous)
+        );
+        // Too long to be kept as text: not taken for "nothing received".
+        assert_eq!(
+            positions(&r, Some(&Offset::Invalid), None),
             Err(ResumeFailure::Ambiguous)
         );
     }
