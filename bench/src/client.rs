@@ -54,6 +54,9 @@ pub struct ConnectSpec {
     pub timeout: Duration,
     /// `SO_RCVBUF` for these sockets (a small one makes a slow consumer back up sooner).
     pub rcvbuf: Option<usize>,
+    /// The `since` of every `listen` (raw JSON `{"offset":…,"epoch":"…"}`): the server
+    /// replays the channel's events after it first.
+    pub since: Option<String>,
 }
 
 /// How a batch went.
@@ -197,6 +200,7 @@ struct Conn {
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     channel: String,
+    since: Option<String>,
     reading: bool,
     in_batch: bool,
     events: u64,
@@ -411,7 +415,7 @@ impl Engine {
         while p.in_flight < p.spec.concurrency.max(1) && p.next < p.spec.channels.len() {
             let channel = p.spec.channels[p.next].clone();
             p.next += 1;
-            match self.open_conn(p.spec.addr, channel, p.spec.rcvbuf) {
+            match self.open_conn(p.spec.addr, channel, p.spec.since.clone(), p.spec.rcvbuf) {
                 Ok(()) => p.in_flight += 1,
                 Err(e) => {
                     p.report.failed += 1;
@@ -459,6 +463,7 @@ impl Engine {
         &mut self,
         addr: SocketAddr,
         channel: String,
+        since: Option<String>,
         rcvbuf: Option<usize>,
     ) -> io::Result<()> {
         let sock = socket2::Socket::new(
@@ -490,6 +495,7 @@ impl Engine {
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             channel,
+            since,
             reading: true,
             in_batch: true,
             events: 0,
@@ -694,7 +700,13 @@ impl Engine {
             push_frame(&mut c.outbuf, 0x1, auth.as_bytes());
             c.state = State::WaitConnect;
         } else if p.starts_with(b"40") && c.state == State::WaitConnect {
-            let listen = format!(r#"420["listen",{{"channelName":"{}"}}]"#, c.channel);
+            let listen = match &c.since {
+                Some(since) => format!(
+                    r#"420["listen",{{"channelName":"{}","since":{since}}}]"#,
+                    c.channel
+                ),
+                None => format!(r#"420["listen",{{"channelName":"{}"}}]"#, c.channel),
+            };
             push_frame(&mut c.outbuf, 0x1, listen.as_bytes());
             c.state = State::WaitAck;
         } else if p.starts_with(b"44") {

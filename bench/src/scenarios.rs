@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 
 use hyper::Method;
 
-use crate::client::{Clients, ConnectReport, ConnectSpec};
+use crate::client::{self, Clients, ConnectReport, ConnectSpec};
 use crate::publisher::{self, Channels, Outcome, Plan, Target};
 use crate::report::Row;
 use crate::servers::{self, Env, Kind, Options, Server};
@@ -46,6 +46,8 @@ pub struct Sizes {
     pub burst: (f64, f64),
     /// How long after the burst its RSS is read again.
     pub burst_after: Duration,
+    /// History scenario: events a reconnecting client catches up on (one measurement each).
+    pub catch_up: Vec<u64>,
 }
 
 impl Sizes {
@@ -69,6 +71,9 @@ impl Sizes {
             settle: Duration::from_millis(700),
             burst: (20_000.0, 3.0),
             burst_after: Duration::from_secs(60),
+            // Not beyond Herald's default `--socket-buffer` (1024): a bigger replay is sent
+            // at once and closes the socket as a slow consumer (see README, history).
+            catch_up: vec![100, 1000],
         }
     }
     /// The smoke test.
@@ -88,6 +93,7 @@ impl Sizes {
             settle: Duration::from_millis(300),
             burst: (5_000.0, 1.0),
             burst_after: Duration::from_secs(10),
+            catch_up: vec![100],
         }
     }
 }
@@ -260,6 +266,7 @@ impl Ctx {
                 concurrency: 128,
                 timeout: Duration::from_secs(10 + n as u64 / 1000),
                 rcvbuf,
+                since: None,
             })
             .await
     }
@@ -1289,6 +1296,7 @@ pub const ALL: &[&str] = &[
     "redis",
     "slow",
     "churn",
+    "history",
 ];
 
 /// Runs scenario `name` for `kind`.
@@ -1303,6 +1311,275 @@ pub async fn run(ctx: &mut Ctx, name: &str, kind: Kind) -> anyhow::Result<()> {
         "redis" => redis(ctx, kind).await,
         "slow" => slow(ctx, kind).await,
         "churn" => churn(ctx, kind).await,
+        "history" => history(ctx, kind).await,
         other => bail!("unknown scenario {other}"),
     }
+}
+
+/// `PATCH /v1/admin/projects/bench` with `{"history": history}`, then waits out the settings
+/// cache (1 s) so every publish after it sees the new settings.
+async fn patch_history(server: &Server, history: serde_json::Value) -> anyhow::Result<()> {
+    let admin = format!("Bearer {}", servers::ADMIN_TOKEN);
+    let headers = [("authorization", admin.as_str())];
+    let body = serde_json::json!({ "history": history }).to_string();
+    let (status, answer) = publisher::call(
+        server.addr,
+        Method::PATCH,
+        &format!("/v1/admin/projects/{}", servers::PROJECT),
+        &headers,
+        Some(body.into_bytes()),
+    )
+    .await?;
+    if status != 200 {
+        bail!(
+            "PATCH history: HTTP {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    Ok(())
+}
+
+/// One publish to `channel`; its `(offset, epoch)`.
+async fn publish_positioned(server: &Server, channel: &str) -> anyhow::Result<(u64, String)> {
+    let auth = server.auth.clone().unwrap_or_default();
+    let headers = [("authorization", auth.as_str())];
+    let body = publisher::publish_body(channel, client::now_ns(), "");
+    let (status, answer) = publisher::call(
+        server.addr,
+        Method::POST,
+        "/v1/publishers/events/publish",
+        &headers,
+        Some(body),
+    )
+    .await?;
+    if status != 200 {
+        bail!(
+            "publish: HTTP {status} {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer)?;
+    let offset = v["offset"].as_u64().context("no offset: history off?")?;
+    let epoch = v["epoch"].as_str().context("no epoch")?.to_owned();
+    Ok((offset, epoch))
+}
+
+/// Channels the history scenario's publishes spread over (each keeps up to `size` events,
+/// so with history on the store fills to `channels × size` events).
+const HISTORY_CHANNELS: usize = 1000;
+
+/// History (issue 17): the cost of publishing with history on vs off in one run (same
+/// server, same load; the project's `history.size` PATCHed to 0 and back), the RSS the
+/// retained events take, and the time a reconnecting client takes to catch up on N missed
+/// events (`listen` with `since`). Embedded and Redis mode (one instance; the redis-server's
+/// CPU counts, not its memory).
+pub async fn history(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "history";
+    if kind != Kind::Herald {
+        return Ok(());
+    }
+    for mode in ["embedded", "redis"] {
+        let redis = if mode == "redis" {
+            Some(servers::start_redis(&ctx.env).await?)
+        } else {
+            None
+        };
+        let opts = Options {
+            redis_url: redis.as_ref().map(|r| r.url()),
+            ..Options::default()
+        };
+        let server = ctx.start(kind, &opts).await?;
+        let mut pids = server.pids();
+        if let Some(r) = &redis {
+            pids.push(r.pid);
+        }
+        let t = target(&server);
+        let rate = ctx.sizes.rest_rate;
+        let r = ctx.row(
+            S,
+            &format!(
+                "{mode}: {}k publishes/s offered over {HISTORY_CHANNELS} channels without listeners",
+                rate / 1000.0
+            ),
+            kind.name(),
+        );
+        let mut on = Vec::new();
+        let mut off = Vec::new();
+        let mut rss_off = Vec::new();
+        let mut rss_on = Vec::new();
+        // Off first, so the RSS after the first "on" window adds what the retained events take.
+        for rep in 0..ctx.sizes.reps {
+            for (history, ws, rss) in [
+                (serde_json::json!({ "size": 0 }), &mut off, &mut rss_off),
+                (serde_json::json!({ "size": 100 }), &mut on, &mut rss_on),
+            ] {
+                patch_history(&server, history).await?;
+                let p = Plan {
+                    rate,
+                    total: (rate * ctx.sizes.window) as u64,
+                    channels: Channels::Spread {
+                        prefix: "h".into(),
+                        count: HISTORY_CHANNELS,
+                    },
+                    pad: PAD,
+                    conns: 16,
+                    deadline: None,
+                };
+                let w = ctx.window(&pids, &t, &p, 0).await?;
+                ctx.check_window(kind, S, &w);
+                ws.push(w);
+                // Retained events stay (`ttlSecs`): only the first "off" RSS has none.
+                if rep == 0 {
+                    rss.push(settle_rss(ctx.sizes.settle, server.pid).await / 1_048_576.0);
+                }
+            }
+        }
+        let row = &mut ctx.rows[r];
+        let cpu = |w: &Window| w.cpu.server * 1e6 / w.out.ok.max(1) as f64;
+        let per_core = |w: &Window| w.out.achieved_rate() / w.cpu.server_core().max(1e-9);
+        let rtt99 = |w: &Window| {
+            let mut v = w.out.rtt_ns.clone();
+            v.sort_unstable();
+            percentile(&v, 99.0) as f64 / 1e6
+        };
+        let sum = |ws: &[Window], f: &dyn Fn(&Window) -> f64| {
+            Summary::of(&ws.iter().map(f).collect::<Vec<_>>())
+        };
+        row.metrics
+            .insert("cpu_us_per_publish_off".into(), sum(&off, &cpu));
+        row.metrics
+            .insert("cpu_us_per_publish_on".into(), sum(&on, &cpu));
+        let ratios: Vec<f64> = on
+            .iter()
+            .zip(&off)
+            .map(|(a, b)| cpu(a) / cpu(b).max(1e-9))
+            .collect();
+        row.metrics
+            .insert("cpu_ratio_on_off".into(), Summary::of(&ratios));
+        row.metrics
+            .insert("publishes_per_core_s_off".into(), sum(&off, &per_core));
+        row.metrics
+            .insert("publishes_per_core_s_on".into(), sum(&on, &per_core));
+        row.metrics
+            .insert("rtt_p99_ms_off".into(), sum(&off, &rtt99));
+        row.metrics.insert("rtt_p99_ms_on".into(), sum(&on, &rtt99));
+        row.metrics
+            .insert("rss_mb_off".into(), Summary::of(&rss_off));
+        row.metrics.insert("rss_mb_on".into(), Summary::of(&rss_on));
+        row.notes.push(format!(
+            "same server, project history.size PATCHed 0 / 100 between windows; CPU = Herald{}; \
+             RSS is Herald's (the retained events of {HISTORY_CHANNELS} channels × 100 in \
+             embedded mode live in its memory, in Redis mode in redis-server's)",
+            if mode == "redis" {
+                " + redis-server"
+            } else {
+                ""
+            }
+        ));
+        note_generator(row, on.iter().chain(&off).map(|w| w.cpu.generator_core()));
+
+        // Catch-up: N events published while nobody listens, then a client that listens with
+        // `since` the position before them.
+        for &n in &ctx.sizes.catch_up.clone() {
+            let r = ctx.row(
+                S,
+                &format!("{mode}: catch up {n} missed events (listen with since)"),
+                kind.name(),
+            );
+            patch_history(&server, serde_json::json!({ "size": n.max(100) })).await?;
+            let channel = format!("catchup-{n}");
+            let (offset, epoch) = publish_positioned(&server, &channel).await?;
+            let since = format!(r#"{{"offset":{},"epoch":"{epoch}"}}"#, offset - 1);
+            let p = Plan {
+                rate: rate.min(20_000.0),
+                total: n - 1,
+                channels: Channels::One(channel.clone()),
+                pad: PAD,
+                conns: 16,
+                deadline: None,
+            };
+            if n > 1 {
+                let out = publisher::run(&t, &p).await?;
+                if out.errors > 0 {
+                    ctx.fail(format!(
+                        "{S}/{}: {} publish errors: {:?}",
+                        kind.name(),
+                        out.errors,
+                        out.error_samples
+                    ));
+                }
+            }
+            // A first connection warms the server's and the generator's paths up.
+            let c = ctx.connect(server.addr, vec![channel.clone()], None).await;
+            ctx.check_connect(kind, S, &c);
+            ctx.clients.close_all().await;
+            let mut plain = Vec::new();
+            let mut caught = Vec::new();
+            for _ in 0..ctx.sizes.reps.max(3) {
+                // Without `since`: the connect + listen time alone.
+                let started = std::time::Instant::now();
+                let c = ctx.connect(server.addr, vec![channel.clone()], None).await;
+                if !ctx.check_connect(kind, S, &c) {
+                    break;
+                }
+                plain.push(started.elapsed().as_secs_f64() * 1e3);
+                ctx.clients.close_all().await;
+                let before = ctx.clients.status().await.events;
+                let started = std::time::Instant::now();
+                let c = ctx
+                    .clients
+                    .connect(ConnectSpec {
+                        addr: server.addr,
+                        project: servers::PROJECT.to_owned(),
+                        channels: vec![channel.clone()],
+                        concurrency: 1,
+                        timeout: Duration::from_secs(30),
+                        rcvbuf: None,
+                        since: Some(since.clone()),
+                    })
+                    .await;
+                if !ctx.check_connect(kind, S, &c) {
+                    break;
+                }
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while ctx.clients.status().await.events - before < n
+                    && std::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let got = ctx.clients.status().await.events - before;
+                if got != n {
+                    ctx.fail(format!(
+                        "{S}/{}: a listen with since got {got} of {n} missed events",
+                        kind.name()
+                    ));
+                }
+                caught.push(started.elapsed().as_secs_f64() * 1e3);
+                ctx.clients.close_all().await;
+            }
+            let row = &mut ctx.rows[r];
+            row.metrics
+                .insert("connect_listen_ms".into(), Summary::of(&plain));
+            row.metrics
+                .insert("catch_up_ms".into(), Summary::of(&caught));
+            let per_event: Vec<f64> = caught
+                .iter()
+                .zip(&plain)
+                .map(|(c, p)| (c - p).max(0.0) * 1e3 / n as f64)
+                .collect();
+            row.metrics
+                .insert("us_per_event".into(), Summary::of(&per_event));
+            row.notes.push(
+                "catch_up_ms: connect, listen with since, until every missed event arrived; \
+                 connect_listen_ms: the same without since; us_per_event = the difference / N (1 ms polling)"
+                    .into(),
+            );
+        }
+        ctx.finish(server, S).await;
+        if let Some(r) = redis {
+            r.stop().await;
+        }
+    }
+    Ok(())
 }

@@ -260,7 +260,8 @@ pub struct Options {
 
 /// The project every client connects with.
 pub const PROJECT: &str = "bench";
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+/// The admin token every Herald is started with.
+pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 
 /// Starts `kind` and prepares it (Herald: project `bench` and a publish key).
 pub async fn start(kind: Kind, env: &Env, opts: &Options) -> anyhow::Result<Server> {
