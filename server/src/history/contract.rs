@@ -83,7 +83,7 @@ pub(crate) async fn run(history: &dyn History) {
     // Trimmed to `size`: the oldest go, offsets continue.
     for i in 4..=8u64 {
         let p = history
-            .append(&a, settings, "m", "0")
+            .append(&a, settings, &format!("t{i}"), "0")
             .await
             .expect("append");
         assert_eq!(p.offset, ChannelOffset(i));

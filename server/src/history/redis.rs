@@ -35,7 +35,10 @@ use crate::store::redis::{LuaScript, array, is_unavailable, opt_string};
 pub const META_TTL_SECS: u64 = 3600;
 
 /// KEYS: stream, meta. ARGV: id, payload, size, ttl secs, new epoch, meta ttl secs.
-/// Returns `{epoch, offset}`.
+/// Returns `{epoch, offset}`. The same message id appended again right after itself (fred
+/// writes a command again after a reconnect, and a command that timed out may still run)
+/// answers the first append's offset instead of a second copy: a replay or a catch-up would
+/// otherwise deliver the event twice.
 static APPEND: LuaScript = LuaScript::new(
     r#"
 local epoch = redis.call('HGET', KEYS[2], 'e')
@@ -43,6 +46,16 @@ if not epoch then
   epoch = ARGV[5]
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
+else
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  if last then
+    local f = last[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'i' and f[i + 1] == ARGV[1] then
+        return {epoch, tonumber(string.match(last[1], '^(%d+)'))}
+      end
+    end
+  end
 end
 local off = redis.call('HINCRBY', KEYS[2], 'o', 1)
 local t = redis.call('TIME')
@@ -262,6 +275,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_same_append_run_twice_is_one_event() {
+        let server = RedisServer::start();
+        let history = RedisHistory::new(connect(&server.url()).await, &unique_prefix());
+        let room = RoomName::channel(
+            &ProjectId::parse("p").expect("valid"),
+            &ChannelName::parse("c").expect("valid"),
+        );
+        let s = HistorySettings::default();
+        let first = history.append(&room, s, "m1", "1").await.expect("append");
+        let again = history.append(&room, s, "m1", "1").await.expect("append");
+        assert_eq!(
+            first, again,
+            "a re-sent append answers the first one's position"
+        );
+        let next = history.append(&room, s, "m2", "2").await.expect("append");
+        assert_eq!(next.offset.get(), first.offset.get() + 1);
+        let slice = history
+            .read(&room, s, ChannelOffset(0), 10)
+            .await
+            .expect("read");
+        let ids: Vec<&str> = slice.events.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["m1", "m2"]);
+    }
+
+    #[tokio::test]
     async fn two_instances_share_one_stream_and_a_wiped_redis_changes_the_epoch() {
         let server = RedisServer::start();
         let prefix = unique_prefix();
@@ -272,10 +310,11 @@ mod tests {
             &ChannelName::parse("c").expect("valid"),
         );
         let s = HistorySettings::default();
+        let ids: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
         let mut tasks = Vec::new();
-        for i in 0..50 {
+        for (i, id) in ids.iter().enumerate() {
             let h = if i % 2 == 0 { &a } else { &b };
-            tasks.push(h.append(&room, s, "m", "1"));
+            tasks.push(h.append(&room, s, id, "1"));
         }
         let mut offsets: Vec<u64> = futures_util::future::join_all(tasks)
             .await
