@@ -34,33 +34,44 @@ use crate::store::redis::{LuaScript, array, is_unavailable, opt_string};
 /// Seconds the meta hash (epoch, latest offset) outlives a channel's last event, at least.
 pub const META_TTL_SECS: u64 = 3600;
 
-/// KEYS: stream, meta. ARGV: id, payload, size, ttl secs, new epoch, meta ttl secs.
-/// Returns `{epoch, offset}`. The same message id appended again right after itself (fred
-/// writes a command again after a reconnect, and a command that timed out may still run)
-/// answers the first append's offset instead of a second copy: a replay or a catch-up would
-/// otherwise deliver the event twice.
+/// How many of a channel's latest message ids its meta hash keeps to recognise a re-sent append.
+pub const RECENT_IDS: usize = 8;
+
+/// KEYS: stream, meta. ARGV: id, payload, size, ttl secs, new epoch, meta ttl secs, recent ids.
+/// Returns `{epoch, offset}`. A message id among the channel's [`RECENT_IDS`] latest (the meta
+/// field `r`: ` id=offset` entries, newest last) answers that append's offset instead of
+/// adding a second copy: fred writes a command again after a reconnect, and a command that
+/// timed out may still run, possibly after other instances' appends to the same channel; a
+/// replay or a catch-up would otherwise deliver the event twice. Ids are Herald's UUIDs
+/// (fixed length, no space or `=`), so a plain search of ` id=` cannot match another entry.
 static APPEND: LuaScript = LuaScript::new(
     r#"
-local epoch = redis.call('HGET', KEYS[2], 'e')
+local meta = redis.call('HMGET', KEYS[2], 'e', 'r')
+local epoch = meta[1]
+local recent = meta[2] or ''
 if not epoch then
   epoch = ARGV[5]
+  recent = ''
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
 else
-  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-  if last then
-    local f = last[2]
-    for i = 1, #f, 2 do
-      if f[i] == 'i' and f[i + 1] == ARGV[1] then
-        return {epoch, tonumber(string.match(last[1], '^(%d+)'))}
-      end
-    end
+  local key = ' ' .. ARGV[1] .. '='
+  local at = string.find(recent, key, 1, true)
+  if at then
+    return {epoch, tonumber(string.match(recent, '^(%d+)', at + #key))}
   end
 end
 local off = redis.call('HINCRBY', KEYS[2], 'o', 1)
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[3], off .. '-0', 'i', ARGV[1], 'd', ARGV[2], 't', ms)
+recent = recent .. ' ' .. ARGV[1] .. '=' .. off
+local n = select(2, string.gsub(recent, ' ', ' '))
+while n > tonumber(ARGV[7]) do
+  recent = string.sub(recent, string.find(recent, ' ', 2, true))
+  n = n - 1
+end
+redis.call('HSET', KEYS[2], 'r', recent)
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('EXPIRE', KEYS[2], ARGV[6])
 return {epoch, off}
@@ -174,6 +185,7 @@ impl History for RedisHistory {
             settings.ttl_secs.max(1).to_string(),
             new_epoch().as_str().to_owned(),
             meta_ttl.to_string(),
+            RECENT_IDS.to_string(),
         ];
         let reply = APPEND
             .run_raw(&self.client, keys, args)
@@ -291,12 +303,32 @@ mod tests {
         );
         let next = history.append(&room, s, "m2", "2").await.expect("append");
         assert_eq!(next.offset.get(), first.offset.get() + 1);
+        // Re-sent after another instance's append landed in between: still one event.
+        let late = history.append(&room, s, "m1", "1").await.expect("append");
+        assert_eq!(
+            late, first,
+            "a late re-send answers the first one's position"
+        );
+        // Only the latest RECENT_IDS are remembered: older ids are forgotten, newer kept.
+        for i in 3..(3 + RECENT_IDS) {
+            history
+                .append(&room, s, &format!("m{i}"), "x")
+                .await
+                .expect("append");
+        }
+        let last = format!("m{}", 2 + RECENT_IDS);
+        let (_, top) = history.head(&room, s).await.expect("head");
+        let again = history.append(&room, s, &last, "x").await.expect("append");
+        assert_eq!(again.offset, top, "the newest id is remembered");
+        let forgotten = history.append(&room, s, "m2", "2").await.expect("append");
+        assert_eq!(forgotten.offset.get(), again.offset.get() + 1);
         let slice = history
-            .read(&room, s, ChannelOffset(0), 10)
+            .read(&room, s, ChannelOffset(0), 100)
             .await
             .expect("read");
         let ids: Vec<&str> = slice.events.iter().map(|e| e.id.as_str()).collect();
-        assert_eq!(ids, ["m1", "m2"]);
+        assert_eq!(ids.len(), 3 + RECENT_IDS, "{ids:?}");
+        assert_eq!(&ids[..2], ["m1", "m2"]);
     }
 
     #[tokio::test]
