@@ -391,6 +391,17 @@ mod tests {
                 })
             )
         ));
+        // A trailing extra argument (Socket.IO's recovery offset, for socket.io-client) is
+        // not part of Herald's event: ignored.
+        match decode(
+            r#"42["event",{"channelName":"orders","payload":1,"offset":17,"epoch":"e"},"17:orders"]"#,
+        ) {
+            Incoming::Event(e) => {
+                assert_eq!(e.offset.map(|o| o.get()), Some(17));
+                assert_eq!(e.payload, json!(1));
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(matches!(decode(r#"42["other",1]"#), Incoming::Ignored));
         assert!(matches!(
             decode(r#"42/admin,["event",{}]"#),

@@ -9,7 +9,8 @@
 //! * a `listen` may carry `since: { offset, epoch }` ([`StreamPosition`]): the last event the
 //!   client saw. The ack then carries a [`Recovery`]: `recovered: true` when every event after
 //!   it was delivered (before any live event of the channel), or `recovered: false` and a
-//!   [`RecoveryFailure`] reason;
+//!   [`RecoveryFailure`] reason; a plain `listen` on a channel with history answers the
+//!   channel's position ([`ListenAnswer::Position`]);
 //! * event frames carry `offset` and `epoch`; the publish answer too;
 //! * retention per project: [`HistorySettings`] (`size` events, `ttlSecs` seconds);
 //! * `GET /v1/publishers/channels/{channelName}/history` answers a [`HistoryPage`].
@@ -197,14 +198,30 @@ pub struct Recovery {
     pub offset: Option<ChannelOffset>,
 }
 
-/// The ack of a `listen` that carried `since`: `{ "ok": true }` and the [`Recovery`].
+/// The ack of a successful `listen`: `{ "ok": true }` and, when the project keeps history,
+/// what the listen found ([`ListenAnswer`]). Extra fields only: old clients read it as a
+/// plain successful [`Ack`](crate::Ack).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenAck {
     /// Always `true` (a refused listen answers a plain [`Ack`](crate::Ack)).
     pub ok: bool,
-    /// What was recovered.
+    /// The recovery (a listen with `since`) or the channel's position (a plain listen).
     #[serde(flatten)]
-    pub recovery: Recovery,
+    pub answer: ListenAnswer,
+}
+
+/// What a successful `listen` answers besides `ok`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ListenAnswer {
+    /// A listen with `since`: `{ "recovered", "reason"?, "epoch"?, "offset"? }`.
+    Recovery(Recovery),
+    /// A plain listen on a channel whose project keeps history: `{ "epoch", "offset" }`, the
+    /// channel's epoch and latest offset when the socket joined (read under the same lock as
+    /// the join: every event after `offset` is delivered live, none before). `offset` 0: no
+    /// event yet in this epoch. A client that saw no event yet can still present it as
+    /// `since` after a reconnect.
+    Position(StreamPosition),
 }
 
 /// Default number of events a channel retains.
@@ -353,23 +370,56 @@ mod tests {
     fn listen_ack_wire() {
         let ack = ListenAck {
             ok: true,
-            recovery: Recovery {
+            answer: ListenAnswer::Recovery(Recovery {
                 recovered: false,
                 reason: Some(RecoveryFailure::EpochChanged),
                 epoch: Some(Epoch::parse("b").expect("valid")),
                 offset: Some(ChannelOffset(3)),
-            },
+            }),
         };
         let v = serde_json::to_value(&ack).expect("ser");
         assert_eq!(
             v,
             json!({"ok": true, "recovered": false, "reason": "epoch_changed", "epoch": "b", "offset": 3})
         );
+        assert_eq!(
+            serde_json::from_value::<ListenAck>(v.clone()).expect("de"),
+            ack
+        );
         // Old clients read it as a plain successful ack.
         assert_eq!(
             serde_json::from_value::<crate::Ack>(v).expect("de"),
             crate::Ack::Ok
         );
+
+        // A plain listen's ack: the position.
+        let plain = ListenAck {
+            ok: true,
+            answer: ListenAnswer::Position(StreamPosition {
+                offset: ChannelOffset(0),
+                epoch: Epoch::parse("e").expect("valid"),
+            }),
+        };
+        let v = serde_json::to_value(&plain).expect("ser");
+        assert_eq!(v, json!({"ok": true, "epoch": "e", "offset": 0}));
+        assert_eq!(
+            serde_json::from_value::<ListenAck>(v.clone()).expect("de"),
+            plain
+        );
+        assert_eq!(
+            serde_json::from_value::<crate::Ack>(v).expect("de"),
+            crate::Ack::Ok
+        );
+        // Not recovered, history off: no position at all.
+        let off = json!({"ok": true, "recovered": false, "reason": "history_disabled"});
+        assert!(matches!(
+            serde_json::from_value::<ListenAck>(off).expect("de").answer,
+            ListenAnswer::Recovery(Recovery {
+                recovered: false,
+                reason: Some(RecoveryFailure::HistoryDisabled),
+                ..
+            })
+        ));
     }
 
     #[test]

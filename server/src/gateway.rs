@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use herald_protocol::history::ListenAck;
+use herald_protocol::history::{ListenAck, ListenAnswer};
 use herald_protocol::messages::event_names::{EVENT, LISTEN, REMOVE, SYSTEM_MESSAGE};
 use herald_protocol::{
     Ack, ApiKeyId, ChannelEvent, ChannelKind, ChannelName, ChannelOffset, ClientEvent, Epoch,
@@ -323,13 +323,14 @@ fn session<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Session>> {
 /// about).
 pub type Outcome = Result<SystemMessage, (Refusal, Option<ChannelName>)>;
 
-/// An ack body: a plain [`Ack`], or the ack of a `listen` with `since` ([`ListenAck`]).
+/// An ack body: a plain [`Ack`], or the ack of a successful `listen` on a channel with
+/// history ([`ListenAck`]).
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(untagged)]
 pub enum AckBody {
     /// `{ "ok": … }`.
     Plain(Ack),
-    /// `{ "ok": true, "recovered": …, … }`.
+    /// `{ "ok": true, "recovered": …, … }` or `{ "ok": true, "epoch", "offset" }`.
     Listen(ListenAck),
 }
 
@@ -338,12 +339,11 @@ pub fn answer(result: Outcome) -> (AckBody, SystemMessage) {
     answer_with(result, None)
 }
 
-/// Like [`answer`], with what a successful `listen` with `since` recovered.
-pub fn answer_with(result: Outcome, recovery: Option<Recovery>) -> (AckBody, SystemMessage) {
-    match (result, recovery) {
-        (Ok(message), Some(recovery)) => {
-            (AckBody::Listen(ListenAck { ok: true, recovery }), message)
-        }
+/// Like [`answer`], with what a successful `listen` found (its recovery, or the channel's
+/// position).
+pub fn answer_with(result: Outcome, answer: Option<ListenAnswer>) -> (AckBody, SystemMessage) {
+    match (result, answer) {
+        (Ok(message), Some(answer)) => (AckBody::Listen(ListenAck { ok: true, answer }), message),
         (Ok(message), None) => (AckBody::Plain(Ack::Ok), message),
         (Err((refusal, channel)), _) => {
             let message = SystemMessage::error(&refusal, channel.as_ref());
@@ -361,9 +361,9 @@ fn reply_with<A: Adapter>(
     s: &SocketRef<A>,
     ack: AckSender<A>,
     result: Outcome,
-    recovery: Option<Recovery>,
+    answer: Option<ListenAnswer>,
 ) {
-    let (ack_body, message) = answer_with(result, recovery);
+    let (ack_body, message) = answer_with(result, answer);
     if let Err(e) = ack.send(&ack_body) {
         tracing::debug!(socket_id = %s.id, error = %e, "ack not delivered");
     }
@@ -392,18 +392,20 @@ async fn on_listen<A: Adapter>(
     reply_with(&s, ack, result, recovery);
 }
 
-/// `listen {channelName, authToken?, since?}`: the outcome, and what was recovered when the
-/// request carried `since` and succeeded.
+/// `listen {channelName, authToken?, since?}`: the outcome, and, when it succeeded on a
+/// channel whose project keeps history, what the ack adds: the recovery (with `since`) or
+/// the channel's position (without).
 ///
-/// With `since`, the room's [`Sequencer`](crate::history::Sequencer) lock is held from
-/// before the join to after the replay (the private-channel checks included, so no event is
-/// replayed before they passed): every event of the channel published on this instance meanwhile is then
-/// either replayed or delivered live after the replay, never both, never neither.
+/// The room's [`Sequencer`](crate::history::Sequencer) lock is held from before the join to
+/// after the replay or the position read (the private-channel checks included, so no event
+/// is replayed before they passed): every event of the channel published on this instance
+/// meanwhile is then either replayed (or at most the answered offset) or delivered live
+/// after, never both, never neither.
 pub async fn listen<P: Peer>(
     s: &P,
     gw: &Gateway,
     body: Option<Value>,
-) -> (Outcome, Option<Recovery>) {
+) -> (Outcome, Option<ListenAnswer>) {
     let body = body.unwrap_or(Value::Null);
     let since = match ListenRequest::parse_since(&body) {
         Ok(since) => since,
@@ -416,7 +418,7 @@ pub async fn listen<P: Peer>(
         if let Some(joined) = listen_tracked(s, gw, &body).await {
             return (joined, None);
         }
-        return (listen_checked(s, gw, body).await, None);
+        return listen_plain(s, gw, body).await;
     };
     let Ok(channel) = herald_protocol::messages::channel_field(&body) else {
         return (listen_checked(s, gw, body).await, None);
@@ -454,7 +456,51 @@ pub async fn listen<P: Peer>(
     }
     metrics::counter!(m::HISTORY_RECOVERIES, "outcome" => recovery.reason.map_or("recovered", |r| r.as_str()))
         .increment(1);
-    (outcome, Some(recovery))
+    (outcome, Some(ListenAnswer::Recovery(recovery)))
+}
+
+/// A plain `listen` (no `since`): on a channel whose project keeps history, under the room's
+/// sequencer lock like the join, the channel's position for the ack (a stream is started when
+/// the channel has none, so the position exists before its first event).
+async fn listen_plain<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    body: Value,
+) -> (Outcome, Option<ListenAnswer>) {
+    let Ok(channel) = herald_protocol::messages::channel_field(&body) else {
+        return (listen_checked(s, gw, body).await, None);
+    };
+    let Some(session) = s.session() else {
+        return (Err((not_connected(), None)), None);
+    };
+    let room = RoomName::channel(&session.project, &channel);
+    let settings = gw
+        .histories
+        .settings(gw.store.as_ref(), &session.project)
+        .await;
+    if !settings.enabled() {
+        return (listen_checked(s, gw, body).await, None);
+    }
+    let _order = gw.fanout.sequencer().lock(&room).await;
+    let outcome = listen_checked(s, gw, body).await;
+    if outcome.is_err() {
+        return (outcome, None);
+    }
+    let position = match gw.histories.backend.position(&room).await {
+        Ok(p) => Some(ListenAnswer::Position(StreamPosition {
+            offset: p.offset,
+            epoch: p.epoch,
+        })),
+        Err(e) => {
+            if let Some(p) = backend_faults().check(&"history_position") {
+                tracing::warn!(error = %e, suppressed = p.suppressed, "history position unavailable; plain listen ack");
+            }
+            // The listen itself succeeded; the client just holds no position (as with
+            // history off).
+            None
+        }
+    };
+    (outcome, position)
 }
 
 /// A plain `listen` of a recoverable session ([`crate::csr`]) for a channel it does not track

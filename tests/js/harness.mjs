@@ -386,11 +386,24 @@ export function connect(h, projectId, opts = {}) {
   });
 }
 
-/** Emits `listen` and resolves with its ack (rejects when no ack comes within 5 s). */
-export function listen(socket, channelName, authToken) {
+/**
+ * Emits `listen` and resolves with its ack (rejects when no ack comes within 5 s). A
+ * successful ack also carries the channel's position when the project keeps history (the
+ * default): `{ ok: true, epoch, offset }`; it is checked here and left out of the answer, so
+ * tests compare `{ ok: true }` (tests/js/history.test.mjs asserts the position itself).
+ */
+export async function listen(socket, channelName, authToken) {
   const body = { channelName };
   if (authToken !== undefined) body.authToken = authToken;
-  return socket.timeout(5000).emitWithAck('listen', body);
+  const ack = await socket.timeout(5000).emitWithAck('listen', body);
+  if (ack?.ok === true && ('epoch' in ack || 'offset' in ack)) {
+    const { epoch, offset, ...rest } = ack;
+    if (typeof epoch !== 'string' || !Number.isInteger(offset) || offset < 0) {
+      throw new Error(`listen ${channelName}: malformed position in ${JSON.stringify(ack)}`);
+    }
+    return rest;
+  }
+  return ack;
 }
 
 /** Emits `remove` and resolves with its ack. */

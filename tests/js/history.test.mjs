@@ -68,17 +68,74 @@ describe('history (embedded mode)', () => {
     const { id, key } = await project(h);
     const socket = await connect(h, id);
     const events = collectEvents(socket, 'event');
-    assert.deepEqual(await socket.timeout(5000).emitWithAck('listen', { channelName: 'orders' }), { ok: true });
+    const plain = await socket.timeout(5000).emitWithAck('listen', { channelName: 'orders' });
+    assert.equal(plain.offset, 0, JSON.stringify(plain));
     const answers = [];
     for (let i = 1; i <= 5; i++) answers.push(await published(h, key, 'orders', { n: i }));
     assert.deepEqual(answers.map((a) => a.offset), range(1, 5));
     const epoch = answers[0].epoch;
     assert.equal(typeof epoch, 'string');
+    assert.equal(epoch, plain.epoch, 'the first event keeps the epoch the plain listen answered');
     assert.ok(answers.every((a) => a.epoch === epoch && typeof a.id === 'string'));
     // Offsets are per channel.
     assert.equal((await published(h, key, 'other', 1)).offset, 1);
     await waitFor(() => events.length === 5, 5000, 'five events');
     assert.deepEqual([...events], answers.map((a, i) => ({ id: a.id, channelName: 'orders', payload: { n: i + 1 }, offset: i + 1, epoch })));
+  });
+
+  it('a plain listen answers the channel position; a client that saw no event recovers from it', T, async () => {
+    const { id, key } = await project(h);
+    const first = await connect(h, id);
+    const seen = collectEvents(first, 'event');
+    // A channel never published to: offset 0 under an epoch the next events keep.
+    const empty = await first.timeout(5000).emitWithAck('listen', { channelName: 'fresh' });
+    assert.deepEqual(Object.keys(empty).sort(), ['epoch', 'offset', 'ok']);
+    assert.equal(empty.ok, true);
+    assert.equal(empty.offset, 0);
+    assert.equal(typeof empty.epoch, 'string');
+    // Away before any event: the events published meanwhile are recovered from that position.
+    first.disconnect();
+    for (let i = 1; i <= 3; i++) assert.equal((await published(h, key, 'fresh', { n: i })).epoch, empty.epoch);
+    const again = await connect(h, id);
+    const got = collectEvents(again, 'event');
+    const ack = await listenSince(again, 'fresh', { offset: empty.offset, epoch: empty.epoch });
+    assert.deepEqual(ack, { ok: true, recovered: true, epoch: empty.epoch, offset: 3 });
+    assert.deepEqual(offsets(got), [1, 2, 3]);
+    assert.deepEqual([...seen], []);
+
+    // A channel with events: its latest offset; the next event delivered live is the one after.
+    const third = await connect(h, id);
+    const live = collectEvents(third, 'event');
+    assert.deepEqual(await third.timeout(5000).emitWithAck('listen', { channelName: 'fresh' }), {
+      ok: true,
+      epoch: empty.epoch,
+      offset: 3,
+    });
+    await published(h, key, 'fresh', { n: 4 });
+    await waitFor(() => live.length === 1, 5000, 'the live event');
+    assert.deepEqual(offsets(live), [4]);
+  });
+
+  it('a plain listen racing publishes: every event after the answered offset arrives live, none before', T, async () => {
+    const { id, key } = await project(h, { size: 1000 });
+    await published(h, key, 'race', 0);
+    const TOTAL = 200;
+    let next = 2;
+    const publishers = Array.from({ length: 4 }, async () => {
+      while (next <= TOTAL) {
+        next++;
+        await published(h, key, 'race', 0);
+      }
+    });
+    await waitFor(() => next > 30, 10_000, 'publishing under way');
+    const socket = await connect(h, id);
+    const got = collectEvents(socket, 'event');
+    const ack = await socket.timeout(5000).emitWithAck('listen', { channelName: 'race' });
+    assert.equal(typeof ack.offset, 'number', JSON.stringify(ack));
+    await Promise.all(publishers);
+    const top = (await published(h, key, 'race', 'last')).offset;
+    await waitFor(() => got.length >= top - ack.offset, 10_000, `events up to ${top}`);
+    assert.deepEqual(offsets(got), range(ack.offset + 1, top));
   });
 
   it('listen with since replays exactly the missed events, in order, then live ones', T, async () => {
@@ -167,6 +224,8 @@ describe('history (embedded mode)', () => {
     const answer = await published(h, key, 'quiet', 1);
     assert.deepEqual(Object.keys(answer), ['id']);
     const s = await connect(h, id);
+    // No position to answer.
+    assert.deepEqual(await s.timeout(5000).emitWithAck('listen', { channelName: 'quiet' }), { ok: true });
     assert.deepEqual(await listenSince(s, 'quiet', { offset: 0, epoch: 'e' }), {
       ok: true,
       recovered: false,

@@ -232,7 +232,7 @@ test('the README quick start works as written, also after the server restarts', 
 
     await t2.run(blocks.get('run-client').body);
     const listened = (n) => (out) =>
-      t2.count('listen orders {"ok":true}') >= n && t2.count('listen private-user-42 {"ok":true}') >= n && out;
+      t2.count('listen orders {"ok":true,') >= n && t2.count('listen private-user-42 {"ok":true,') >= n && out;
     await t2.waitFor(listened(1), 'the client listening to both channels');
 
     const publicLine = 'event orders {"orderId":42,"status":"shipped"}';

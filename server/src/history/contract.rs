@@ -114,4 +114,29 @@ pub(crate) async fn run(history: &dyn History) {
     let next = history.append(&c, short, "m2", "2").await.expect("append");
     assert_eq!(next.offset, ChannelOffset(2));
     assert_eq!(next.epoch, first.epoch);
+
+    // A position read starts an empty stream: offset 0 under an epoch the first event keeps;
+    // later it reports the latest offset, and reads see the same epoch.
+    let d = room("a", "quiet");
+    let start = history.position(&d).await.expect("position");
+    assert_eq!(start.offset, ChannelOffset(0));
+    assert_eq!(history.position(&d).await.expect("position"), start);
+    let seen = history
+        .read(&d, settings, ChannelOffset(0), 10)
+        .await
+        .expect("read");
+    assert_eq!(
+        (seen.epoch, seen.top),
+        (Some(start.epoch.clone()), ChannelOffset(0))
+    );
+    let one = history
+        .append(&d, settings, "q1", "1")
+        .await
+        .expect("append");
+    assert_eq!((one.offset, &one.epoch), (ChannelOffset(1), &start.epoch));
+    let now = history.position(&a).await.expect("position");
+    assert_eq!(
+        (now.offset, now.epoch),
+        (ChannelOffset(8), epoch.expect("epoch"))
+    );
 }

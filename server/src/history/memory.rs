@@ -11,6 +11,9 @@
 //! it has been idle for [`IDLE_STREAM_SECS`] or the byte budget needs its room; after that the
 //! channel's next event starts a new stream, at offset 1 under a new epoch.
 //!
+//! A plain `listen` starts an empty stream (offset 0, new epoch) for a channel that has none
+//! ([`History::position`]), under the same byte budget and idle sweep.
+//!
 //! Nothing survives a restart: every stream of a new process has a new epoch.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -165,6 +168,38 @@ impl MemoryHistory {
         self.inner.lock().bytes
     }
 
+    fn position_at(&self, room: &RoomName, now: Instant) -> Position {
+        let mut inner = self.inner.lock();
+        if let Some(s) = inner.streams.get(room) {
+            return Position {
+                offset: ChannelOffset(s.top),
+                epoch: s.epoch.clone(),
+            };
+        }
+        let epoch = new_epoch();
+        inner.bytes += STREAM_OVERHEAD + room.as_str().len();
+        inner.streams.insert(
+            room.clone(),
+            Stream {
+                epoch: epoch.clone(),
+                top: 0,
+                events: VecDeque::new(),
+                last_append: now,
+            },
+        );
+        // An empty stream is the first thing the budget drops (and the idle sweep after
+        // IDLE_STREAM_SECS): a client holding its epoch is then told `epoch_changed`.
+        let evicted = inner.evict(self.max_bytes, room);
+        if evicted > 0 {
+            metrics::counter!(m::HISTORY_EVICTIONS).increment(evicted);
+        }
+        metrics::gauge!(m::HISTORY_BYTES).set(inner.bytes as f64);
+        Position {
+            offset: ChannelOffset(0),
+            epoch,
+        }
+    }
+
     fn append_at(
         &self,
         room: &RoomName,
@@ -290,6 +325,10 @@ impl History for MemoryHistory {
             events,
             first,
         })
+    }
+
+    async fn position(&self, room: &RoomName) -> Result<Position, HistoryError> {
+        Ok(self.position_at(room, Instant::now()))
     }
 }
 

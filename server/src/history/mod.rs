@@ -122,6 +122,11 @@ pub trait History: Send + Sync + 'static {
             .await?;
         Ok((slice.epoch, slice.top))
     }
+
+    /// `room`'s epoch and latest offset, starting its stream (offset 0 under a new epoch)
+    /// when it has none: what a plain `listen` answers, so that a client that has seen no
+    /// event yet still holds a position it can recover from later.
+    async fn position(&self, room: &RoomName) -> Result<Position, HistoryError>;
 }
 
 /// A new epoch string: 12 random hex characters and a counter (unique within the process,

@@ -8,6 +8,9 @@
 //! | `{prefix}:history:{{project}}:{channel}` | Stream | one entry per retained event; entry id `{offset}-0`, fields `i` (message id), `d` (payload JSON), `t` (Redis time, ms) |
 //! | `{prefix}:history:{{project}}:{channel}:meta` | Hash | `e` (epoch), `o` (latest offset) |
 //!
+//! A plain `listen` reads the channel's position with a third script, which creates the meta
+//! hash (offset 0, new epoch, [`META_TTL_SECS`]) when there is none.
+//!
 //! One Lua script appends: it reads (or creates) the epoch, allocates the offset with
 //! `HINCRBY`, adds the entry with `XADD … MAXLEN {size}` and sets both keys' expiry; so
 //! appending and allocating the offset are one atomic step, whichever instance publishes. The
@@ -112,6 +115,21 @@ for _, e in ipairs(redis.call('XRANGE', KEYS[1], start .. '-0', '+')) do
   end
 end
 return out
+"#,
+);
+
+/// KEYS: stream, meta. ARGV: new epoch, meta ttl secs. Returns `{epoch, offset}`, creating
+/// the meta hash (offset 0) when there is none.
+static POSITION: LuaScript = LuaScript::new(
+    r#"
+local meta = redis.call('HMGET', KEYS[2], 'e', 'o')
+if meta[1] then
+  return {meta[1], tonumber(meta[2]) or 0}
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[2], 'e', ARGV[1], 'o', 0)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return {ARGV[1], 0}
 "#,
 );
 
@@ -270,6 +288,23 @@ impl History for RedisHistory {
         };
         let epoch = Epoch::parse(&e).map_err(|r| HistoryError::Backend(r.message))?;
         Ok((Some(epoch), ChannelOffset(o.unwrap_or(0))))
+    }
+
+    async fn position(&self, room: &RoomName) -> Result<Position, HistoryError> {
+        let keys = self.keys(room).to_vec();
+        let args = vec![new_epoch().to_string(), META_TTL_SECS.to_string()];
+        let reply = POSITION
+            .run_raw(&self.client, keys, args)
+            .await
+            .map_err(history_error)?;
+        let mut items = array(reply).map_err(HistoryError::Backend)?.into_iter();
+        let (Some(e), Some(o)) = (items.next(), items.next()) else {
+            return Err(HistoryError::Backend("short position reply".into()));
+        };
+        Ok(Position {
+            epoch: epoch(e)?,
+            offset: ChannelOffset(integer(&o)?),
+        })
     }
 }
 

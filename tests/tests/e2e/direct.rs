@@ -143,7 +143,8 @@ impl RawClient {
         c.send(&format!(r#"421["listen",{{"channelName":"{channel}"}}]"#))
             .await?;
         let ack = c.next_text().await?;
-        anyhow::ensure!(ack == r#"431[{"ok":true}]"#, "ack: {ack}");
+        // `{"ok":true,"epoch":…,"offset":…}`: the project keeps history by default.
+        anyhow::ensure!(ack.starts_with(r#"431[{"ok":true,"#), "ack: {ack}");
         let system = c.next_text().await?;
         anyhow::ensure!(system.contains("\"Success\""), "{system}");
         Ok(c)
