@@ -6,7 +6,8 @@
 //! bindings drive. It owns every protocol decision: the Engine.IO / Socket.IO handshake, the
 //! request table and acknowledgement matching, resending and timing out requests, heartbeats,
 //! reconnection with jittered backoff, re-listening every channel after a reconnection (asking
-//! for fresh tokens for private ones), `RemovedFromChannel` and `slow_consumer`.
+//! for fresh tokens for private ones, and recovering the missed events from the position it
+//! remembers per channel, reported as [`Output::Recovery`]), `RemovedFromChannel` and `slow_consumer`.
 //!
 //! A driver only moves bytes and time:
 //!
@@ -30,6 +31,9 @@ mod url;
 
 pub use backoff::Backoff;
 pub use error::SessionError;
-pub use session::{Config, ConnId, FetchId, Output, RequestId, Session, State, TransportEnd};
+pub use session::{
+    ChannelRecovery, Config, ConnId, FetchId, Output, RecoveryReason, RequestId, Session, State,
+    TransportEnd,
+};
 pub use time::Instant;
 pub use url::socket_url;

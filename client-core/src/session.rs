@@ -10,6 +10,26 @@
 //! answer the handshake before the server's handlers are registered and drop a request sent
 //! right away; `listen` and `remove` are idempotent), and moved to the next connection when
 //! one is lost. Each ends in exactly one [`Output::Complete`], at the latest at its deadline.
+//!
+//! Positions and recovery: the session remembers, per channel, the last `{epoch, offset}` it
+//! knows (from a listen ack's position, from each event, from a recovery ack) and re-listens
+//! after every reconnection with `since` set to it, by itself. Each re-listen's outcome is one
+//! [`Output::Recovery`] ([`ChannelRecovery`]), before [`State::Connected`]:
+//!
+//! * `since` sent: the server's answer (`recovered`, or not with `history_expired`,
+//!   `epoch_changed`, `history_disabled`); the missed events came before it as events;
+//! * no position known (history off, or no position answered): a plain re-listen, reported
+//!   `recovered: false` with `history_disabled` when the answer has no position either (the
+//!   project keeps no history), else `epoch_changed` (there is history, but none the session
+//!   holds a position in).
+//!
+//! A gap seen live, an event whose offset is not the last one + 1 in the same epoch, or the
+//! first event of a new epoch with an offset above 1, is reported as `recovered: false` with
+//! [`RecoveryReason::OffsetGap`] just before the event (which is still delivered). An offset
+//! at or below the last one is delivered and does not move the position back (in Redis mode a
+//! plain listen's answered offset may be ahead of events still on their way from another
+//! instance). While a channel's (re-)listen is unanswered no gap is reported: its answer says
+//! what happened.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
@@ -17,8 +37,8 @@ use std::time::Duration;
 use herald_protocol::codec::{self, ConnectError, DISCONNECT, Decoder, Incoming, Open};
 use herald_protocol::messages::event_names::{LISTEN, REMOVE};
 use herald_protocol::{
-    Ack, ChannelEvent, ChannelName, ErrorCode, HandshakeAuth, ListenRequest, RemoveRequest,
-    SystemMessage, SystemMessageCode,
+    Ack, ChannelEvent, ChannelName, ErrorCode, HandshakeAuth, ListenAnswer, ListenRequest,
+    RecoveryFailure, RemoveRequest, StreamPosition, SystemMessage, SystemMessageCode,
 };
 
 use crate::backoff::Backoff;
@@ -129,6 +149,56 @@ pub enum State<D> {
     },
 }
 
+/// Why a channel's events were not all delivered ([`ChannelRecovery::reason`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecoveryReason {
+    /// The server no longer retains some of the missed events (`history_expired`).
+    HistoryExpired,
+    /// The channel's history was lost and started again (`epoch_changed`).
+    EpochChanged,
+    /// The project keeps no history (`history_disabled`).
+    HistoryDisabled,
+    /// An event arrived whose offset is not the one after the last (`offset_gap`): events in
+    /// between were not delivered.
+    OffsetGap,
+}
+
+impl RecoveryReason {
+    /// The wire-style name, the same in every SDK: `history_expired`, `epoch_changed`,
+    /// `history_disabled`, `offset_gap`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoveryReason::HistoryExpired => "history_expired",
+            RecoveryReason::EpochChanged => "epoch_changed",
+            RecoveryReason::HistoryDisabled => "history_disabled",
+            RecoveryReason::OffsetGap => "offset_gap",
+        }
+    }
+}
+
+impl From<RecoveryFailure> for RecoveryReason {
+    fn from(f: RecoveryFailure) -> Self {
+        match f {
+            RecoveryFailure::HistoryExpired => RecoveryReason::HistoryExpired,
+            RecoveryFailure::EpochChanged => RecoveryReason::EpochChanged,
+            RecoveryFailure::HistoryDisabled => RecoveryReason::HistoryDisabled,
+        }
+    }
+}
+
+/// Whether a channel's stream of events is whole: after a reconnection (each re-listen), or
+/// when a gap was seen live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRecovery {
+    /// The channel.
+    pub channel: ChannelName,
+    /// `true`: every event published while the connection was down was delivered (before
+    /// any later one). `false`: some were not; re-sync the channel's state another way.
+    pub recovered: bool,
+    /// Why not, when not.
+    pub reason: Option<RecoveryReason>,
+}
+
 /// What the driver must do, or hand to the application.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output<D> {
@@ -143,6 +213,9 @@ pub enum Output<D> {
     Event(ChannelEvent),
     /// A notice from the server.
     System(SystemMessage),
+    /// A channel's recovery outcome: after each re-listen of a reconnection, and when a gap
+    /// in its offsets was seen (see the module docs).
+    Recovery(ChannelRecovery),
     /// The state changed.
     State(State<D>),
     /// After a reconnection, `channel` could not be listened to again; it has left the set
@@ -176,6 +249,8 @@ pub struct Session<D> {
     /// Channels to (re-)listen to, with the token a `listen` was given (used again when
     /// there is no token provider), in name order.
     channels: BTreeMap<ChannelName, Option<String>>,
+    /// The last position known per channel (see the module docs).
+    positions: HashMap<ChannelName, StreamPosition>,
     requests: BTreeMap<RequestId, UserRequest>,
     /// Requests waiting for a connection, in call order.
     deferred: VecDeque<RequestId>,
@@ -229,6 +304,8 @@ enum Purpose {
     Relisten {
         channel: ChannelName,
         deadline: Instant,
+        /// Whether it carries `since`.
+        since: bool,
     },
     /// A `remove` nobody waits for (undoing a re-listen of a channel removed meanwhile).
     Quiet,
@@ -275,6 +352,7 @@ impl<D: Clone> Session<D> {
             config,
             phase: Phase::Idle,
             channels: BTreeMap::new(),
+            positions: HashMap::new(),
             requests: BTreeMap::new(),
             deferred: VecDeque::new(),
             connect_waiters: Vec::new(),
@@ -399,6 +477,7 @@ impl<D: Clone> Session<D> {
             return id;
         }
         self.channels.remove(&channel);
+        self.positions.remove(&channel);
         if !matches!(self.phase, Phase::Live(_)) {
             self.complete(id, Ok(()));
             return id;
@@ -731,15 +810,32 @@ impl<D: Clone> Session<D> {
     }
 
     fn send_relisten(&mut self, now: Instant, channel: ChannelName, token: Option<String>) {
+        let since = self.positions.get(&channel).cloned();
         let body = serde_json::to_value(ListenRequest {
             channel_name: channel.clone(),
             auth_token: token,
+        })
+        .map(|mut body| {
+            if let (Some(since), Some(obj)) = (&since, body.as_object_mut()) {
+                obj.insert(
+                    "since".to_owned(),
+                    serde_json::json!({ "offset": since.offset.get(), "epoch": since.epoch.as_str() }),
+                );
+            }
+            body
         });
         let deadline = now + self.config.request_timeout;
         match body {
-            Ok(body) => {
-                self.send_request(now, Purpose::Relisten { channel, deadline }, LISTEN, body)
-            }
+            Ok(body) => self.send_request(
+                now,
+                Purpose::Relisten {
+                    channel,
+                    deadline,
+                    since: since.is_some(),
+                },
+                LISTEN,
+                body,
+            ),
             Err(e) => {
                 self.relisten_failed(
                     channel,
@@ -814,9 +910,9 @@ impl<D: Clone> Session<D> {
                     reason: String::new(),
                 },
             ),
-            Incoming::Event(event) => self.push(Output::Event(event)),
+            Incoming::Event(event) => self.event(event),
             Incoming::System(message) => self.system_message(now, message),
-            Incoming::Ack(ack, answer) => self.ack(now, ack, answer),
+            Incoming::Ack(ack, answer, listen) => self.ack(now, ack, answer, listen),
             Incoming::Open(_)
             | Incoming::Connected
             | Incoming::ConnectError(_)
@@ -830,6 +926,7 @@ impl<D: Clone> Session<D> {
         if message.code == SystemMessageCode::RemovedFromChannel {
             for channel in removed_channels(&message) {
                 self.channels.remove(&channel);
+                self.positions.remove(&channel);
             }
         }
         let text = message.message.clone();
@@ -847,7 +944,84 @@ impl<D: Clone> Session<D> {
         }
     }
 
-    fn ack(&mut self, now: Instant, ack: i64, answer: Ack) {
+    /// An event: moves the channel's position, reports a gap (module docs), hands it on.
+    fn event(&mut self, event: ChannelEvent) {
+        if let (Some(offset), Some(epoch)) = (event.offset, event.epoch.clone()) {
+            let channel = &event.channel_name;
+            let gap = match self.positions.get(channel) {
+                Some(p) if p.epoch == epoch => offset.get() > p.offset.get().saturating_add(1),
+                Some(_) => offset.get() > 1,
+                None => false,
+            };
+            if gap && !self.listen_pending(channel) {
+                self.push(Output::Recovery(ChannelRecovery {
+                    channel: channel.clone(),
+                    recovered: false,
+                    reason: Some(RecoveryReason::OffsetGap),
+                }));
+            }
+            self.advance_position(channel, StreamPosition { offset, epoch });
+        }
+        self.push(Output::Event(event));
+    }
+
+    /// Moves `channel`'s position to `to`, never back within one epoch.
+    fn advance_position(&mut self, channel: &ChannelName, to: StreamPosition) {
+        match self.positions.get_mut(channel) {
+            Some(p) if p.epoch == to.epoch => p.offset = p.offset.max(to.offset),
+            Some(p) => *p = to,
+            None => {
+                self.positions.insert(channel.clone(), to);
+            }
+        }
+    }
+
+    /// A listen ack's position (a recovery's or a plain listen's): taken unless the session
+    /// is already at or past it in the same epoch (events sent after it may arrive first).
+    fn ack_position(&mut self, channel: &ChannelName, listen: &Option<ListenAnswer>) {
+        let to = match listen {
+            Some(ListenAnswer::Position(p)) => Some(p.clone()),
+            Some(ListenAnswer::Recovery(r)) => match (&r.epoch, r.offset) {
+                (Some(epoch), Some(offset)) => Some(StreamPosition {
+                    offset,
+                    epoch: epoch.clone(),
+                }),
+                _ => None,
+            },
+            None => None,
+        };
+        match to {
+            Some(to) => match self.positions.get(channel) {
+                Some(p) if p.epoch == to.epoch && p.offset >= to.offset => {}
+                _ => {
+                    self.positions.insert(channel.clone(), to);
+                }
+            },
+            // History off (or no position answered): an old position means nothing now.
+            None => {
+                if !matches!(listen, Some(ListenAnswer::Recovery(r)) if r.recovered) {
+                    self.positions.remove(channel);
+                }
+            }
+        }
+    }
+
+    /// Whether a `listen` of `channel` is on the wire, unanswered.
+    fn listen_pending(&self, channel: &ChannelName) -> bool {
+        let Phase::Live(live) = &self.phase else {
+            return false;
+        };
+        live.acks.values().any(|sent| match &sent.purpose {
+            Purpose::Relisten { channel: c, .. } => c == channel,
+            Purpose::User(id) => matches!(
+                self.requests.get(id).map(|r| &r.op),
+                Some(Op::Listen { channel: c, .. }) if c == channel
+            ),
+            Purpose::Quiet => false,
+        })
+    }
+
+    fn ack(&mut self, now: Instant, ack: i64, answer: Ack, listen: Option<ListenAnswer>) {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
@@ -863,21 +1037,37 @@ impl<D: Clone> Session<D> {
                 let result = match answer {
                     Ack::Ok => {
                         if let Op::Listen { channel, token } = request.op {
+                            self.ack_position(&channel, &listen);
                             self.channels.insert(channel, token);
                         }
                         Ok(())
                     }
-                    Ack::Refused(r) => Err(SessionError::refused(r)),
+                    Ack::Refused(r) => {
+                        if let Op::Listen { channel, .. } = &request.op
+                            && !self.channels.contains_key(channel)
+                        {
+                            self.positions.remove(channel);
+                        }
+                        Err(SessionError::refused(r))
+                    }
                 };
                 self.complete(id, result);
             }
-            Purpose::Relisten { channel, .. } => {
+            Purpose::Relisten { channel, since, .. } => {
                 match answer {
                     // Removed while the re-listen was on its way: undo it.
                     Ack::Ok if !self.channels.contains_key(&channel) => {
                         self.send_quiet_remove(now, channel);
                     }
-                    Ack::Ok => {}
+                    Ack::Ok => {
+                        let outcome = relisten_outcome(since, &listen);
+                        self.ack_position(&channel, &listen);
+                        self.push(Output::Recovery(ChannelRecovery {
+                            channel,
+                            recovered: outcome.is_none(),
+                            reason: outcome,
+                        }));
+                    }
                     Ack::Refused(r) => self.relisten_failed(channel, SessionError::refused(r)),
                 }
                 self.relisten_done();
@@ -887,6 +1077,7 @@ impl<D: Clone> Session<D> {
 
     fn relisten_failed(&mut self, channel: ChannelName, error: SessionError<D>) {
         self.channels.remove(&channel);
+        self.positions.remove(&channel);
         self.push(Output::RelistenFailed { channel, error });
     }
 
@@ -1085,6 +1276,21 @@ fn handshake_frame<D>(h: &mut Handshake, auth: &HandshakeAuth, text: &str) -> Ha
             retryable: true,
         },
         _ => Handshaking::Continue(Vec::new()),
+    }
+}
+
+/// Why a successful re-listen did not recover (`None`: it did); `since`: whether it carried
+/// a position.
+fn relisten_outcome(since: bool, listen: &Option<ListenAnswer>) -> Option<RecoveryReason> {
+    match listen {
+        Some(ListenAnswer::Recovery(r)) if r.recovered => None,
+        Some(ListenAnswer::Recovery(r)) => {
+            Some(r.reason.map_or(RecoveryReason::HistoryExpired, Into::into))
+        }
+        // `since` sent, but not answered (a server without history): nothing was replayed.
+        _ if since => Some(RecoveryReason::HistoryDisabled),
+        Some(ListenAnswer::Position(_)) => Some(RecoveryReason::EpochChanged),
+        None => Some(RecoveryReason::HistoryDisabled),
     }
 }
 

@@ -36,6 +36,7 @@ use socketioxide_core::{Str, Value};
 use socketioxide_parser_common::CommonParser;
 
 use crate::error::{ErrorCode, Refusal};
+use crate::history::{ListenAck, ListenAnswer};
 use crate::messages::event_names::{EVENT, SYSTEM_MESSAGE};
 use crate::messages::{Ack, ChannelEvent, HandshakeAuth, SystemMessage};
 
@@ -110,8 +111,9 @@ pub enum Incoming {
     Event(ChannelEvent),
     /// A `system_message`.
     System(SystemMessage),
-    /// The answer to a request sent with an ack id.
-    Ack(i64, Ack),
+    /// The answer to a request sent with an ack id, and what a successful `listen` adds to it
+    /// (its recovery, or the channel's position), when anything.
+    Ack(i64, Ack, Option<ListenAnswer>),
     /// Something Herald's clients have no use for (noop, pong, an unknown event name, another
     /// namespace, binary packets).
     Ignored,
@@ -199,7 +201,14 @@ impl Decoder {
                 }
             }
             PacketData::EventAck(mut value, id) => {
-                decode_data(&mut value, false, "ack").map(|ack| Incoming::Ack(id, ack))
+                let body: serde_json::Value = decode_data(&mut value, false, "ack")?;
+                let listen = serde_json::from_value::<ListenAck>(body.clone())
+                    .ok()
+                    .filter(|a| a.ok)
+                    .map(|a| a.answer);
+                serde_json::from_value::<Ack>(body)
+                    .map(|ack| Incoming::Ack(id, ack, listen))
+                    .map_err(|e| error(&format!("bad ack body ({e})"), packet_text(&value)))
             }
             PacketData::BinaryEvent(..) | PacketData::BinaryAck(..) => Ok(Incoming::Ignored),
             PacketData::ConnectError(message) => {
@@ -378,7 +387,17 @@ mod tests {
         );
         assert!(matches!(
             decode(r#"4312[{"ok":true}]"#),
-            Incoming::Ack(12, Ack::Ok)
+            Incoming::Ack(12, Ack::Ok, None)
+        ));
+        match decode(r#"433[{"ok":true,"epoch":"e","offset":4}]"#) {
+            Incoming::Ack(3, Ack::Ok, Some(ListenAnswer::Position(p))) => {
+                assert_eq!((p.epoch.as_str(), p.offset.get()), ("e", 4));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(r#"434[{"ok":true,"recovered":false,"reason":"epoch_changed","epoch":"f","offset":0}]"#),
+            Incoming::Ack(4, Ack::Ok, Some(ListenAnswer::Recovery(r))) if !r.recovered
         ));
         let refused = decode(r#"430[{"ok":false,"code":"token_expired","message":"old"}]"#);
         assert!(matches!(
@@ -388,7 +407,8 @@ mod tests {
                 Ack::Refused(Refusal {
                     code: ErrorCode::TokenExpired,
                     ..
-                })
+                }),
+                None
             )
         ));
         // A trailing extra argument (Socket.IO's recovery offset, for socket.io-client) is

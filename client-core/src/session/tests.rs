@@ -743,3 +743,248 @@ fn undecodable_frames_are_skipped() {
     h.frame("2");
     assert_eq!(h.drain(), [Output::Send("3".into())]);
 }
+
+// --- positions and recovery ---------------------------------------------------------------
+
+/// An event frame of `name` at `offset` in `epoch`.
+fn event_at(name: &str, offset: u64, epoch: &str) -> String {
+    format!(
+        r#"42["event",{{"id":"m{offset}","channelName":"{name}","payload":{offset},"offset":{offset},"epoch":"{epoch}"}}]"#
+    )
+}
+
+/// Listens to `name`; the ack answers `ack_body` (e.g. a position).
+fn listen_with_ack(h: &mut Harness, name: &str, ack_body: &str) {
+    let id = h.s.listen(h.now, channel(name), None);
+    let sent = requests(&h.drain());
+    h.frame(&format!("43{}[{ack_body}]", sent[0].0));
+    assert_eq!(completion(&h.drain(), id), Some(&Ok(())));
+}
+
+/// Drops the transport and reconnects; answers nothing yet. The re-listen requests sent.
+fn reconnect(h: &mut Harness) -> Vec<(i64, String, serde_json::Value)> {
+    h.close_transport(dropped());
+    h.drain();
+    h.advance(Duration::from_secs(1));
+    let out = h.accept_handshake();
+    requests(&out)
+}
+
+fn recoveries(out: &[Out]) -> Vec<(String, bool, Option<&'static str>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Recovery(r) => Some((
+                r.channel.as_str().to_owned(),
+                r.recovered,
+                r.reason.map(RecoveryReason::as_str),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn event_offsets(out: &[Out]) -> Vec<u64> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Event(e) => e.offset.map(|o| o.get()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_reconnect_recovers_from_the_last_event_seen() {
+    let mut h = Harness::connected();
+    listen_with_ack(&mut h, "orders", r#"{"ok":true,"epoch":"e1","offset":2}"#);
+    for n in 3..=4 {
+        h.frame(&event_at("orders", n, "e1"));
+    }
+    assert_eq!(event_offsets(&h.drain()), [3, 4]);
+
+    let sent = reconnect(&mut h);
+    assert_eq!(
+        sent[0].2,
+        json!({"channelName": "orders", "since": {"offset": 4, "epoch": "e1"}}),
+        "the session sends since by itself"
+    );
+    // The server replays the missed events before the ack, then says recovered.
+    for n in 5..=6 {
+        h.frame(&event_at("orders", n, "e1"));
+    }
+    h.frame(&format!(
+        r#"43{}[{{"ok":true,"recovered":true,"epoch":"e1","offset":6}}]"#,
+        sent[0].0
+    ));
+    let out = h.drain();
+    assert_eq!(event_offsets(&out), [5, 6]);
+    assert_eq!(recoveries(&out), [("orders".to_owned(), true, None)]);
+    let recovery_at = out.iter().position(|o| matches!(o, Output::Recovery(_)));
+    let connected_at = out
+        .iter()
+        .position(|o| *o == Output::State(State::Connected));
+    assert!(
+        recovery_at < connected_at,
+        "the outcome comes before Connected: {out:?}"
+    );
+
+    // The next reconnect continues from there.
+    h.frame(&event_at("orders", 7, "e1"));
+    h.drain();
+    let sent = reconnect(&mut h);
+    assert_eq!(sent[0].2["since"], json!({"offset": 7, "epoch": "e1"}));
+}
+
+#[test]
+fn a_reconnect_that_cannot_recover_reports_each_reason() {
+    for reason in ["history_expired", "epoch_changed", "history_disabled"] {
+        let mut h = Harness::connected();
+        listen_with_ack(&mut h, "orders", r#"{"ok":true,"epoch":"e1","offset":0}"#);
+        h.frame(&event_at("orders", 1, "e1"));
+        h.drain();
+        let sent = reconnect(&mut h);
+        assert_eq!(sent[0].2["since"], json!({"offset": 1, "epoch": "e1"}));
+        let position = if reason == "history_disabled" {
+            String::new()
+        } else {
+            r#","epoch":"e2","offset":3"#.to_owned()
+        };
+        h.frame(&format!(
+            r#"43{}[{{"ok":true,"recovered":false,"reason":"{reason}"{position}}}]"#,
+            sent[0].0
+        ));
+        let out = h.drain();
+        assert_eq!(
+            recoveries(&out),
+            [("orders".to_owned(), false, Some(reason))],
+            "{reason}"
+        );
+        assert!(has_state(&out, |s| *s == State::Connected));
+        // The session continues from the channel's new position (or holds none).
+        let sent = reconnect(&mut h);
+        if reason == "history_disabled" {
+            assert_eq!(sent[0].2, json!({"channelName": "orders"}));
+        } else {
+            assert_eq!(sent[0].2["since"], json!({"offset": 3, "epoch": "e2"}));
+        }
+    }
+}
+
+#[test]
+fn no_position_known_relistens_plainly_and_says_it_could_not_recover() {
+    let mut h = Harness::connected();
+    // History off: a plain ack, events without offsets.
+    listen_ok(&mut h, "orders", None);
+    h.frame(r#"42["event",{"id":"m1","channelName":"orders","payload":1}]"#);
+    h.drain();
+    let sent = reconnect(&mut h);
+    assert_eq!(sent[0].2, json!({"channelName": "orders"}), "no since");
+    h.frame(&ack_ok(sent[0].0));
+    let out = h.drain();
+    assert_eq!(
+        recoveries(&out),
+        [("orders".to_owned(), false, Some("history_disabled"))]
+    );
+}
+
+#[test]
+fn a_plain_listen_ack_gives_the_position_before_any_event() {
+    let mut h = Harness::connected();
+    listen_with_ack(&mut h, "orders", r#"{"ok":true,"epoch":"e1","offset":0}"#);
+    // Nothing received, then the connection drops: the ack's position is presented.
+    let sent = reconnect(&mut h);
+    assert_eq!(
+        sent[0].2,
+        json!({"channelName": "orders", "since": {"offset": 0, "epoch": "e1"}})
+    );
+    h.frame(&event_at("orders", 1, "e1"));
+    h.frame(&format!(
+        r#"43{}[{{"ok":true,"recovered":true,"epoch":"e1","offset":1}}]"#,
+        sent[0].0
+    ));
+    let out = h.drain();
+    assert_eq!(event_offsets(&out), [1]);
+    assert_eq!(recoveries(&out), [("orders".to_owned(), true, None)]);
+}
+
+#[test]
+fn live_events_sent_before_the_ack_are_not_taken_back_by_it() {
+    let mut h = Harness::connected();
+    let id = h.s.listen(h.now, channel("orders"), None);
+    let sent = requests(&h.drain());
+    // The ack said offset 5 but event 6 overtook it.
+    h.frame(&event_at("orders", 6, "e1"));
+    h.frame(&format!(
+        r#"43{}[{{"ok":true,"epoch":"e1","offset":5}}]"#,
+        sent[0].0
+    ));
+    let out = h.drain();
+    assert_eq!(completion(&out, id), Some(&Ok(())));
+    assert_eq!(
+        recoveries(&out),
+        [],
+        "no gap while the listen was unanswered"
+    );
+    let sent = reconnect(&mut h);
+    assert_eq!(sent[0].2["since"], json!({"offset": 6, "epoch": "e1"}));
+}
+
+#[test]
+fn a_gap_in_offsets_is_reported_and_the_event_still_delivered() {
+    let mut h = Harness::connected();
+    listen_with_ack(&mut h, "orders", r#"{"ok":true,"epoch":"e1","offset":0}"#);
+    h.frame(&event_at("orders", 1, "e1"));
+    h.frame(&event_at("orders", 2, "e1"));
+    assert_eq!(recoveries(&h.drain()), []);
+    h.frame(&event_at("orders", 5, "e1"));
+    let out = h.drain();
+    assert_eq!(
+        recoveries(&out),
+        [("orders".to_owned(), false, Some("offset_gap"))]
+    );
+    assert!(
+        matches!(&out[..], [Output::Recovery(_), Output::Event(e)] if e.offset.map(|o| o.get()) == Some(5)),
+        "reported just before the event: {out:?}"
+    );
+    // An offset at or below the last one is delivered and reports nothing.
+    h.frame(&event_at("orders", 5, "e1"));
+    let out = h.drain();
+    assert_eq!((event_offsets(&out), recoveries(&out)), (vec![5], vec![]));
+    // A new epoch starting at 1 is no gap; one starting above 1 is.
+    h.frame(&event_at("orders", 1, "e2"));
+    assert_eq!(recoveries(&h.drain()), []);
+    h.frame(&event_at("orders", 3, "e3"));
+    assert_eq!(
+        recoveries(&h.drain()),
+        [("orders".to_owned(), false, Some("offset_gap"))]
+    );
+}
+
+#[test]
+fn event_frames_with_a_trailing_extra_argument_are_read() {
+    let mut h = Harness::connected();
+    listen_with_ack(&mut h, "orders", r#"{"ok":true,"epoch":"e1","offset":16}"#);
+    // socket.io-client's own recovery appends the offset as a last argument.
+    h.frame(
+        r#"42["event",{"id":"m17","channelName":"orders","payload":{"n":17},"offset":17,"epoch":"e1"},"17:orders"]"#,
+    );
+    let out = h.drain();
+    assert!(
+        matches!(&out[..], [Output::Event(e)] if e.payload == json!({"n": 17}) && e.offset.map(|o| o.get()) == Some(17)),
+        "{out:?}"
+    );
+    let sent = reconnect(&mut h);
+    assert_eq!(sent[0].2["since"], json!({"offset": 17, "epoch": "e1"}));
+}
+
+#[test]
+fn a_removed_channel_forgets_its_position() {
+    let mut h = Harness::connected();
+    listen_with_ack(&mut h, "orders", r#"{"ok":true,"epoch":"e1","offset":4}"#);
+    let id = h.s.remove(h.now, channel("orders"));
+    let sent = requests(&h.drain());
+    h.frame(&ack_ok(sent[0].0));
+    assert_eq!(completion(&h.drain(), id), Some(&Ok(())));
+    listen_ok(&mut h, "orders", None);
+    let sent = reconnect(&mut h);
+    assert_eq!(sent[0].2, json!({"channelName": "orders"}));
+}
