@@ -10,6 +10,8 @@ pub use error::Error;
 pub use publisher::{Channel, ChannelToken, PrivateChannel, Publisher, PublisherBuilder};
 pub use subscriber::{ConnectionState, Subscriber, SubscriberBuilder, SubscriberEvent};
 
+pub use herald_client_core::{ChannelRecovery, RecoveryReason};
+
 pub use herald_protocol;
 pub use herald_protocol::{
     ChannelEvent, ChannelKind, ChannelName, ErrorCode, NameError, ProjectId, SystemMessage,

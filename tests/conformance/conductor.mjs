@@ -7,7 +7,13 @@
 //                    the token mode reset. Answers {project, herald}.
 //   POST /step       runs one `server` step of scenarios.json (the step object is the body):
 //                    publish → {id}, delete_key, restart, flood → {published}, tokens,
-//                    expect_token_requests. Answers 200 {ok: true, …} or 422 {ok: false, error}.
+//                    expect_token_requests, history, cut, mend, publish_stream, stop_stream →
+//                    {published}. Answers 200 {ok: true, …} or 422 {ok: false, error}.
+//
+// The `herald` URL handed to clients is a small TCP proxy the conductor owns in front of
+// Herald (it forwards bytes, nothing else): `cut` closes every client connection through it
+// and refuses new ones until `mend`, so a scenario can drop a client's connection without
+// restarting Herald. The conductor's own REST calls go to Herald directly.
 //   POST /token      the clients' token provider: {channel} → {token}, as an app's backend
 //                    would sign it (POST /v1/publishers/sign with the signing key), or, per
 //                    the token mode, a token for another channel or a string that is no JWT.
@@ -29,6 +35,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { createConnection, createServer as createTcpServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -176,7 +183,13 @@ async function newScenario() {
   const publisher = await createKey(project, 'publisher', ['publish_event']);
   const signer = await createKey(project, 'signer', ['sign_token']);
   scenario = { project, publisher, signer, mode: 'sign', asked: new Map() };
-  return { project, herald: herald.url };
+  proxy.cut = false;
+  if (stream) {
+    stream.stop = true;
+    await stream.done;
+    stream = null;
+  }
+  return { project, herald: proxy.url };
 }
 
 function current() {
@@ -266,11 +279,95 @@ async function expectTokenRequests(channel, count) {
   }
 }
 
+/** The client-facing proxy: its sockets (client side and Herald side), and whether it is cut. */
+const proxy = { server: null, pairs: new Set(), cut: false, url: null };
+
+async function startProxy() {
+  proxy.server = createTcpServer((client) => {
+    if (proxy.cut || !herald) {
+      client.destroy();
+      return;
+    }
+    const { hostname, port } = new URL(herald.url);
+    const upstream = createConnection({ host: hostname, port: Number(port) });
+    const pair = { client, upstream };
+    proxy.pairs.add(pair);
+    const close = () => {
+      proxy.pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', close).on('close', close);
+    upstream.on('error', close).on('close', close);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => proxy.server.listen(0, '127.0.0.1', resolve));
+  proxy.url = `http://127.0.0.1:${proxy.server.address().port}`;
+}
+
+/** Drops every client connection (both sides at once) and refuses new ones until mend(). */
+function cut() {
+  proxy.cut = true;
+  const dropped = proxy.pairs.size;
+  for (const { client, upstream } of proxy.pairs) {
+    client.destroy();
+    upstream.destroy();
+  }
+  proxy.pairs.clear();
+  return { dropped };
+}
+
+function mend() {
+  proxy.cut = false;
+  return {};
+}
+
+/**
+ * A background publisher (publish_stream … stop_stream): one event every STREAM_INTERVAL_MS.
+ * Paced so that what a client misses while reconnecting stays below the socket buffer
+ * (SOCKET_BUFFER frames): a recovery replays every missed event at once, and more than the
+ * buffer holds would close the socket as a slow consumer.
+ */
+const STREAM_INTERVAL_MS = 30;
+let stream = null;
+
+function publishStream(channel) {
+  if (stream) throw new Error('a publish_stream is already running');
+  const state = { channel, published: 0, stop: false, error: null };
+  state.done = (async () => {
+    while (!state.stop) {
+      try {
+        await publish(channel, { seq: state.published + 1 });
+        state.published++;
+        await new Promise((r) => setTimeout(r, STREAM_INTERVAL_MS));
+      } catch (e) {
+        state.error = e;
+        return;
+      }
+    }
+  })();
+  stream = state;
+  return {};
+}
+
+/** Stops the stream, then publishes `payload` (the scenario's marker) as the last event. */
+async function stopStream(payload) {
+  const state = stream;
+  if (!state) throw new Error('no publish_stream is running');
+  stream = null;
+  state.stop = true;
+  await state.done;
+  if (state.error) throw new Error(`publish_stream failed after ${state.published} events: ${state.error.message}`);
+  const id = await publish(state.channel, payload ?? { last: true });
+  return { published: state.published + 1, id };
+}
+
 async function restart() {
   const bind = new URL(herald.url).host;
   await stopHerald();
   herald = await startHerald(bind);
-  return { herald: herald.url };
+  return { herald: proxy.url };
 }
 
 /** One `server` step of scenarios.json. */
@@ -293,6 +390,19 @@ async function step(s) {
       return {};
     case 'expect_token_requests':
       return expectTokenRequests(s.channel, s.count);
+    case 'history': {
+      const { project } = current();
+      await expectStatus('set history', 200, admin('PATCH', `/v1/admin/projects/${project}`, { history: s.settings }));
+      return {};
+    }
+    case 'cut':
+      return cut();
+    case 'mend':
+      return mend();
+    case 'publish_stream':
+      return publishStream(s.channel);
+    case 'stop_stream':
+      return stopStream(s.payload);
     default:
       throw new Error(`unknown server step ${JSON.stringify(s.server)}`);
   }
@@ -341,6 +451,7 @@ async function shutdown(code) {
     await stopHerald().catch(() => {});
     rmSync(dataDir, { recursive: true, force: true });
     control.close();
+    proxy.server?.close();
     process.exit(code);
   })();
   return stopping;
@@ -398,9 +509,10 @@ process.stdin.resume();
 
 try {
   herald = await startHerald('127.0.0.1:0');
+  await startProxy();
   const { project } = await newScenario();
   await new Promise((resolve) => control.listen(0, '127.0.0.1', resolve));
-  const line = { control: `http://127.0.0.1:${control.address().port}`, herald: herald.url, project, pid: process.pid };
+  const line = { control: `http://127.0.0.1:${control.address().port}`, herald: proxy.url, project, pid: process.pid };
   process.stdout.write(`${JSON.stringify(line)}\n`);
 } catch (e) {
   process.stderr.write(`conductor: ${e.stack ?? e}\n`);

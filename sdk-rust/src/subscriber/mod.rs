@@ -245,6 +245,10 @@ fn socket_url(raw: &str) -> Result<Url, Error> {
 ///         SubscriberEvent::RelistenFailed { channel, error } => {
 ///             eprintln!("no longer listening to {channel}: {error}");
 ///         }
+///         SubscriberEvent::Recovery(r) if !r.recovered => {
+///             let why = r.reason.map_or("", |reason| reason.as_str());
+///             eprintln!("{}: events were missed ({why}); reload its state", r.channel);
+///         }
 ///         _ => {}
 ///     }
 /// }
@@ -270,6 +274,15 @@ pub enum SubscriberEvent {
         /// Why.
         error: Error,
     },
+    /// Whether a channel's events are whole: after each reconnection, one per re-listened
+    /// channel (before [`ConnectionState::Connected`]), and when a gap in its offsets was
+    /// seen. The subscriber remembers each channel's last position (epoch, offset) and
+    /// re-listens with it, so the server first delivers the events published while the
+    /// connection was down: `recovered: true`. `recovered: false` means some were not
+    /// delivered: [`RecoveryReason`](crate::RecoveryReason) `HistoryExpired`, `EpochChanged`
+    /// (e.g. the server restarted without its history), `HistoryDisabled` (the project keeps
+    /// none), or `OffsetGap` (a gap seen live); re-sync that channel's state another way.
+    Recovery(crate::ChannelRecovery),
 }
 
 /// The state of a [`Subscriber`]'s connection.

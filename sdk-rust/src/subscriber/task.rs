@@ -212,6 +212,7 @@ impl Task {
                 }
                 Output::Event(event) => self.emit(SubscriberEvent::Event(event)).await,
                 Output::System(message) => self.emit(SubscriberEvent::System(message)).await,
+                Output::Recovery(recovery) => self.emit(SubscriberEvent::Recovery(recovery)).await,
                 Output::RelistenFailed { channel, error } => {
                     let error = into_error(error);
                     self.emit(SubscriberEvent::RelistenFailed { channel, error })

@@ -118,6 +118,11 @@ fn record(event: SubscriberEvent) -> Value {
     match event {
         SubscriberEvent::Event(e) => json!({
             "kind": "event", "channel": e.channel_name.as_str(), "id": e.id, "payload": e.payload,
+            "offset": e.offset.map(|o| o.get()),
+        }),
+        SubscriberEvent::Recovery(r) => json!({
+            "kind": "recovery", "channel": r.channel.as_str(), "recovered": r.recovered,
+            "reason": r.reason.map(|r| r.as_str()),
         }),
         SubscriberEvent::System(m) => json!({
             "kind": "system", "code": m.code, "message": m.message, "data": m.data,
@@ -399,6 +404,44 @@ impl Run<'_> {
                     .filter(|h| h["kind"] == "event" && channel.is_none_or(|c| h["channel"] == c))
                     .collect();
                 ensure!(leaked.is_empty(), "unexpected events: {}", summary(&leaked));
+            }
+            "recovery" => {
+                let channel = field(step, "channel")?;
+                let recovered = step["recovered"]
+                    .as_bool()
+                    .context("the step has no boolean \"recovered\"")?;
+                let reason = step.get("reason");
+                let at = client
+                    .wait_for(
+                        self.cursor,
+                        &format!("recovery of {channel}: {recovered} {reason:?}"),
+                        |h| {
+                            h["kind"] == "recovery"
+                                && h["channel"] == channel
+                                && h["recovered"] == recovered
+                                && reason.is_none_or(|r| &h["reason"] == r)
+                        },
+                    )
+                    .await?;
+                self.cursor = at + 1;
+            }
+            "offsets" => {
+                let channel = field(step, "channel")?;
+                let offsets: Vec<Value> = client
+                    .heard_from(0)
+                    .into_iter()
+                    .filter(|h| h["kind"] == "event" && h["channel"] == channel)
+                    .map(|h| h["offset"].clone())
+                    .collect();
+                let n = offsets.len() as u64;
+                let expected: Vec<Value> = (1..=n).map(Value::from).collect();
+                ensure!(
+                    offsets == expected,
+                    "offsets on {channel} are not 1..{n} in order: {offsets:?}"
+                );
+                if let Some(count) = step.get("count").and_then(Value::as_u64) {
+                    ensure!(n == count, "{n} events on {channel}, expected {count}");
+                }
             }
             other => bail!("unknown expect step {other:?}"),
         }
