@@ -6,8 +6,8 @@
 //!
 //! * [`HeraldClient`]: `connect`, `listen`, `listen_private`, `remove`, `close` (all async:
 //!   Kotlin `suspend` functions, Swift `async` functions).
-//! * [`HeraldListener`]: implemented by the app; receives events, system messages and
-//!   connection states.
+//! * [`HeraldListener`]: implemented by the app; receives events (with their offset and
+//!   epoch), system messages, connection states and recovery outcomes ([`RecoveryReason`]).
 //! * [`TokenProvider`]: implemented by the app; fetches private-channel tokens from its
 //!   backend.
 //! * [`HeraldError`]: every failure, with Herald's error code where there is one.
@@ -177,6 +177,30 @@ impl From<uniffi::UnexpectedUniFFICallbackError> for HeraldError {
 // What the listener receives
 // -------------------------------------------------------------------------------------------
 
+/// Why a channel's events were not all delivered ([`HeraldListener::on_recovery`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum RecoveryReason {
+    /// The server no longer holds some of the missed events (`history_expired`).
+    HistoryExpired,
+    /// The channel's history was lost, e.g. the server restarted (`epoch_changed`).
+    EpochChanged,
+    /// The project keeps no history (`history_disabled`).
+    HistoryDisabled,
+    /// A gap in the channel's offsets was seen live (`offset_gap`).
+    OffsetGap,
+}
+
+impl From<herald_sdk::RecoveryReason> for RecoveryReason {
+    fn from(reason: herald_sdk::RecoveryReason) -> Self {
+        match reason {
+            herald_sdk::RecoveryReason::HistoryExpired => RecoveryReason::HistoryExpired,
+            herald_sdk::RecoveryReason::EpochChanged => RecoveryReason::EpochChanged,
+            herald_sdk::RecoveryReason::HistoryDisabled => RecoveryReason::HistoryDisabled,
+            herald_sdk::RecoveryReason::OffsetGap => RecoveryReason::OffsetGap,
+        }
+    }
+}
+
 /// The kind of a system message (docs/PROTOCOL.md § Server → client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
 pub enum SystemMessageCode {
@@ -269,12 +293,15 @@ impl From<herald_sdk::ConnectionState> for ConnectionState {
 pub trait HeraldListener: Send + Sync {
     /// An event published to `channel_name`: `payload_json` is the publisher's JSON (parsed
     /// and re-encoded, so object keys may come in another order); `message_id` is the id the
-    /// publish call answered with (null for client-to-client events).
+    /// publish call answered with (null for client-to-client events); `offset` and `epoch`
+    /// its position in the channel (null when the project keeps no history).
     fn on_event(
         &self,
         channel_name: String,
         payload_json: String,
         message_id: Option<String>,
+        offset: Option<u64>,
+        epoch: Option<String>,
     ) -> Result<(), HeraldError>;
 
     /// A notice from the server: the result of a `listen` / `remove`, or `RemovedFromChannel`
@@ -297,6 +324,19 @@ pub trait HeraldListener: Send + Sync {
         &self,
         channel_name: String,
         error: HeraldError,
+    ) -> Result<(), HeraldError>;
+
+    /// Whether `channel_name`'s events are whole: after each reconnection, once per
+    /// re-listened channel (before the `Connected` state), and when a gap in its offsets was
+    /// seen. The client remembers each channel's last offset and epoch and re-listens with
+    /// them, so the events published while it was away arrive first (as `on_event`):
+    /// `recovered` true. False: some were not delivered (`reason`); re-sync that channel's
+    /// state another way.
+    fn on_recovery(
+        &self,
+        channel_name: String,
+        recovered: bool,
+        reason: Option<RecoveryReason>,
     ) -> Result<(), HeraldError>;
 }
 
@@ -633,7 +673,17 @@ fn deliver(listener: &dyn HeraldListener, event: SubscriberEvent) {
     // `Result` for that reason); a panic is still caught, should a Rust implementation panic.
     let call = std::panic::AssertUnwindSafe(|| match event {
         SubscriberEvent::Event(e) => {
-            listener.on_event(e.channel_name.to_string(), e.payload.to_string(), e.id)
+            let epoch = e.epoch.map(|epoch| epoch.to_string());
+            listener.on_event(
+                e.channel_name.to_string(),
+                e.payload.to_string(),
+                e.id,
+                e.offset.map(|o| o.get()),
+                epoch,
+            )
+        }
+        SubscriberEvent::Recovery(r) => {
+            listener.on_recovery(r.channel.to_string(), r.recovered, r.reason.map(Into::into))
         }
         SubscriberEvent::System(m) => listener.on_system_message(
             m.code.into(),
@@ -658,7 +708,14 @@ mod tests {
     struct Silent;
 
     impl HeraldListener for Silent {
-        fn on_event(&self, _: String, _: String, _: Option<String>) -> Result<(), HeraldError> {
+        fn on_event(
+            &self,
+            _: String,
+            _: String,
+            _: Option<String>,
+            _: Option<u64>,
+            _: Option<String>,
+        ) -> Result<(), HeraldError> {
             Ok(())
         }
         fn on_system_message(
@@ -673,6 +730,14 @@ mod tests {
             Ok(())
         }
         fn on_relisten_failed(&self, _: String, _: HeraldError) -> Result<(), HeraldError> {
+            Ok(())
+        }
+        fn on_recovery(
+            &self,
+            _: String,
+            _: bool,
+            _: Option<RecoveryReason>,
+        ) -> Result<(), HeraldError> {
             Ok(())
         }
     }

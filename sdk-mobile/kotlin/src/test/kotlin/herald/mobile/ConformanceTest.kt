@@ -98,6 +98,9 @@ class ConformanceTest {
         val state: String? = null,
         val code: String? = null,
         val dataJson: String? = null,
+        val offset: ULong? = null,
+        val recovered: Boolean? = null,
+        val reason: String? = null,
     )
 
     /**
@@ -146,8 +149,12 @@ class ConformanceTest {
             }
         }
 
-        override fun onEvent(channelName: String, payloadJson: String, messageId: String?) =
-            record(Entry("event", channel = channelName, id = messageId, payloadJson = payloadJson))
+        override fun onEvent(channelName: String, payloadJson: String, messageId: String?, offset: ULong?, epoch: String?) =
+            record(Entry("event", channel = channelName, id = messageId, payloadJson = payloadJson, offset = offset))
+
+        override fun onRecovery(channelName: String, recovered: Boolean, reason: RecoveryReason?) =
+            // EPOCH_CHANGED → "epoch_changed": the names of the other platforms.
+            record(Entry("recovery", channel = channelName, recovered = recovered, reason = reason?.name?.lowercase()))
 
         override fun onSystemMessage(code: SystemMessageCode, message: String, dataJson: String?) {
             val name = when (code) {
@@ -256,6 +263,24 @@ class ConformanceTest {
                     val channel = step.optString("channel", "").ifEmpty { null }
                     val leaked = recorder.from(cursor).filter { it.kind == "event" && (channel == null || it.channel == channel) }
                     if (leaked.isNotEmpty()) throw AssertionError("unexpected events: ${summary(leaked)}")
+                }
+                "recovery" -> {
+                    val channel = step.getString("channel")
+                    val recovered = step.getBoolean("recovered")
+                    val reason = step.optString("reason", "").ifEmpty { null }
+                    cursor = recorder.waitFor(cursor, "recovery of $channel: $recovered ${reason ?: ""}") {
+                        it.kind == "recovery" && it.channel == channel && it.recovered == recovered &&
+                            (reason == null || it.reason == reason)
+                    } + 1
+                }
+                "offsets" -> {
+                    val channel = step.getString("channel")
+                    val offsets = recorder.from(0).filter { it.kind == "event" && it.channel == channel }.map { it.offset }
+                    val expected = (1..offsets.size).map { it.toULong() }
+                    if (offsets != expected) throw AssertionError("offsets on $channel are not 1..${offsets.size} in order: $offsets")
+                    if (step.has("count") && offsets.size != step.getInt("count")) {
+                        throw AssertionError("${offsets.size} events on $channel, expected ${step.getInt("count")}")
+                    }
                 }
                 else -> error("unknown expect step $expect")
             }

@@ -202,8 +202,8 @@ class HeraldClientTest {
         val project = server.newProject()
         val inner = RecordingListener()
         val throwing = object : HeraldListener by inner {
-            override fun onEvent(channelName: String, payloadJson: String, messageId: String?) {
-                inner.onEvent(channelName, payloadJson, messageId)
+            override fun onEvent(channelName: String, payloadJson: String, messageId: String?, offset: ULong?, epoch: String?) {
+                inner.onEvent(channelName, payloadJson, messageId, offset, epoch)
                 throw IllegalStateException("bug in the app's listener")
             }
         }
@@ -227,8 +227,8 @@ class HeraldClientTest {
             val inner = RecordingListener()
             lateinit var client: HeraldClient
             val closing = object : HeraldListener by inner {
-                override fun onEvent(channelName: String, payloadJson: String, messageId: String?) {
-                    inner.onEvent(channelName, payloadJson, messageId)
+                override fun onEvent(channelName: String, payloadJson: String, messageId: String?, offset: ULong?, epoch: String?) {
+                    inner.onEvent(channelName, payloadJson, messageId, offset, epoch)
                     // On the listener thread: close() drops the native object here, shutdown()
                     // must not wait for the thread it runs on.
                     if (how == "close") client.close() else runBlocking { client.shutdown() }

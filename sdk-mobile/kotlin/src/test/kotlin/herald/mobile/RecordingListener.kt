@@ -10,10 +10,17 @@ import java.util.concurrent.TimeUnit
 
 /** One callback a [RecordingListener] received. */
 sealed interface Heard {
-    data class Event(val channel: String, val payloadJson: String, val messageId: String?) : Heard
+    data class Event(
+        val channel: String,
+        val payloadJson: String,
+        val messageId: String?,
+        val offset: ULong? = null,
+        val epoch: String? = null,
+    ) : Heard
     data class System(val code: SystemMessageCode, val message: String, val dataJson: String?) : Heard
     data class State(val state: ConnectionState) : Heard
     data class RelistenFailed(val channel: String, val error: HeraldException) : Heard
+    data class Recovery(val channel: String, val recovered: Boolean, val reason: RecoveryReason?) : Heard
 }
 
 /**
@@ -47,8 +54,8 @@ class RecordingListener : HeraldListener {
         unread.add(heard)
     }
 
-    override fun onEvent(channelName: String, payloadJson: String, messageId: String?) =
-        record(Heard.Event(channelName, payloadJson, messageId))
+    override fun onEvent(channelName: String, payloadJson: String, messageId: String?, offset: ULong?, epoch: String?) =
+        record(Heard.Event(channelName, payloadJson, messageId, offset, epoch))
 
     override fun onSystemMessage(code: SystemMessageCode, message: String, dataJson: String?) =
         record(Heard.System(code, message, dataJson))
@@ -57,6 +64,9 @@ class RecordingListener : HeraldListener {
 
     override fun onRelistenFailed(channelName: String, error: HeraldException) =
         record(Heard.RelistenFailed(channelName, error))
+
+    override fun onRecovery(channelName: String, recovered: Boolean, reason: RecoveryReason?) =
+        record(Heard.Recovery(channelName, recovered, reason))
 
     /** Reads callbacks (in order, from the last one read) until [match] accepts one. */
     fun <T : Any> await(what: String, timeout: Duration = WAIT, match: (Heard) -> T?): T {

@@ -61,10 +61,11 @@ class SwiftBindingsTest {
         assertDeclares(
             swift,
             "public protocol HeraldListener: AnyObject, Sendable",
-            "func onEvent(channelName: String, payloadJson: String, messageId: String?) throws",
+            "func onEvent(channelName: String, payloadJson: String, messageId: String?, offset: UInt64?, epoch: String?) throws",
             "func onSystemMessage(code: SystemMessageCode, message: String, dataJson: String?) throws",
             "func onState(state: ConnectionState) throws",
             "func onRelistenFailed(channelName: String, error: HeraldError) throws",
+            "func onRecovery(channelName: String, recovered: Bool, reason: RecoveryReason?) throws",
             "public protocol TokenProvider: AnyObject, Sendable",
             "func token(channelName: String) throws -> String",
         )
