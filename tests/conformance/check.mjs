@@ -3,7 +3,8 @@
 // tests/conformance/scenarios.json and target/conformance/<platform>.json (written by the Rust,
 // browser and Kotlin runners: [{name, passed, error?}]), prints a table scenario × platform and
 // exits 1 when a report is missing, misses a scenario, names one the spec does not have, names
-// one twice, or has one that failed.
+// one twice, or has one that failed, or when the spec has a step kind the README does not
+// document (e.g. an `expect: recovery` without a boolean `recovered`).
 //
 //   node tests/conformance/check.mjs [platform …]     (default: rust browser kotlin)
 
@@ -19,6 +20,29 @@ const problems = [];
 
 const dup = names.filter((n, i) => names.indexOf(n) !== i);
 if (dup.length) problems.push(`the spec names scenarios twice: ${dup.join(', ')}`);
+
+// Every step is one the README documents (and every runner interprets), with its fields.
+const KINDS = {
+  do: ['connect', 'listen', 'remove', 'pause', 'resume', 'close'],
+  server: ['publish', 'tokens', 'expect_token_requests', 'delete_key', 'restart', 'flood', 'history', 'cut', 'mend', 'publish_stream', 'stop_stream'],
+  expect: ['state', 'event', 'system', 'no_event', 'recovery', 'offsets'],
+};
+const REASONS = ['history_expired', 'epoch_changed', 'history_disabled', 'offset_gap'];
+for (const { name, steps } of spec.scenarios) {
+  for (const [i, step] of steps.entries()) {
+    const kind = Object.keys(KINDS).find((k) => k in step);
+    const where = `${name} step ${i + 1} ${JSON.stringify(step)}`;
+    if (!kind || !KINDS[kind].includes(step[kind])) {
+      problems.push(`${where}: not a documented step`);
+    } else if (step.expect === 'recovery') {
+      if (typeof step.channel !== 'string' || typeof step.recovered !== 'boolean') problems.push(`${where}: needs channel and a boolean recovered`);
+      if (step.reason !== undefined && !REASONS.includes(step.reason)) problems.push(`${where}: reason must be one of ${REASONS.join(', ')}`);
+    } else if (step.expect === 'offsets') {
+      if (typeof step.channel !== 'string') problems.push(`${where}: needs channel`);
+      if (step.count !== undefined && !Number.isInteger(step.count)) problems.push(`${where}: count must be an integer`);
+    }
+  }
+}
 
 /** platform → Map(name → entry) */
 const results = new Map();
