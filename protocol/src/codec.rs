@@ -36,7 +36,7 @@ use socketioxide_core::{Str, Value};
 use socketioxide_parser_common::CommonParser;
 
 use crate::error::{ErrorCode, Refusal};
-use crate::history::{ListenAck, ListenAnswer};
+use crate::history::ListenAnswer;
 use crate::messages::event_names::{EVENT, SYSTEM_MESSAGE};
 use crate::messages::{Ack, ChannelEvent, HandshakeAuth, SystemMessage};
 
@@ -202,10 +202,7 @@ impl Decoder {
             }
             PacketData::EventAck(mut value, id) => {
                 let body: serde_json::Value = decode_data(&mut value, false, "ack")?;
-                let listen = serde_json::from_value::<ListenAck>(body.clone())
-                    .ok()
-                    .filter(|a| a.ok)
-                    .map(|a| a.answer);
+                let listen = ListenAnswer::from_ack(&body);
                 serde_json::from_value::<Ack>(body)
                     .map(|ack| Incoming::Ack(id, ack, listen))
                     .map_err(|e| error(&format!("bad ack body ({e})"), packet_text(&value)))

@@ -224,6 +224,41 @@ pub enum ListenAnswer {
     Position(StreamPosition),
 }
 
+impl ListenAnswer {
+    /// What a successful listen ack `{ "ok": true, … }` adds, read by hand (no derived
+    /// untagged/flatten deserializer: the browser client ships this code in its wasm).
+    /// `None` for a plain `{ "ok": true }`, a refusal, or fields that are not the protocol's.
+    pub fn from_ack(ack: &Value) -> Option<Self> {
+        let obj = ack.as_object()?;
+        if obj.get("ok")? != &Value::Bool(true) {
+            return None;
+        }
+        match obj.get("recovered") {
+            Some(recovered) => {
+                let recovered = recovered.as_bool()?;
+                let reason = match obj.get("reason").and_then(Value::as_str) {
+                    Some("history_expired") => Some(RecoveryFailure::HistoryExpired),
+                    Some("epoch_changed") => Some(RecoveryFailure::EpochChanged),
+                    Some("history_disabled") => Some(RecoveryFailure::HistoryDisabled),
+                    _ => None,
+                };
+                let epoch = obj
+                    .get("epoch")
+                    .and_then(Value::as_str)
+                    .and_then(|e| Epoch::parse(e).ok());
+                let offset = obj.get("offset").and_then(whole_number).map(ChannelOffset);
+                Some(ListenAnswer::Recovery(Recovery {
+                    recovered,
+                    reason,
+                    epoch,
+                    offset,
+                }))
+            }
+            None => StreamPosition::parse(ack).ok().map(ListenAnswer::Position),
+        }
+    }
+}
+
 /// Default number of events a channel retains.
 pub const DEFAULT_HISTORY_SIZE: u32 = 100;
 /// Default seconds an event is retained.
@@ -386,6 +421,7 @@ mod tests {
             serde_json::from_value::<ListenAck>(v.clone()).expect("de"),
             ack
         );
+        assert_eq!(ListenAnswer::from_ack(&v), Some(ack.answer.clone()));
         // Old clients read it as a plain successful ack.
         assert_eq!(
             serde_json::from_value::<crate::Ack>(v).expect("de"),
@@ -405,6 +441,12 @@ mod tests {
         assert_eq!(
             serde_json::from_value::<ListenAck>(v.clone()).expect("de"),
             plain
+        );
+        assert_eq!(ListenAnswer::from_ack(&v), Some(plain.answer.clone()));
+        assert_eq!(ListenAnswer::from_ack(&json!({"ok": true})), None);
+        assert_eq!(
+            ListenAnswer::from_ack(&json!({"ok": false, "epoch": "e", "offset": 1})),
+            None
         );
         assert_eq!(
             serde_json::from_value::<crate::Ack>(v).expect("de"),

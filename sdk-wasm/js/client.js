@@ -61,7 +61,7 @@ export async function parseChannelName(name) {
   return wasmParseChannelName(String(name));
 }
 
-const EVENTS = ['event', 'system_message', 'state', 'relisten_failed'];
+const EVENTS = ['event', 'system_message', 'state', 'recovery', 'relisten_failed'];
 
 export class HeraldClient {
   #listeners = new Map(EVENTS.map((name) => [name, new Set()]));

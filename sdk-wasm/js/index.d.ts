@@ -163,10 +163,33 @@ export interface RelistenFailure {
   error: HeraldError;
 }
 
+/**
+ * Why a channel's events were not all delivered: the server no longer holds some
+ * (`history_expired`), the channel's history was lost, e.g. the server restarted
+ * (`epoch_changed`), the project keeps no history (`history_disabled`), or a gap in the
+ * offsets was seen live (`offset_gap`).
+ */
+export type RecoveryReason = 'history_expired' | 'epoch_changed' | 'history_disabled' | 'offset_gap';
+
+/**
+ * Whether a channel's events are whole (`recovery` listener): after each reconnection, one per
+ * re-listened channel (before the `connected` state), and when a gap in its offsets was seen.
+ * The client remembers each channel's last offset and epoch and re-listens with them, so the
+ * events published while it was away arrive first, as `event`s: `recovered: true`.
+ * `recovered: false`: some were not delivered; re-sync that channel's state another way.
+ */
+export interface Recovery {
+  channelName: string;
+  recovered: boolean;
+  /** Why not, when not. */
+  reason?: RecoveryReason;
+}
+
 export interface HeraldClientEvents {
   event: (event: ChannelEvent) => void;
   system_message: (message: SystemMessage) => void;
   state: (state: Exclude<ConnectionState, 'idle'>, detail: StateDetail | undefined) => void;
+  recovery: (recovery: Recovery) => void;
   relisten_failed: (failure: RelistenFailure) => void;
 }
 

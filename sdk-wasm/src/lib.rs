@@ -52,7 +52,8 @@ pub struct WasmClient {
 #[wasm_bindgen]
 impl WasmClient {
     /// `url` is the server's absolute base URL; `options` the JavaScript options object;
-    /// `emit(kind, a, b)` receives `event`, `system_message`, `state` and `relisten_failed`.
+    /// `emit(kind, a, b)` receives `event`, `system_message`, `state`, `recovery` and
+    /// `relisten_failed`.
     #[wasm_bindgen(constructor)]
     pub fn new(url: &str, options: &JsValue, emit: Function) -> Result<WasmClient, JsValue> {
         let config = Rc::new(config(url, options).map_err(|e| e.to_js())?);

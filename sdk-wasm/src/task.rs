@@ -217,6 +217,17 @@ impl Task {
                 Output::System(message) => {
                     self.emit("system_message", &js::to_js(&message), &JsValue::UNDEFINED);
                 }
+                Output::Recovery(r) => {
+                    let reason = r.reason.map_or(JsValue::UNDEFINED, |reason| {
+                        JsValue::from_str(reason.as_str())
+                    });
+                    let recovery = detail(&[
+                        ("channelName", JsValue::from_str(r.channel.as_str())),
+                        ("recovered", JsValue::from_bool(r.recovered)),
+                        ("reason", reason),
+                    ]);
+                    self.emit("recovery", &recovery, &JsValue::UNDEFINED);
+                }
                 Output::RelistenFailed { channel, error } => {
                     let failure = detail(&[
                         ("channelName", JsValue::from_str(channel.as_str())),

@@ -221,6 +221,22 @@ class Run {
         assert.deepEqual(leaked, [], 'unexpected events');
         return;
       }
+      case 'recovery':
+        return this.waitFor(
+          `recovery of ${step.channel}: ${step.recovered} ${step.reason ?? ''}`,
+          (e) =>
+            e.kind === 'recovery' &&
+            e.a.channelName === step.channel &&
+            e.a.recovered === step.recovered &&
+            (step.reason === undefined || e.a.reason === step.reason),
+        );
+      case 'offsets': {
+        await this.refresh();
+        const offsets = this.heard.filter((e) => e.kind === 'event' && e.a.channelName === step.channel).map((e) => e.a.offset);
+        assert.deepEqual(offsets, offsets.map((_, i) => i + 1), `offsets on ${step.channel} are 1..n in order`);
+        if (step.count !== undefined) assert.equal(offsets.length, step.count, `events on ${step.channel}`);
+        return;
+      }
       default:
         throw new Error(`unknown step ${JSON.stringify(step)}`);
     }

@@ -21,7 +21,8 @@ after(() => rmSync(path.dirname(pkgDir), { recursive: true, force: true }));
 const CONSUMER = `
 import { HeraldClient, initHerald, parseChannelName } from '@herald/client';
 import type {
-  ChannelEvent, ConnectionState, HeraldError, HeraldClientOptions, StateDetail, SystemMessage,
+  ChannelEvent, ConnectionState, HeraldError, HeraldClientOptions, Recovery, RecoveryReason,
+  StateDetail, SystemMessage,
 } from '@herald/client';
 
 const options: HeraldClientOptions = {
@@ -58,6 +59,11 @@ async function main(): Promise<void> {
     console.log(s, detail?.attempt, detail?.delayMs, detail?.error?.code);
   });
   client.on('relisten_failed', ({ channelName, error }) => console.log(channelName, error.code));
+  client.on('recovery', (r: Recovery) => {
+    const recovered: boolean = r.recovered;
+    const reason: RecoveryReason | undefined = r.reason;
+    if (reason === 'epoch_changed' || reason === 'offset_gap') console.log(r.channelName, recovered);
+  });
   const state: ConnectionState = client.state;
   const channels: string[] = client.channels;
   const parsed: { name: string; private: boolean } = await parseChannelName('private-u1');
@@ -72,6 +78,8 @@ async function main(): Promise<void> {
   await client.listen(42);
   // @ts-expect-error: an event listener gets a ChannelEvent, not a number
   client.on('event', (n: number) => n);
+  // @ts-expect-error: a recovery's reason is one of four strings
+  client.on('recovery', (r) => r.reason === 'gone');
   // @ts-expect-error: state is read-only
   client.state = 'connected';
 }
