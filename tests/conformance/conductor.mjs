@@ -309,6 +309,7 @@ async function startProxy() {
 /** Drops every client connection (both sides at once) and refuses new ones until mend(). */
 function cut() {
   proxy.cut = true;
+  if (stream) stream.whileCut = 0;
   const dropped = proxy.pairs.size;
   for (const { client, upstream } of proxy.pairs) {
     client.destroy();
@@ -318,26 +319,40 @@ function cut() {
   return { dropped };
 }
 
-function mend() {
+/** Accepts connections again; with a publish_stream running, once it published CUT_EVENTS while cut. */
+async function mend() {
+  const until = Date.now() + 5000;
+  while (stream && !stream.stop && stream.whileCut < CUT_EVENTS && Date.now() < until) {
+    await new Promise((r) => setTimeout(r, 5));
+  }
   proxy.cut = false;
   return {};
 }
 
 /**
- * A background publisher (publish_stream … stop_stream): one event every STREAM_INTERVAL_MS.
- * Paced so that what a client misses while reconnecting stays below the socket buffer
- * (SOCKET_BUFFER frames): a recovery replays every missed event at once, and more than the
- * buffer holds would close the socket as a slow consumer.
+ * A background publisher (publish_stream … stop_stream): one event every STREAM_INTERVAL_MS,
+ * so that a client's recovery (after `mend`) races a steady stream. While the proxy is cut it
+ * publishes at most CUT_EVENTS and then waits for `mend`. Both bounds keep what reaches a
+ * recovering socket at once (the replay, then the live events) below the socket buffer
+ * (SOCKET_BUFFER frames); beyond it Herald closes the socket as a slow consumer, and the
+ * client's next recovery replays even more (measured: publishing as fast as Herald answers
+ * makes every recovery end that way).
  */
-const STREAM_INTERVAL_MS = 30;
+const CUT_EVENTS = 4;
+const STREAM_INTERVAL_MS = 10;
 let stream = null;
 
 function publishStream(channel) {
   if (stream) throw new Error('a publish_stream is already running');
-  const state = { channel, published: 0, stop: false, error: null };
+  const state = { channel, published: 0, whileCut: 0, stop: false, error: null };
   state.done = (async () => {
     while (!state.stop) {
+      if (proxy.cut && state.whileCut >= CUT_EVENTS) {
+        await new Promise((r) => setTimeout(r, 5));
+        continue;
+      }
       try {
+        if (proxy.cut) state.whileCut++;
         await publish(channel, { seq: state.published + 1 });
         state.published++;
         await new Promise((r) => setTimeout(r, STREAM_INTERVAL_MS));
@@ -360,6 +375,7 @@ async function stopStream(payload) {
   await state.done;
   if (state.error) throw new Error(`publish_stream failed after ${state.published} events: ${state.error.message}`);
   const id = await publish(state.channel, payload ?? { last: true });
+  process.stderr.write(`conductor: publish_stream published ${state.published + 1} events to ${state.channel}, ${state.whileCut} of them while the last cut lasted\n`);
   return { published: state.published + 1, id };
 }
 

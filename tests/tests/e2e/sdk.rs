@@ -233,7 +233,10 @@ async fn rust_subscriber_and_official_js_client_receive_the_same_events() -> any
         .await??
         .context("node exited early")?;
     // `{"ok":true,"epoch":…,"offset":0}`: the project keeps history by default.
-    assert!(ready.starts_with(r#"ready {"ok":true,"epoch":"#), "{ready}");
+    assert!(
+        ready.starts_with(r#"ready {"ok":true,"offset":0,"epoch":"#),
+        "{ready}"
+    );
 
     let rust = Subscriber::builder(&url, "interop").connect().await?;
     rust.listen("news").await?;
