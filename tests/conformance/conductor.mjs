@@ -331,12 +331,13 @@ async function mend() {
 
 /**
  * A background publisher (publish_stream … stop_stream): one event every STREAM_INTERVAL_MS,
- * so that a client's recovery (after `mend`) races a steady stream. While the proxy is cut it
- * publishes at most CUT_EVENTS and then waits for `mend`. Both bounds keep what reaches a
- * recovering socket at once (the replay, then the live events) below the socket buffer
- * (SOCKET_BUFFER frames); beyond it Herald closes the socket as a slow consumer, and the
- * client's next recovery replays even more (measured: publishing as fast as Herald answers
- * makes every recovery end that way).
+ * so that a client's recovery (after `mend`) races a steady stream. While the client is away
+ * (from `cut` until it connected through the proxy again) it publishes at most CUT_EVENTS,
+ * then waits. Both bounds keep what reaches a recovering socket at once (the replay, then the
+ * live events) below the socket buffer (SOCKET_BUFFER frames); beyond it Herald closes the
+ * socket as a slow consumer, and the client's next recovery replays even more (measured:
+ * publishing as fast as Herald answers, or on through a client's reconnect backoff, makes
+ * every recovery end that way).
  */
 const CUT_EVENTS = 4;
 const STREAM_INTERVAL_MS = 10;
@@ -347,12 +348,14 @@ function publishStream(channel) {
   const state = { channel, published: 0, whileCut: 0, stop: false, error: null };
   state.done = (async () => {
     while (!state.stop) {
-      if (proxy.cut && state.whileCut >= CUT_EVENTS) {
+      // Away: cut, or mended but the client has not connected through the proxy again yet.
+      const away = proxy.cut || proxy.pairs.size === 0;
+      if (away && state.whileCut >= CUT_EVENTS) {
         await new Promise((r) => setTimeout(r, 5));
         continue;
       }
       try {
-        if (proxy.cut) state.whileCut++;
+        if (away) state.whileCut++;
         await publish(channel, { seq: state.published + 1 });
         state.published++;
         await new Promise((r) => setTimeout(r, STREAM_INTERVAL_MS));
@@ -375,7 +378,7 @@ async function stopStream(payload) {
   await state.done;
   if (state.error) throw new Error(`publish_stream failed after ${state.published} events: ${state.error.message}`);
   const id = await publish(state.channel, payload ?? { last: true });
-  process.stderr.write(`conductor: publish_stream published ${state.published + 1} events to ${state.channel}, ${state.whileCut} of them while the last cut lasted\n`);
+  process.stderr.write(`conductor: publish_stream published ${state.published + 1} events to ${state.channel}, ${state.whileCut} of them while the client was away\n`);
   return { published: state.published + 1, id };
 }
 
