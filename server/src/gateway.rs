@@ -416,7 +416,7 @@ pub async fn listen<P: Peer>(
     };
     let Some(since) = since else {
         if let Some(joined) = listen_tracked(s, gw, &body).await {
-            return (joined, None);
+            return joined;
         }
         return listen_plain(s, gw, body).await;
     };
@@ -506,7 +506,14 @@ async fn listen_plain<P: Peer>(
 /// A plain `listen` of a recoverable session ([`crate::csr`]) for a channel it does not track
 /// yet: under the room's sequencer lock, notes where the channel is, then joins (`None`: not
 /// such a listen).
-async fn listen_tracked<P: Peer>(s: &P, gw: &Gateway, body: &Value) -> Option<Outcome> {
+///
+/// The ack carries the channel's position like [`listen_plain`]'s (the same one the session
+/// notes).
+async fn listen_tracked<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    body: &Value,
+) -> Option<(Outcome, Option<ListenAnswer>)> {
     gw.recovery.as_ref()?;
     let session = s.session()?;
     session.csr.as_ref()?;
@@ -520,20 +527,28 @@ async fn listen_tracked<P: Peer>(s: &P, gw: &Gateway, body: &Value) -> Option<Ou
         .settings(gw.store.as_ref(), &session.project)
         .await;
     let _order = gw.fanout.sequencer().lock(&room).await;
-    let cell = if settings.enabled() {
-        match gw.histories.backend.head(&room, settings).await {
-            Ok((epoch, top)) => crate::csr::SubCell::new(epoch.as_ref(), top),
-            Err(_) => crate::csr::SubCell::unrecoverable(),
-        }
+    // `position` (not `head`): a channel without a stream gets one, so the position exists.
+    let position = if settings.enabled() {
+        gw.histories.backend.position(&room).await.ok()
     } else {
-        crate::csr::SubCell::unrecoverable()
+        None
+    };
+    let cell = match &position {
+        Some(p) => crate::csr::SubCell::new(Some(&p.epoch), p.offset),
+        None => crate::csr::SubCell::unrecoverable(),
     };
     session.set_sub(&room, cell);
     let outcome = listen_checked(s, gw, body.clone()).await;
     if outcome.is_err() && !session.channels.lock().contains_key(&channel) {
         session.drop_sub(&room);
     }
-    Some(outcome)
+    let answer = position.map(|p| {
+        ListenAnswer::Position(StreamPosition {
+            offset: p.offset,
+            epoch: p.epoch,
+        })
+    });
+    Some((outcome, answer))
 }
 
 /// Reads the history after `since` and sends the missed events to `s`, oldest first; the

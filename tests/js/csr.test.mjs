@@ -139,8 +139,13 @@ async function client(sw, projectId, transports = ['websocket']) {
   return { socket, got };
 }
 
-const listen = (socket, channelName, authToken) =>
-  socket.timeout(5000).emitWithAck('listen', authToken ? { channelName, authToken } : { channelName });
+/** `listen`'s ack without the channel position a successful one carries (`{ok, epoch, offset}`). */
+const listen = async (socket, channelName, authToken) => {
+  const ack = await socket.timeout(5000).emitWithAck('listen', authToken ? { channelName, authToken } : { channelName });
+  if (ack?.ok !== true) return ack;
+  const { epoch, offset, ...rest } = ack;
+  return rest;
+};
 
 /** Closes the engine (the client reconnects by itself) and resolves once it noticed. */
 async function dropEngine(sw, socket) {
