@@ -82,8 +82,11 @@ describe('redis mode: Redis killed, restarted and paused under continuous publis
       }
     }
     // The subscription is in place on both instances before the run starts.
-    assert.equal((await publish(nodes[0], key, channel, { warmup: true })).status, 200);
-    await waitFor(() => subscribers.every((s) => s.events.length === 1), 5_000, 'the warm-up event everywhere');
+    // (A warm-up may answer 503 while an instance's subscription is still being confirmed
+    // on a loaded machine: that is the behaviour under test later, so retry it here.)
+    await waitFor(async () => (await publish(nodes[0], key, channel, { warmup: true })).status === 200,
+      10_000, 'a warm-up publish answered 200');
+    await waitFor(() => subscribers.every((s) => s.events.length >= 1), 5_000, 'the warm-up event everywhere');
     for (const s of subscribers) s.events.length = 0;
 
     // Two publishers, one per instance, each numbering its events; every answer is recorded
@@ -152,6 +155,7 @@ describe('redis mode: Redis killed, restarted and paused under continuous publis
     for (const s of subscribers) {
       const seen = [new Map(), new Map()];
       for (const e of s.events) {
+        if (e.payload.warmup) continue; // a late copy of a warm-up attempt
         const m = seen[e.payload.p];
         m.set(e.payload.seq, (m.get(e.payload.seq) ?? 0) + 1);
       }
