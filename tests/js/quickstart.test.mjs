@@ -231,8 +231,10 @@ test('the README quick start works as written, also after the server restarts', 
     writeFileSync(path.join(cwd, fileName), `${file.body}\n`);
 
     await t2.run(blocks.get('run-client').body);
-    const listened = (n) => (out) =>
-      t2.count('listen orders {"ok":true,') >= n && t2.count('listen private-user-42 {"ok":true,') >= n && out;
+    // An ack line is `listen <channel> {"ok":true,…}` (the rest is the channel's position).
+    const acks = (out, channel) =>
+      out.split('\n').filter((l) => l.startsWith(`listen ${channel} {"ok":true,`)).length;
+    const listened = (n) => (out) => acks(out, 'orders') >= n && acks(out, 'private-user-42') >= n && out;
     await t2.waitFor(listened(1), 'the client listening to both channels');
 
     const publicLine = 'event orders {"orderId":42,"status":"shipped"}';
