@@ -420,13 +420,9 @@ pub async fn listen<P: Peer>(
         }
         return listen_plain(s, gw, body).await;
     };
-    let Ok(channel) = herald_protocol::messages::channel_field(&body) else {
+    let Some((channel, session, room)) = listen_target(s, &body) else {
         return (listen_checked(s, gw, body).await, None);
     };
-    let Some(session) = s.session() else {
-        return (Err((not_connected(), None)), None);
-    };
-    let room = RoomName::channel(&session.project, &channel);
     let settings = gw
         .histories
         .settings(gw.store.as_ref(), &session.project)
@@ -459,6 +455,15 @@ pub async fn listen<P: Peer>(
     (outcome, Some(ListenAnswer::Recovery(recovery)))
 }
 
+/// What a `listen` body is for: its channel, the socket's session and the room; `None` when the
+/// body names no valid channel or the socket has no session (then [`listen_checked`] answers).
+fn listen_target<P: Peer>(s: &P, body: &Value) -> Option<(ChannelName, Arc<Session>, RoomName)> {
+    let channel = herald_protocol::messages::channel_field(body).ok()?;
+    let session = s.session()?;
+    let room = RoomName::channel(&session.project, &channel);
+    Some((channel, session, room))
+}
+
 /// A plain `listen` (no `since`): on a channel whose project keeps history, under the room's
 /// sequencer lock like the join, the channel's position for the ack (a stream is started when
 /// the channel has none, so the position exists before its first event).
@@ -467,13 +472,9 @@ async fn listen_plain<P: Peer>(
     gw: &Gateway,
     body: Value,
 ) -> (Outcome, Option<ListenAnswer>) {
-    let Ok(channel) = herald_protocol::messages::channel_field(&body) else {
+    let Some((_, session, room)) = listen_target(s, &body) else {
         return (listen_checked(s, gw, body).await, None);
     };
-    let Some(session) = s.session() else {
-        return (Err((not_connected(), None)), None);
-    };
-    let room = RoomName::channel(&session.project, &channel);
     let settings = gw
         .histories
         .settings(gw.store.as_ref(), &session.project)
@@ -515,10 +516,8 @@ async fn listen_tracked<P: Peer>(
     body: &Value,
 ) -> Option<(Outcome, Option<ListenAnswer>)> {
     gw.recovery.as_ref()?;
-    let session = s.session()?;
+    let (channel, session, room) = listen_target(s, body)?;
     session.csr.as_ref()?;
-    let channel = herald_protocol::messages::channel_field(body).ok()?;
-    let room = RoomName::channel(&session.project, &channel);
     if session.sub(&room).is_some() {
         return None;
     }

@@ -17,7 +17,6 @@
 //! key per pid with a TTL, so another instance can resume it). A resume takes the record:
 //! one resume per record.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -285,101 +284,11 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// Embedded mode: records in this process's memory, at most [`MAX_MEMORY_RECORDS`].
-#[derive(Default)]
-pub struct MemorySessions {
-    records: Mutex<HashMap<(String, String), SessionRecord>>,
-}
+mod memory;
+mod redis;
 
-#[async_trait]
-impl SessionStore for MemorySessions {
-    async fn save(&self, record: SessionRecord, _ttl: Duration) -> Result<bool, SessionStoreError> {
-        let mut records = self.records.lock();
-        if records.len() >= MAX_MEMORY_RECORDS {
-            let now = now_secs();
-            records.retain(|_, r| r.expires_at > now);
-            if records.len() >= MAX_MEMORY_RECORDS {
-                return Ok(false);
-            }
-        }
-        records.insert((record.project.clone(), record.pid.clone()), record);
-        Ok(true)
-    }
-
-    async fn take(
-        &self,
-        project: &ProjectId,
-        pid: &Pid,
-    ) -> Result<Option<SessionRecord>, SessionStoreError> {
-        let record = self
-            .records
-            .lock()
-            .remove(&(project.as_str().to_owned(), pid.as_str().to_owned()));
-        Ok(record.filter(|r| r.expires_at > now_secs()))
-    }
-}
-
-/// Redis mode: one JSON key per pid, `{prefix}:csr:{{project}}:{pid}`, with the window as TTL;
-/// any instance can take it.
-pub struct RedisSessions {
-    client: fred::clients::Client,
-    prefix: String,
-}
-
-impl RedisSessions {
-    /// Records under `prefix` on `client`.
-    pub fn new(client: fred::clients::Client, prefix: &str) -> Self {
-        Self {
-            client,
-            prefix: prefix.to_owned(),
-        }
-    }
-
-    fn key(&self, project: &str, pid: &str) -> String {
-        format!("{}:csr:{{{project}}}:{pid}", self.prefix)
-    }
-}
-
-#[async_trait]
-impl SessionStore for RedisSessions {
-    async fn save(&self, record: SessionRecord, ttl: Duration) -> Result<bool, SessionStoreError> {
-        use fred::interfaces::KeysInterface;
-        let json = serde_json::to_string(&record).map_err(|e| SessionStoreError(e.to_string()))?;
-        let key = self.key(&record.project, &record.pid);
-        let secs = ttl.as_secs().max(1) as i64;
-        let _: () = self
-            .client
-            .set(
-                key,
-                json,
-                Some(fred::types::Expiration::EX(secs)),
-                None,
-                false,
-            )
-            .await
-            .map_err(|e| SessionStoreError(e.to_string()))?;
-        Ok(true)
-    }
-
-    async fn take(
-        &self,
-        project: &ProjectId,
-        pid: &Pid,
-    ) -> Result<Option<SessionRecord>, SessionStoreError> {
-        use fred::interfaces::KeysInterface;
-        let json: Option<String> = self
-            .client
-            .getdel(self.key(project.as_str(), pid.as_str()))
-            .await
-            .map_err(|e| SessionStoreError(e.to_string()))?;
-        let Some(json) = json else {
-            return Ok(None);
-        };
-        let record: SessionRecord =
-            serde_json::from_str(&json).map_err(|e| SessionStoreError(e.to_string()))?;
-        Ok(Some(record).filter(|r| r.expires_at > now_secs()))
-    }
-}
+pub use memory::MemorySessions;
+pub use redis::RedisSessions;
 
 /// The recovery window and the store (absent: CSR disabled, `--recovery-window-secs 0`).
 pub struct Recovery {
