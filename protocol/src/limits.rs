@@ -45,6 +45,11 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 /// Seconds a client may take to send a whole request body, from the end of the request head.
 pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 30;
 
+/// Bytes of a request body a server reads and discards after refusing it unread (e.g. `413`),
+/// so the client gets the answer rather than a connection reset; a larger rest is not read and
+/// the connection closes after the answer.
+pub const UNREAD_BODY_DRAIN_BYTES: usize = 4 * 1024 * 1024;
+
 /// Seconds a kept-alive HTTP connection may wait for its next request (no request in flight,
 /// no byte received) before the server closes it: 75 s, above the 60 s idle timeout load
 /// balancers commonly use towards their backends, so that the balancer closes an idle pooled

@@ -33,6 +33,7 @@
 //! | `herald_connections_refused_total` | counter | `reason` = per_ip / capacity (answered 429 / 503, health still answered) |
 //! | `herald_connection_timeouts_total` | counter | `phase` = header / body / idle |
 //! | `herald_accept_errors_total` | counter | (e.g. out of file descriptors; accepting backs off) |
+//! | `herald_unread_bodies_total` | counter | `outcome` = drained / abandoned (request bodies a handler answered without reading to the end) |
 
 use std::net::SocketAddr;
 
@@ -95,6 +96,10 @@ pub const CONNECTIONS_REFUSED: &str = "herald_connections_refused_total";
 pub const CONNECTION_TIMEOUTS: &str = "herald_connection_timeouts_total";
 /// Counter: failed `accept()` calls other than a peer's early reset.
 pub const ACCEPT_ERRORS: &str = "herald_accept_errors_total";
+/// Counter: request bodies answered before they were read to the end, by `outcome`: `drained`
+/// (read and discarded, the connection kept) or `abandoned` (over the drain cap or failed, the
+/// connection closed after the answer).
+pub const UNREAD_BODIES: &str = "herald_unread_bodies_total";
 /// Gauge: bytes the embedded (in-memory) channel history holds, against `--history-max-bytes`.
 pub const HISTORY_BYTES: &str = "herald_history_bytes";
 /// Counter: history events evicted before their time to keep `--history-max-bytes`.

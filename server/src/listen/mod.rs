@@ -21,6 +21,7 @@
 
 pub mod admission;
 pub mod timeouts;
+pub mod unread;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -409,14 +410,18 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.begin_request();
         let deadline = Instant::now() + self.body_read_timeout;
-        let mut req = req.map(|body| Body::new(DeadlineBody::new(body, deadline)));
+        let (head, incoming) = req.into_parts();
+        let (body, rest) = unread::share(DeadlineBody::new(incoming, deadline));
+        let mut req = Request::from_parts(head, Body::new(body));
         req.extensions_mut().insert(ConnectInfo(self.wire.clone()));
         let response = tower::Service::call(&mut self.router.clone(), req);
         let activity = self.activity.clone();
         Box::pin(async move {
             let Ok(mut res) = response.await;
-            if res.status() == axum::http::StatusCode::REQUEST_TIMEOUT {
-                // The rest of the body may still be on its way: do not read it, close.
+            // The rest of a timed-out body may still be on its way: do not read it, close.
+            let close = res.status() == axum::http::StatusCode::REQUEST_TIMEOUT
+                || unread::finish(rest).await == unread::Finished::Abandoned;
+            if close {
                 res.headers_mut().insert(
                     axum::http::header::CONNECTION,
                     axum::http::HeaderValue::from_static("close"),

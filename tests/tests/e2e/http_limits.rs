@@ -1,6 +1,6 @@
 //! The public listener's timeouts and connection caps (docs/PROTOCOL.md § Limits), against the
 //! real binary with raw TCP sockets: an idle connection, slowloris headers, a slow body, an
-//! idle keep-alive, the per-address cap, and a client holding every socket it can under a low
+//! idle keep-alive, a refused upload, the per-address cap, and a client holding every socket it can under a low
 //! open-file limit while health keeps answering.
 
 use std::net::SocketAddr;
@@ -73,6 +73,12 @@ async fn get(
     stream
         .write_all(format!("GET {path} HTTP/1.1\r\nHost: herald\r\n{auth}\r\n").as_bytes())
         .await?;
+    let (status, _, body) = read_response(stream).await?;
+    Ok((status, body))
+}
+
+/// Reads one response from a kept-alive connection: status, lower-cased head and body.
+async fn read_response(stream: &mut TcpStream) -> anyhow::Result<(u16, String, String)> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let head_end = loop {
@@ -113,6 +119,7 @@ async fn get(
     }
     Ok((
         status,
+        head,
         String::from_utf8_lossy(&got[head_end..head_end + length]).into_owned(),
     ))
 }
@@ -211,6 +218,64 @@ async fn a_slow_body_gets_408_and_the_connection_closes() -> anyhow::Result<()> 
         sent.to_lowercase().contains("connection: close"),
         "{sent:?}"
     );
+    Ok(())
+}
+
+/// A refused upload (`413`) is read to its end before the answer, so the client gets the
+/// answer (not a reset while it is still sending) and the connection serves its next request;
+/// one over the drain cap is answered at once and closed.
+#[tokio::test]
+async fn a_refused_upload_gets_its_answer_and_keeps_the_connection() -> anyhow::Result<()> {
+    let h = Herald::start(&["--max-payload-bytes", "1024"]).await?;
+    h.create_project("uploads").await?;
+    let key = h.create_key("uploads", &["publish_event"], None).await?;
+    let key = key["key"].as_str().context("no key")?.to_owned();
+    let head = |length: usize| {
+        format!(
+            "POST /v1/publishers/events/publish HTTP/1.1\r\nHost: herald\r\n\
+             Authorization: Bearer {key}\r\nContent-Type: application/json\r\n\
+             Content-Length: {length}\r\n\r\n"
+        )
+    };
+    let payload = "x".repeat(1_000_000);
+    let body = format!(r#"{{"channelName":"orders","payload":"{payload}"}}"#);
+
+    let mut s = TcpStream::connect(server_addr(&h)?).await?;
+    for round in 0..3 {
+        s.write_all(head(body.len()).as_bytes()).await?;
+        s.write_all(body.as_bytes()).await?;
+        let (status, head, answer) = read_response(&mut s)
+            .await
+            .with_context(|| format!("round {round}"))?;
+        assert_eq!(status, 413, "round {round}: {answer}");
+        assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    assert_eq!(
+        get(&mut s, "/livez", None).await?.0,
+        200,
+        "the connection that carried the refused uploads serves the next request"
+    );
+
+    // Over the drain cap: not read, answered, closed.
+    let over_cap = herald_protocol::limits::UNREAD_BODY_DRAIN_BYTES + 1_000_000;
+    let (mut reader, mut writer) = TcpStream::connect(server_addr(&h)?).await?.into_split();
+    writer.write_all(head(over_cap).as_bytes()).await?;
+    let upload = tokio::spawn(async move {
+        // The server stops reading after the limit: this write fails or stalls; either is fine.
+        let _ = writer.write_all(&vec![b' '; over_cap]).await;
+    });
+    let from = Instant::now();
+    let (_, sent) = closed_by(&mut reader, from, SLACK)
+        .await
+        .context("the connection of an upload over the drain cap stays open")?;
+    upload.abort();
+    assert!(sent.starts_with("HTTP/1.1 413"), "{sent:?}");
+    assert!(
+        sent.to_lowercase().contains("connection: close"),
+        "{sent:?}"
+    );
+    h.stop().await?;
     Ok(())
 }
 
