@@ -148,6 +148,12 @@ error_codes! {
     AtCapacity = "at_capacity" => 503,
     /// A backend Herald depends on (Redis) is unavailable; retry later.
     Unavailable = "unavailable" => 503,
+    /// Sent to sockets only (`system_message`, never a REST answer): events of
+    /// `data.channelName` published while this server's link to the other servers (Redis mode)
+    /// was down could not be delivered, and history could not fill the gap (`data.reason`:
+    /// `history_expired`, `epoch_changed`, `history_disabled`, `unavailable`,
+    /// `unknown_position`). Listen again with `since` to recover what can be.
+    MissedEvents = "missed_events" => 503,
     /// A server fault. Never used for a client mistake.
     Internal = "internal" => 500,
 }

@@ -47,6 +47,13 @@ pub enum FanoutError {
     /// instance's sockets got it, some other instance's may not have.
     #[error("fan-out backend unavailable: {0}")]
     Unavailable(String),
+    /// Redis took the event and handed it to every instance subscribed at that moment, but
+    /// fewer instances than expected were (an instance's subscription is down or being
+    /// re-established). Such an instance catches its sockets up from history once its
+    /// subscription is back ([`Fanout::catch_up`]): for an event in history this is repairable
+    /// (see `PROTOCOL.md`, "Redis mode: subscription gaps").
+    #[error("fan-out not confirmed by every instance: {0}")]
+    Unconfirmed(String),
     /// The packet could not be encoded.
     #[error("packet encoding failed: {0}")]
     Encode(String),
@@ -65,6 +72,8 @@ pub trait SioRooms: Send + Sync + 'static {
     ) -> Result<EmitReport, FanoutError>;
     /// Disconnects the room's local socketioxide sockets.
     async fn disconnect_local(&self, room: &RoomName);
+    /// The rooms with local socketioxide members.
+    async fn local_rooms(&self) -> Vec<String>;
     /// Closes every socketioxide socket (shutdown).
     async fn close(&self);
 }
@@ -134,6 +143,19 @@ impl<A: Adapter> SioRooms for SocketIo<A> {
         }
     }
 
+    async fn local_rooms(&self) -> Vec<String> {
+        let Some(ns) = default_namespace(self) else {
+            return Vec::new();
+        };
+        match ns.local().rooms().await {
+            Ok(rooms) => rooms.into_iter().map(|r| r.into_owned()).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "local rooms not listed");
+                Vec::new()
+            }
+        }
+    }
+
     async fn close(&self) {
         SocketIo::close(self).await;
     }
@@ -152,6 +174,12 @@ pub struct BusMessage<'a> {
     /// The event's JSON (for [`BusKind::Event`]).
     #[serde(rename = "d", borrow, default, skip_serializing_if = "Option::is_none")]
     pub data: Option<&'a RawValue>,
+    /// The event's offset in its channel's history (events of projects with history on).
+    #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The epoch of `offset`.
+    #[serde(rename = "p", borrow, default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
 }
 
 /// A batch on the bus, decoded ([`decode_batch`]).
@@ -270,6 +298,17 @@ pub struct Fanout {
     /// How many rooms have floors: while none, bus events skip the check.
     floors_active: AtomicUsize,
     sequencer: crate::history::Sequencer,
+    /// Redis mode: per room with members here, the last event delivered
+    /// ([`crate::redis::gap`]).
+    positions: crate::redis::gap::Positions,
+    /// Redis mode: where missed events are read back ([`Fanout::attach_history`]).
+    history: OnceLock<HistorySource>,
+}
+
+/// The history a [`Fanout`] reads missed events from, and the store for projects' settings.
+struct HistorySource {
+    histories: Arc<crate::history::Histories>,
+    store: Arc<dyn crate::store::Store>,
 }
 
 /// The position fields of an encoded channel event (the payload is skipped, not copied).
@@ -284,6 +323,9 @@ struct Position<'a> {
 
 /// A recovered socket, the offset it has the room's events up to, and since when.
 type Floor = (Sid, u64, std::time::Instant);
+
+/// Rooms caught up at once after a re-subscription ([`Fanout::catch_up`]).
+const CATCH_UP_CONCURRENCY: usize = 16;
 
 /// How long a recovered socket's floor is kept at most ([`Fanout::hold_floor`]): well beyond
 /// the bus's confirmation timeout.
@@ -302,7 +344,19 @@ impl Fanout {
             floors: parking_lot::Mutex::new(std::collections::HashMap::new()),
             floors_active: AtomicUsize::new(0),
             sequencer: crate::history::Sequencer::default(),
+            positions: crate::redis::gap::Positions::default(),
+            history: OnceLock::new(),
         }
+    }
+
+    /// Redis mode: lets the bus path read from `histories` (with projects' settings from
+    /// `store`) the events this instance's subscription missed (once).
+    pub fn attach_history(
+        &self,
+        histories: Arc<crate::history::Histories>,
+        store: Arc<dyn crate::store::Store>,
+    ) {
+        let _ = self.history.set(HistorySource { histories, store });
     }
 
     /// Attaches the socketioxide side (once).
@@ -349,7 +403,7 @@ impl Fanout {
         except: Option<Sid>,
     ) -> Result<EmitReport, FanoutError> {
         let report = self.emit_local(&room, event, data, except).await?;
-        self.emit_remote(&room, data).await?;
+        self.emit_remote(&room, data, None).await?;
         Ok(report)
     }
 
@@ -410,13 +464,22 @@ impl Fanout {
     }
 
     /// Sends an `event` with the encoded `data` to the other instances' sockets in `room`
-    /// (nothing outside Redis mode). An `Unavailable` error means some may not have it.
-    pub async fn emit_remote(&self, room: &RoomName, data: &RawValue) -> Result<(), FanoutError> {
+    /// (nothing outside Redis mode), with its history position `at` when it has one. An
+    /// `Unavailable` error means some may not have it; `Unconfirmed`, that an instance whose
+    /// subscription is down may not have it yet.
+    pub async fn emit_remote(
+        &self,
+        room: &RoomName,
+        data: &RawValue,
+        at: Option<&crate::history::Position>,
+    ) -> Result<(), FanoutError> {
         if let Some(bus) = self.bus.get() {
             let message = BusMessage {
                 room: room.as_str(),
                 kind: BusKind::Event,
                 data: Some(data),
+                offset: at.map(|p| p.offset.get()),
+                epoch: at.map(|p| p.epoch.as_str()),
             };
             let encoded =
                 serde_json::to_vec(&message).map_err(|e| FanoutError::Encode(e.to_string()))?;
@@ -497,6 +560,264 @@ impl Fanout {
         Ok(report)
     }
 
+    /// Delivers this instance's own publish of the event `data`, at `at` in its channel's
+    /// history, to this instance's sockets in `room`; the caller holds the room's sequencer
+    /// lock. In Redis mode the room's position advances ([`crate::redis::gap`]): an event of
+    /// another instance appended before this one but not delivered here yet is read from
+    /// history and delivered first, so the room's sockets get its events in offset order.
+    pub async fn emit_local_at(
+        &self,
+        room: &RoomName,
+        data: &RawValue,
+        at: &crate::history::Position,
+    ) -> Result<EmitReport, FanoutError> {
+        if self.bus.get().is_none() {
+            return self
+                .emit_local(
+                    room,
+                    herald_protocol::messages::event_names::EVENT,
+                    data,
+                    None,
+                )
+                .await;
+        }
+        self.deliver_positioned(room, data, at.epoch.as_str(), at.offset.get())
+            .await
+    }
+
+    async fn deliver_unpositioned(
+        &self,
+        room: &RoomName,
+        data: &RawValue,
+    ) -> Result<EmitReport, FanoutError> {
+        let skip = self.skip_floors(room, data);
+        self.emit_local_skipping(
+            room,
+            herald_protocol::messages::event_names::EVENT,
+            data,
+            &skip,
+        )
+        .await
+    }
+
+    /// Delivers the event `data` at `offset` of `epoch` to this instance's sockets in `room`
+    /// unless they had it, after the events between the last one they had and it (read from
+    /// history); the caller holds the room's sequencer lock.
+    async fn deliver_positioned(
+        &self,
+        room: &RoomName,
+        data: &RawValue,
+        epoch: &str,
+        offset: u64,
+    ) -> Result<EmitReport, FanoutError> {
+        use crate::redis::gap::Next;
+        match self.positions.classify(room, epoch, offset) {
+            Next::Deliver => {}
+            Next::Duplicate => {
+                metrics::counter!(m::BUS_DUPLICATES_SKIPPED).increment(1);
+                return Ok(EmitReport::default());
+            }
+            Next::Gap {
+                epoch: known,
+                after,
+            } => {
+                tracing::debug!(room = %room, after, offset, "gap before a bus event; reading history");
+                self.catch_up_room(room, Some((known, after))).await;
+                if let Some((e, last)) = self.positions.get(room)
+                    && e.as_str() == epoch
+                    && last >= offset
+                {
+                    // History had it: delivered with the ones before it.
+                    return Ok(EmitReport::default());
+                }
+            }
+        }
+        let skip = self.skip_floors(room, data);
+        let report = self
+            .emit_local_skipping(
+                room,
+                herald_protocol::messages::event_names::EVENT,
+                data,
+                &skip,
+            )
+            .await?;
+        let members = report.queued + report.not_queued + skip.len() > 0;
+        self.positions.delivered(room, epoch, offset, members);
+        Ok(report)
+    }
+
+    /// Redis mode, after this instance's subscription came back (a re-subscription succeeded):
+    /// every room with members here gets from history the events published since the last
+    /// one delivered here, in order, or a `missed_events` notice where history cannot serve
+    /// ([`crate::redis::gap`]). Rooms are caught up a few at a time, each under its
+    /// sequencer lock.
+    pub async fn catch_up(&self) {
+        use futures_util::StreamExt;
+        let mut rooms: std::collections::HashSet<RoomName> =
+            self.direct.rooms().into_iter().collect();
+        if self.sio_sockets.load(Ordering::Relaxed) > 0
+            && let Some(sio) = self.sio.get()
+        {
+            rooms.extend(
+                sio.local_rooms()
+                    .await
+                    .into_iter()
+                    .filter_map(|r| RoomName::parse(&r).ok()),
+            );
+        }
+        rooms.retain(|r| RoomName::parse_channel(r.as_str()).is_ok());
+        self.positions.retain(|r| rooms.contains(r));
+        let count = rooms.len();
+        futures_util::stream::iter(rooms)
+            .for_each_concurrent(CATCH_UP_CONCURRENCY, |room| async move {
+                let _order = self.sequencer.lock(&room).await;
+                let known = self.positions.get(&room);
+                self.catch_up_room(&room, known).await;
+            })
+            .await;
+        tracing::info!(
+            rooms = count,
+            "caught up after the bus subscription came back"
+        );
+    }
+
+    /// Delivers `room`'s events after `known` (the last one delivered here; `None`: unknown)
+    /// from history, or sends the room a `missed_events` notice; the caller holds the room's
+    /// sequencer lock.
+    async fn catch_up_room(&self, room: &RoomName, known: Option<(herald_protocol::Epoch, u64)>) {
+        use crate::redis::gap;
+        use herald_protocol::history::ChannelOffset;
+        let Some(src) = self.history.get() else {
+            return;
+        };
+        let Ok((project, channel)) = RoomName::parse_channel(room.as_str()) else {
+            return;
+        };
+        let settings = src.histories.settings(src.store.as_ref(), &project).await;
+        if !settings.enabled() {
+            // Its publishes answered 503 while the bus could not confirm them.
+            if known.is_some() {
+                self.positions.forget(room);
+                self.notify_missed(
+                    room,
+                    &channel,
+                    herald_protocol::RecoveryFailure::HistoryDisabled.as_str(),
+                )
+                .await;
+            }
+            return;
+        }
+        let after = known.as_ref().map_or(0, |k| k.1);
+        let slice = match src
+            .histories
+            .backend
+            .read(room, settings, ChannelOffset(after), settings.size as usize)
+            .await
+        {
+            Ok(slice) => slice,
+            Err(e) => {
+                metrics::counter!(m::HISTORY_ERRORS).increment(1);
+                tracing::warn!(error = %e, room = %room, "history read failed; the room is told it missed events");
+                self.notify_missed(room, &channel, gap::UNAVAILABLE).await;
+                return;
+            }
+        };
+        let (epoch, top) = (slice.epoch.clone(), slice.top.get());
+        let Some((known_epoch, known_offset)) = known else {
+            // Nothing delivered here since the members joined: which events they missed
+            // cannot be told apart from older ones.
+            if let Some(epoch) = epoch
+                && top > 0
+            {
+                self.positions.set(room, epoch, top);
+                self.notify_missed(room, &channel, gap::UNKNOWN_POSITION)
+                    .await;
+            }
+            return;
+        };
+        let since = herald_protocol::StreamPosition {
+            offset: ChannelOffset(known_offset),
+            epoch: known_epoch,
+        };
+        let lost = match crate::history::decide(&since, slice) {
+            crate::history::Decision::Recovered(events) => {
+                let n = events.len();
+                let mut lost = None;
+                for e in events {
+                    let offset = e.offset;
+                    let encoded = RawValue::from_string(e.payload).and_then(|p| {
+                        serde_json::value::to_raw_value(&herald_protocol::ChannelEvent {
+                            id: Some(e.id),
+                            channel_name: channel.clone(),
+                            payload: &*p,
+                            offset: Some(offset),
+                            epoch: epoch.clone(),
+                        })
+                    });
+                    let Ok(raw) = encoded else {
+                        tracing::error!(offset = %offset, room = %room, "history event not encodable");
+                        lost = Some(herald_protocol::RecoveryFailure::HistoryExpired.as_str());
+                        break;
+                    };
+                    let skip = self.skip_floors(room, &raw);
+                    if let Err(e) = self
+                        .emit_local_skipping(
+                            room,
+                            herald_protocol::messages::event_names::EVENT,
+                            &raw,
+                            &skip,
+                        )
+                        .await
+                    {
+                        tracing::warn!(error = %e, "caught-up event not delivered locally");
+                    }
+                    if let Some(epoch) = &epoch {
+                        self.positions.set(room, epoch.clone(), offset.get());
+                    }
+                }
+                if n > 0 && lost.is_none() {
+                    metrics::counter!(m::BUS_GAPS, "outcome" => "recovered").increment(1);
+                    tracing::info!(room = %room, events = n, "missed events delivered from history");
+                }
+                lost
+            }
+            crate::history::Decision::Lost(reason) => Some(reason.as_str()),
+        };
+        if let Some(reason) = lost {
+            match epoch {
+                Some(epoch) => self.positions.set(room, epoch, top),
+                None => self.positions.forget(room),
+            }
+            self.notify_missed(room, &channel, reason).await;
+        }
+    }
+
+    /// Sends `room`'s sockets here a `missed_events` notice.
+    async fn notify_missed(
+        &self,
+        room: &RoomName,
+        channel: &herald_protocol::ChannelName,
+        reason: &str,
+    ) {
+        metrics::counter!(m::BUS_GAPS, "outcome" => "notified").increment(1);
+        tracing::warn!(room = %room, reason, "events missed and not recoverable here; the room's sockets are told");
+        let message = crate::redis::gap::missed_events(channel, reason);
+        let Ok(raw) = serde_json::value::to_raw_value(&message) else {
+            return;
+        };
+        if let Err(e) = self
+            .emit_local_skipping(
+                room,
+                herald_protocol::messages::event_names::SYSTEM_MESSAGE,
+                &raw,
+                &[],
+            )
+            .await
+        {
+            tracing::warn!(error = %e, "missed_events notice not delivered");
+        }
+    }
+
     /// Disconnects every socket in `room`, on every instance.
     pub async fn disconnect(&self, room: RoomName) -> Result<(), FanoutError> {
         self.disconnect_local(&room).await;
@@ -505,6 +826,8 @@ impl Fanout {
                 room: room.as_str(),
                 kind: BusKind::Disconnect,
                 data: None,
+                offset: None,
+                epoch: None,
             };
             let encoded =
                 serde_json::to_vec(&message).map_err(|e| FanoutError::Encode(e.to_string()))?;
@@ -545,10 +868,14 @@ impl Fanout {
         };
         match (message.kind, message.data) {
             (BusKind::Event, Some(data)) => {
-                let event = herald_protocol::messages::event_names::EVENT;
                 let _order = self.sequencer.lock(&room).await;
-                let skip = self.skip_floors(&room, data);
-                if let Err(e) = self.emit_local_skipping(&room, event, data, &skip).await {
+                let result = match (message.epoch, message.offset) {
+                    (Some(epoch), Some(offset)) => {
+                        self.deliver_positioned(&room, data, epoch, offset).await
+                    }
+                    _ => self.deliver_unpositioned(&room, data).await,
+                };
+                if let Err(e) = result {
                     tracing::warn!(error = %e, "bus event not delivered locally");
                 }
             }

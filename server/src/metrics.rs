@@ -27,6 +27,8 @@
 //! | `herald_bus_unconfirmed_total` | counter | |
 //! | `herald_bus_refused_total` | counter | |
 //! | `herald_bus_replays_skipped_total` | counter | |
+//! | `herald_bus_gaps_total` | counter | `outcome` = recovered / notified |
+//! | `herald_bus_duplicates_skipped_total` | counter | |
 //! | `herald_task_alive` | gauge | `task` (a background task's fixed name, see [`crate::supervise`]) |
 //! | `herald_task_restarts_total` | counter | `task` |
 //! | `herald_connections_open` | gauge | (connections on `--bind` served normally, upgraded ones included) |
@@ -77,12 +79,18 @@ pub const REDIS_DROPPED: &str = "herald_redis_dropped_messages_total";
 pub const REDIS_PROBE_REPAIRS: &str = "herald_redis_probe_repairs_total";
 /// Counter: log lines a [`crate::log_throttle::LogThrottle`] held back, by site.
 pub const LOG_LINES_SUPPRESSED: &str = "herald_log_lines_suppressed_total";
-/// Counter: events the event bus could not confirm every instance took (answered 503).
+/// Counter: events the event bus could not confirm every instance took (answered 503, or
+/// 200 when history repairs it: see `PROTOCOL.md`).
 pub const BUS_UNCONFIRMED: &str = "herald_bus_unconfirmed_total";
 /// Counter: events refused because the event bus's queue was full (answered 503).
 pub const BUS_REFUSED: &str = "herald_bus_refused_total";
 /// Counter: bus batches received again (a re-sent command) and skipped.
 pub const BUS_REPLAYS_SKIPPED: &str = "herald_bus_replays_skipped_total";
+/// Counter: rooms whose events this instance's bus subscription missed (Redis mode), by
+/// outcome: `recovered` (delivered from history), `notified` (told `missed_events`).
+pub const BUS_GAPS: &str = "herald_bus_gaps_total";
+/// Counter: bus events skipped because this instance had delivered them from history.
+pub const BUS_DUPLICATES_SKIPPED: &str = "herald_bus_duplicates_skipped_total";
 /// Gauge: 1 while a supervised background task runs, 0 while it is restarting or stopped.
 pub const TASK_ALIVE: &str = "herald_task_alive";
 /// Counter: restarts of a supervised background task after it panicked or returned.

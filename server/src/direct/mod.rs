@@ -446,6 +446,11 @@ impl DirectRooms {
         }
     }
 
+    /// The rooms with at least one direct member (a snapshot).
+    pub fn rooms(&self) -> Vec<RoomName> {
+        self.rooms.read().keys().cloned().collect()
+    }
+
     /// Every connection (a snapshot).
     pub fn connections(&self) -> Vec<Arc<DirectConn>> {
         self.conns.lock().values().cloned().collect()

@@ -13,8 +13,11 @@
 //! Every instance subscribes to the channel, so `SPUBLISH` answers how many instances took a
 //! batch. A publish resolves `Ok` only when that number is what the [`PeerView`] expects (this
 //! instance and every peer believed alive; see [`Expected::is_met_by`]) and this instance's
-//! own subscription is not being re-established; otherwise, and when Redis fails or the queue
-//! is full, [`FanoutError::Unavailable`] (the REST answer is `503 unavailable`).
+//! own subscription is not being re-established. When Redis fails or the queue is full it
+//! resolves [`FanoutError::Unavailable`]; when Redis took the batch but fewer instances than
+//! expected were subscribed, [`FanoutError::Unconfirmed`]: an instance whose subscription is
+//! down catches up from history once it is back ([`super::gap`]), so the publish answers
+//! `200` for a project with history on and `503 unavailable` otherwise.
 //!
 //! ## Exactly once
 //!
@@ -55,7 +58,20 @@ const ORIGIN_MEMORY: Duration = Duration::from_secs(3_600);
 /// Longest wait for the leave notice on shutdown (Redis answers one in a millisecond).
 pub const LEAVE_TIMEOUT: Duration = Duration::from_millis(500);
 
-type Pending = (Vec<u8>, oneshot::Sender<Result<(), String>>);
+type Pending = (Vec<u8>, oneshot::Sender<Result<(), Unconfirmed>>);
+
+/// Why a batch is not confirmed.
+#[derive(Debug, Clone)]
+enum Unconfirmed {
+    /// Redis did not answer the `SPUBLISH` (or the bus stopped): the batch may have reached
+    /// no instance, and none knows it missed it.
+    Failed(String),
+    /// Redis ran the `SPUBLISH` and handed the batch to every instance subscribed at that
+    /// moment, but that is not every instance expected: one whose subscription is down or
+    /// being re-established (which catches up from history once it is back, see
+    /// [`super::gap`]), or one not yet in the peer view.
+    Short(String),
+}
 
 /// The Redis side of [`Bus`].
 pub struct RedisBus {
@@ -229,7 +245,7 @@ impl Sender {
             let result = self.judge(reply);
             if let Err(reason) = &result {
                 metrics::counter!(m::BUS_UNCONFIRMED).increment(waiters.len() as u64);
-                tracing::debug!(reason, events = waiters.len(), "bus batch not confirmed");
+                tracing::debug!(?reason, events = waiters.len(), "bus batch not confirmed");
             }
             for done in waiters.drain(..) {
                 let _ = done.send(result.clone());
@@ -238,11 +254,13 @@ impl Sender {
     }
 
     /// Whether a batch's `SPUBLISH` reply confirms that every instance took it.
-    fn judge(&self, reply: Result<i64, fred::error::Error>) -> Result<(), String> {
-        let reached = reply.map_err(|e| e.to_string())?;
+    fn judge(&self, reply: Result<i64, fred::error::Error>) -> Result<(), Unconfirmed> {
+        let reached = reply.map_err(|e| Unconfirmed::Failed(e.to_string()))?;
         let reached = usize::try_from(reached).unwrap_or(0);
         if self.driver.is_resubscribing() {
-            return Err("this instance's bus subscription is being re-established".into());
+            return Err(Unconfirmed::Short(
+                "this instance's bus subscription is being re-established".into(),
+            ));
         }
         let expected: Expected = self.peers.expected(Instant::now());
         if expected.is_met_by(reached) {
@@ -251,16 +269,16 @@ impl Sender {
         if reached > expected.max {
             // A new instance not yet in the view, or a foreign subscriber: look again now.
             self.peers.request_refresh();
-            return Err(format!(
+            return Err(Unconfirmed::Short(format!(
                 "the event bus has {reached} subscribers but {} instances are known; \
                  cannot confirm every instance took the event",
                 expected.max
-            ));
+            )));
         }
-        Err(format!(
+        Err(Unconfirmed::Short(format!(
             "the event reached {reached} of {} instances",
             expected.min
-        ))
+        )))
     }
 }
 
@@ -283,7 +301,8 @@ impl Bus for RedisBus {
         })?;
         match result.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(FanoutError::Unavailable(e)),
+            Ok(Err(Unconfirmed::Failed(e))) => Err(FanoutError::Unavailable(e)),
+            Ok(Err(Unconfirmed::Short(e))) => Err(FanoutError::Unconfirmed(e)),
             Err(_) => Err(FanoutError::Unavailable("event bus stopped".into())),
         }
     }

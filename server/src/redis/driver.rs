@@ -72,6 +72,9 @@ pub struct HeraldDriver {
     /// Set while the subscriptions are being re-established (after a reconnect, or a repair
     /// by the probe) until every one of them succeeded.
     resubscribing: Arc<AtomicBool>,
+    /// Counts the re-subscriptions that succeeded: after each, rooms catch up on what the
+    /// subscription missed ([`super::gap`]).
+    resubscribed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The driver's error: fred's.
@@ -91,6 +94,7 @@ impl HeraldDriver {
             internal: Arc::default(),
             stats: Arc::default(),
             resubscribing: Arc::default(),
+            resubscribed: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         let d = driver.clone();
         tasks.spawn("redis_dispatch", move || {
@@ -148,6 +152,13 @@ impl HeraldDriver {
         }
         self.resubscribing.store(false, Ordering::Release);
         self.stats.resubscriptions.fetch_add(1, Ordering::Relaxed);
+        self.resubscribed.send_modify(|n| *n += 1);
+    }
+
+    /// Changes after every successful re-subscription ([`Self::resubscribe_all`]): the
+    /// subscription may have missed messages before it.
+    pub fn resubscriptions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.resubscribed.subscribe()
     }
 
     /// Subscribes a Herald-internal channel; its raw messages arrive on the returned receiver.

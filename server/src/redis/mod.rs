@@ -10,10 +10,13 @@
 //!
 //! Herald starts even when Redis is down: clients reconnect in the background, `/readyz` says
 //! not-ready, publish answers `503 unavailable`, and everything resumes when Redis is back.
+//! An instance whose subscription was down catches its sockets up from history once it is
+//! back, or tells them they missed events ([`gap`]).
 
 pub mod bus;
 pub mod client;
 pub mod driver;
+pub mod gap;
 pub mod peers;
 pub mod probe;
 
@@ -219,6 +222,9 @@ pub fn start(
         &tasks,
     );
     gateway.fanout.attach_bus(bus.clone());
+    gateway
+        .fanout
+        .attach_history(gateway.histories.clone(), gateway.store.clone());
 
     let namespace_ready = Arc::new(AtomicBool::new(false));
     {
@@ -264,6 +270,12 @@ pub fn start(
     {
         let (peers, tracker) = (peers.clone(), tracker.clone());
         tasks.spawn("bus_peers", move || peers.clone().run(tracker.clone()));
+    }
+    {
+        let (driver, fanout) = (driver.clone(), gateway.fanout.clone());
+        tasks.spawn("bus_catch_up", move || {
+            catch_up_on_resubscribe(driver.clone(), fanout.clone())
+        });
     }
     let local: Arc<dyn LocalSockets> = Arc::new(gateway::GatewaySockets::new(
         io,
@@ -356,6 +368,15 @@ async fn heartbeat(tracker: Arc<RedisTracker>, ttl: Duration) {
                 }
             }
         }
+    }
+}
+
+/// After every successful re-subscription of the subscriber connection, catches this
+/// instance's rooms up on the events the subscription missed ([`gap`]).
+async fn catch_up_on_resubscribe(driver: HeraldDriver, fanout: Arc<crate::fanout::Fanout>) {
+    let mut resubscribed = driver.resubscriptions();
+    while resubscribed.changed().await.is_ok() {
+        fanout.catch_up().await;
     }
 }
 

@@ -171,16 +171,17 @@ async fn publish_inner(
                 )
             })?;
         event.offset = Some(position.offset);
-        event.epoch = Some(position.epoch);
+        event.epoch = Some(position.epoch.clone());
         let encoded = encode_event(&event)?;
         state
             .fanout()
-            .emit_local(&room, EVENT, &encoded, None)
+            .emit_local_at(&room, &encoded, &position)
             .await
             .map_err(fanout_error)?;
-        encoded
+        (encoded, position)
     };
-    let mut remote = std::pin::pin!(state.fanout().emit_remote(&room, &encoded));
+    let (encoded, position) = encoded;
+    let mut remote = std::pin::pin!(state.fanout().emit_remote(&room, &encoded, Some(&position)));
     // One poll runs it up to its first wait: the message is queued, in order.
     let queued = std::future::poll_fn(|cx| std::task::Poll::Ready(remote.as_mut().poll(cx))).await;
     drop(order);
@@ -188,6 +189,18 @@ async fn publish_inner(
         std::task::Poll::Ready(r) => r,
         std::task::Poll::Pending => remote.await,
     }
+    .or_else(|e| match e {
+        // The event is in history, and an instance whose subscription is down catches up
+        // from it when it is back (`redis::gap`): repairable, not a 503.
+        FanoutError::Unconfirmed(reason) => {
+            tracing::debug!(
+                reason,
+                "bus not confirmed by every instance; history repairs it"
+            );
+            Ok(())
+        }
+        e => Err(e),
+    })
     .map_err(fanout_error)?;
     tracing::debug!(api_key_id = %key.id, project_id = %key.project_id, channel = %event.channel_name, message_id = %id, offset = ?event.offset, "published");
     Ok(Json(PublishResponse {
@@ -212,7 +225,7 @@ fn fanout_error(e: FanoutError) -> ApiError {
             tracing::error!(error = %e, "event encoding failed");
             ApiError::new(ErrorCode::Internal, "event could not be encoded")
         }
-        FanoutError::Unavailable(e) => {
+        FanoutError::Unavailable(e) | FanoutError::Unconfirmed(e) => {
             if let Some(p) = crate::log_throttle::backend_faults().check(&"publish_bus") {
                 tracing::warn!(error = %e, suppressed = p.suppressed, "broadcast failed");
             }

@@ -1,0 +1,183 @@
+//! Subscription gaps in Redis mode: what an instance remembers so that an event its bus
+//! subscription missed (Redis restarted or paused, the subscriber connection killed, a
+//! message dropped) reaches its sockets anyway, from history, or they are told they missed it.
+//!
+//! [`Positions`] holds, per room with members on this instance, the epoch and offset of the
+//! last event of that room delivered here (by a local publish or from the bus). Every
+//! positioned event is then one of ([`Positions::classify`]):
+//!
+//! * the next one (or the first one, or one of a new epoch): delivered;
+//! * one delivered already (a bus message arriving after history served it): skipped;
+//! * one after a gap: the missing events are read from history and delivered first, in order
+//!   ([`crate::fanout::Fanout::deliver_positioned`]).
+//!
+//! After every re-subscription of the subscriber connection, each room with members here is
+//! caught up the same way even if no further event comes ([`crate::fanout::Fanout::catch_up`]).
+//! Where history cannot serve, the room's sockets get [`missed_events`]. All of it runs under
+//! the room's [`Sequencer`](crate::history::Sequencer) lock, like every other delivery.
+
+use std::collections::HashMap;
+
+use herald_protocol::history::Epoch;
+use herald_protocol::{ChannelName, ErrorCode, Refusal, RoomName, SystemMessage};
+use parking_lot::Mutex;
+
+/// `data.reason` of a [`missed_events`] notice when this instance cannot tell which events
+/// its sockets missed: no event of the room was delivered here since they joined.
+pub const UNKNOWN_POSITION: &str = "unknown_position";
+/// `data.reason` of a [`missed_events`] notice when history could not be read.
+pub const UNAVAILABLE: &str = "unavailable";
+
+/// What to do with a positioned event ([`Positions::classify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Deliver it: it follows the last one, or nothing is known of the room, or its epoch is
+    /// a new one.
+    Deliver,
+    /// Delivered already: skip it.
+    Duplicate,
+    /// Events between `after` and it were not delivered here: read them from history first.
+    Gap {
+        /// The epoch of the last delivered event.
+        epoch: Epoch,
+        /// Its offset.
+        after: u64,
+    },
+}
+
+/// Per room, the epoch and offset of the last event delivered on this instance.
+#[derive(Default)]
+pub struct Positions {
+    rooms: Mutex<HashMap<RoomName, (Epoch, u64)>>,
+}
+
+impl Positions {
+    /// What to do with the event `offset` of `epoch` in `room`.
+    pub fn classify(&self, room: &RoomName, epoch: &str, offset: u64) -> Next {
+        match self.rooms.lock().get(room) {
+            Some((e, last)) if e.as_str() == epoch => {
+                if offset <= *last {
+                    Next::Duplicate
+                } else if offset == *last + 1 {
+                    Next::Deliver
+                } else {
+                    Next::Gap {
+                        epoch: e.clone(),
+                        after: *last,
+                    }
+                }
+            }
+            _ => Next::Deliver,
+        }
+    }
+
+    /// `room`'s last delivered event, if known.
+    pub fn get(&self, room: &RoomName) -> Option<(Epoch, u64)> {
+        self.rooms.lock().get(room).cloned()
+    }
+
+    /// The event `offset` of `epoch` was delivered to `room`'s members here (`members`: it
+    /// had any; a room without members is forgotten, its position would only go stale).
+    pub fn delivered(&self, room: &RoomName, epoch: &str, offset: u64, members: bool) {
+        let mut rooms = self.rooms.lock();
+        if !members {
+            rooms.remove(room);
+            return;
+        }
+        match rooms.get_mut(room) {
+            Some((e, last)) if e.as_str() == epoch => *last = (*last).max(offset),
+            _ => {
+                if let Ok(e) = Epoch::parse(epoch) {
+                    rooms.insert(room.clone(), (e, offset));
+                }
+            }
+        }
+    }
+
+    /// Sets `room`'s position (after a catch-up).
+    pub fn set(&self, room: &RoomName, epoch: Epoch, offset: u64) {
+        self.rooms.lock().insert(room.clone(), (epoch, offset));
+    }
+
+    /// Forgets `room`.
+    pub fn forget(&self, room: &RoomName) {
+        self.rooms.lock().remove(room);
+    }
+
+    /// Keeps only the rooms `keep` says yes to.
+    pub fn retain(&self, keep: impl Fn(&RoomName) -> bool) {
+        self.rooms.lock().retain(|room, _| keep(room));
+    }
+
+    /// How many rooms are remembered.
+    pub fn len(&self) -> usize {
+        self.rooms.lock().len()
+    }
+
+    /// Whether no room is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The `system_message` a room's sockets get when this instance could not deliver some of
+/// the room's events and history cannot fill the gap: `{ "code": "Error", "data": {
+/// "errorCode": "missed_events", "channelName", "reason" } }`, `reason` being
+/// `history_expired`, `epoch_changed`, `history_disabled`, [`UNAVAILABLE`] or
+/// [`UNKNOWN_POSITION`]. The socket stays connected and subscribed; a client that wants the
+/// missed events listens again with `since` (and is told there what can be recovered).
+pub fn missed_events(channel: &ChannelName, reason: &str) -> SystemMessage {
+    let refusal = Refusal::new(
+        ErrorCode::MissedEvents,
+        "events of this channel published while this server's link to the other servers was down could not be delivered; listen again with `since` to recover them",
+    );
+    let mut message = SystemMessage::error(&refusal, Some(channel));
+    if let Some(serde_json::Value::Object(data)) = message.data.as_mut() {
+        data.insert("reason".into(), serde_json::Value::from(reason));
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room() -> RoomName {
+        RoomName::parse("p:c").expect("valid")
+    }
+
+    #[test]
+    fn events_are_next_duplicate_or_after_a_gap() {
+        let p = Positions::default();
+        let r = room();
+        assert_eq!(p.classify(&r, "e", 7), Next::Deliver, "unknown room");
+        p.delivered(&r, "e", 7, true);
+        assert_eq!(p.classify(&r, "e", 8), Next::Deliver);
+        assert_eq!(p.classify(&r, "e", 7), Next::Duplicate);
+        assert_eq!(p.classify(&r, "e", 3), Next::Duplicate);
+        assert_eq!(
+            p.classify(&r, "e", 10),
+            Next::Gap {
+                epoch: Epoch::parse("e").expect("valid"),
+                after: 7
+            }
+        );
+        assert_eq!(p.classify(&r, "f", 1), Next::Deliver, "a new epoch");
+        p.delivered(&r, "e", 5, true);
+        assert_eq!(p.get(&r).map(|x| x.1), Some(7), "never moves back");
+        p.delivered(&r, "f", 1, true);
+        assert_eq!(p.get(&r).map(|x| x.1), Some(1), "a new epoch starts over");
+        p.delivered(&r, "f", 2, false);
+        assert!(p.is_empty(), "a room without members is forgotten");
+    }
+
+    #[test]
+    fn the_notice_names_the_channel_code_and_reason() {
+        let c = ChannelName::parse("c").expect("valid");
+        let v = serde_json::to_value(missed_events(&c, "history_expired")).expect("json");
+        assert_eq!(v["code"], "Error");
+        assert_eq!(v["data"]["errorCode"], "missed_events");
+        assert_eq!(v["data"]["channelName"], "c");
+        assert_eq!(v["data"]["reason"], "history_expired");
+    }
+}
