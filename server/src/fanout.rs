@@ -327,6 +327,14 @@ type Floor = (Sid, u64, std::time::Instant);
 /// Rooms caught up at once after a re-subscription ([`Fanout::catch_up`]).
 const CATCH_UP_CONCURRENCY: usize = 16;
 
+/// Pauses between the tries of a catch-up's history read that failed (the room's sequencer
+/// lock is held meanwhile: its deliveries on this instance wait, at most about a second).
+const CATCH_UP_READ_RETRIES: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(50),
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_millis(800),
+];
+
 /// How long a recovered socket's floor is kept at most ([`Fanout::hold_floor`]): well beyond
 /// the bus's confirmation timeout.
 pub const FLOOR_TTL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -708,18 +716,28 @@ impl Fanout {
             return;
         }
         let after = known.as_ref().map_or(0, |k| k.1);
-        let slice = match src
-            .histories
-            .backend
-            .read(room, settings, ChannelOffset(after), settings.size as usize)
-            .await
-        {
-            Ok(slice) => slice,
-            Err(e) => {
-                metrics::counter!(m::HISTORY_ERRORS).increment(1);
-                tracing::warn!(error = %e, room = %room, "history read failed; the room is told it missed events");
-                self.notify_missed(room, &channel, gap::UNAVAILABLE).await;
-                return;
+        // Right after Redis came back a read may still fail (loading its data, a connection
+        // being re-established): a few tries before the room is told it missed events.
+        let mut tries = CATCH_UP_READ_RETRIES.iter();
+        let slice = loop {
+            match src
+                .histories
+                .backend
+                .read(room, settings, ChannelOffset(after), settings.size as usize)
+                .await
+            {
+                Ok(slice) => break slice,
+                Err(e) => {
+                    metrics::counter!(m::HISTORY_ERRORS).increment(1);
+                    if let Some(pause) = tries.next() {
+                        tracing::debug!(error = %e, room = %room, "history read failed; trying again");
+                        tokio::time::sleep(*pause).await;
+                        continue;
+                    }
+                    tracing::warn!(error = %e, room = %room, "history read failed; the room is told it missed events");
+                    self.notify_missed(room, &channel, gap::UNAVAILABLE).await;
+                    return;
+                }
             }
         };
         let (epoch, top) = (slice.epoch.clone(), slice.top.get());
