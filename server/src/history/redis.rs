@@ -43,9 +43,10 @@ pub const RECENT_IDS: usize = 8;
 /// KEYS: stream, meta. ARGV: id, payload, size, ttl secs, new epoch, meta ttl secs, recent ids.
 /// Returns `{epoch, offset}`. A message id among the channel's [`RECENT_IDS`] latest (the meta
 /// field `r`: ` id=offset` entries, newest last) answers that append's offset instead of
-/// adding a second copy: fred writes a command again after a reconnect, and a command that
-/// timed out may still run, possibly after other instances' appends to the same channel; a
-/// replay or a catch-up would otherwise deliver the event twice. Ids are Herald's UUIDs
+/// adding a second copy. The append is written once ([`LuaScript::run_raw_once`]), so this
+/// is a second line of defence: a re-written append may run after other instances' appends to
+/// the same channel (a replay or a catch-up would otherwise deliver the event twice), and only
+/// the 8 latest are recognised. Ids are Herald's UUIDs
 /// (fixed length, no space or `=`), so a plain search of ` id=` cannot match another entry.
 static APPEND: LuaScript = LuaScript::new(
     r#"
@@ -205,8 +206,13 @@ impl History for RedisHistory {
             meta_ttl.to_string(),
             RECENT_IDS.to_string(),
         ];
+        // Written once: fred re-writes an in-flight command after a reconnect, and an append
+        // that timed out (Redis paused) may still run when Redis resumes; a second write
+        // would then add the event again at a later offset, beyond the reach of the
+        // re-sent-append check when other appends came in between. Failing instead is the
+        // honest answer (`503`; the first write may still run, once).
         let reply = APPEND
-            .run_raw(&self.client, keys, args)
+            .run_raw_once(&self.client, keys, args)
             .await
             .map_err(history_error)?;
         let mut items = array(reply).map_err(HistoryError::Backend)?.into_iter();

@@ -545,6 +545,45 @@ impl LuaScript {
         client.evalsha(sha, keys, args).await
     }
 
+    /// Runs the script with a single write: after a reconnect fred does not write it again
+    /// (its `max_command_attempts` would), so a script that must not run twice (an append)
+    /// fails instead. It may still run once after failing: a write that timed out can run
+    /// when Redis resumes. fred 10.1's `WithOptions` has no `LuaInterface`, so `EVALSHA` goes
+    /// as a custom command (hashed on its first key, like fred's own).
+    pub(crate) async fn run_raw_once(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> Result<Value, RedisError> {
+        use fred::interfaces::ClientLike;
+        use fred::types::config::Options;
+        use fred::types::{ClusterHash, CustomCommand};
+        let once = client.with_options(&Options {
+            max_attempts: Some(1),
+            ..Default::default()
+        });
+        let evalsha = |sha: &str| {
+            let mut parts = Vec::with_capacity(2 + keys.len() + args.len());
+            parts.push(sha.to_owned());
+            parts.push(keys.len().to_string());
+            parts.extend(keys.iter().cloned());
+            parts.extend(args.iter().cloned());
+            // The first key is the third argument (after the sha and the key count).
+            let cmd = CustomCommand::new_static("EVALSHA", ClusterHash::Offset(2), false);
+            once.custom::<Value, _>(cmd, parts)
+        };
+        if let Some(sha) = self.sha.get() {
+            match evalsha(sha).await {
+                Err(e) if e.details().starts_with("NOSCRIPT") => {}
+                other => return other,
+            }
+        }
+        let sha: String = client.script_load(self.source).await?;
+        let _ = self.sha.set(sha.clone());
+        evalsha(&sha).await
+    }
+
     async fn run(
         &self,
         client: &Client,
