@@ -31,6 +31,7 @@ export type ServerErrorCode =
   | 'not_joined'
   | 'client_event_not_allowed'
   | 'slow_consumer'
+  | 'missed_events'
   | 'request_timeout'
   | 'too_many_connections'
   | 'at_capacity'
