@@ -176,6 +176,46 @@ impl RecoveryFailure {
     }
 }
 
+/// Why an instance could not deliver some events of a channel to its sockets (Redis mode,
+/// after its bus subscription was down): `data.reason` of the [`missed_events`] notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MissedEventsReason {
+    /// History could not fill the gap: expired, epoch changed or disabled.
+    History(RecoveryFailure),
+    /// History could not be read.
+    Unavailable,
+    /// No event of the channel had reached the instance since its sockets started listening,
+    /// so which events they missed cannot be told (the notice may be needless).
+    UnknownPosition,
+}
+
+impl MissedEventsReason {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MissedEventsReason::History(failure) => failure.as_str(),
+            MissedEventsReason::Unavailable => "unavailable",
+            MissedEventsReason::UnknownPosition => "unknown_position",
+        }
+    }
+}
+
+/// The `system_message` a channel's sockets get when their instance could not deliver some of
+/// the channel's events and history cannot fill the gap: `{ "code": "Error", "data": {
+/// "errorCode": "missed_events", "channelName", "reason" } }`. The socket stays connected and
+/// subscribed; a client that wants the missed events listens again with `since`.
+pub fn missed_events(channel: &ChannelName, reason: MissedEventsReason) -> crate::SystemMessage {
+    let refusal = Refusal::new(
+        ErrorCode::MissedEvents,
+        "events of this channel published while this server's link to the other servers was down could not be delivered; listen again with `since` to recover them",
+    );
+    let mut message = crate::SystemMessage::error(&refusal, Some(channel));
+    if let Some(Value::Object(data)) = message.data.as_mut() {
+        data.insert("reason".into(), Value::from(reason.as_str()));
+    }
+    message
+}
+
 /// What a `listen` with `since` recovered; flattened into the listen ack:
 /// `{ "ok": true, "recovered": true, "epoch": "…", "offset": 42 }` or
 /// `{ "ok": true, "recovered": false, "reason": "epoch_changed", "epoch": "…", "offset": 3 }`.
@@ -382,6 +422,18 @@ pub struct HistoryPage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_notice_names_the_channel_code_and_reason() {
+        let c = ChannelName::parse("c").expect("valid");
+        let reason = MissedEventsReason::History(RecoveryFailure::HistoryExpired);
+        let v = serde_json::to_value(missed_events(&c, reason)).expect("json");
+        assert_eq!(v["code"], "Error");
+        assert_eq!(v["data"]["errorCode"], "missed_events");
+        assert_eq!(v["data"]["channelName"], "c");
+        assert_eq!(v["data"]["reason"], "history_expired");
+    }
+
     use serde_json::json;
 
     #[test]

@@ -50,8 +50,8 @@ pub use api::{ApiKeyId, ApiKeyScope, ApiKeyToken};
 pub use claims::ChannelTokenClaims;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail, Refusal};
 pub use history::{
-    ChannelOffset, Epoch, HistorySettings, ListenAck, ListenAnswer, Recovery, RecoveryFailure,
-    StreamPosition,
+    ChannelOffset, Epoch, HistorySettings, ListenAck, ListenAnswer, MissedEventsReason, Recovery,
+    RecoveryFailure, StreamPosition,
 };
 pub use messages::{
     Ack, ChannelEvent, ClientEvent, HandshakeAuth, ListenRequest, RemoveRequest, SystemMessage,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use herald_protocol::RoomName;
+use herald_protocol::{MissedEventsReason, RoomName};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
@@ -693,7 +693,6 @@ impl Fanout {
     /// from history, or sends the room a `missed_events` notice; the caller holds the room's
     /// sequencer lock.
     async fn catch_up_room(&self, room: &RoomName, known: Option<(herald_protocol::Epoch, u64)>) {
-        use crate::redis::gap;
         use herald_protocol::history::ChannelOffset;
         let Some(src) = self.history.get() else {
             return;
@@ -709,7 +708,7 @@ impl Fanout {
                 self.notify_missed(
                     room,
                     &channel,
-                    herald_protocol::RecoveryFailure::HistoryDisabled.as_str(),
+                    MissedEventsReason::History(herald_protocol::RecoveryFailure::HistoryDisabled),
                 )
                 .await;
             }
@@ -735,7 +734,8 @@ impl Fanout {
                         continue;
                     }
                     tracing::warn!(error = %e, room = %room, "history read failed; the room is told it missed events");
-                    self.notify_missed(room, &channel, gap::UNAVAILABLE).await;
+                    self.notify_missed(room, &channel, MissedEventsReason::Unavailable)
+                        .await;
                     return;
                 }
             }
@@ -748,7 +748,7 @@ impl Fanout {
                 && top > 0
             {
                 self.positions.set(room, epoch, top);
-                self.notify_missed(room, &channel, gap::UNKNOWN_POSITION)
+                self.notify_missed(room, &channel, MissedEventsReason::UnknownPosition)
                     .await;
             }
             return;
@@ -774,7 +774,7 @@ impl Fanout {
                     });
                     let Ok(raw) = encoded else {
                         tracing::error!(offset = %offset, room = %room, "history event not encodable");
-                        lost = Some(herald_protocol::RecoveryFailure::HistoryExpired.as_str());
+                        lost = Some(herald_protocol::RecoveryFailure::HistoryExpired);
                         break;
                     };
                     let skip = self.skip_floors(room, &raw);
@@ -799,14 +799,15 @@ impl Fanout {
                 }
                 lost
             }
-            crate::history::Decision::Lost(reason) => Some(reason.as_str()),
+            crate::history::Decision::Lost(reason) => Some(reason),
         };
         if let Some(reason) = lost {
             match epoch {
                 Some(epoch) => self.positions.set(room, epoch, top),
                 None => self.positions.forget(room),
             }
-            self.notify_missed(room, &channel, reason).await;
+            self.notify_missed(room, &channel, MissedEventsReason::History(reason))
+                .await;
         }
     }
 
@@ -815,11 +816,11 @@ impl Fanout {
         &self,
         room: &RoomName,
         channel: &herald_protocol::ChannelName,
-        reason: &str,
+        reason: MissedEventsReason,
     ) {
         metrics::counter!(m::BUS_GAPS, "outcome" => "notified").increment(1);
-        tracing::warn!(room = %room, reason, "events missed and not recoverable here; the room's sockets are told");
-        let message = crate::redis::gap::missed_events(channel, reason);
+        tracing::warn!(room = %room, reason = reason.as_str(), "events missed and not recoverable here; the room's sockets are told");
+        let message = herald_protocol::history::missed_events(channel, reason);
         let Ok(raw) = serde_json::value::to_raw_value(&message) else {
             return;
         };

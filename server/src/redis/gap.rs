@@ -13,20 +13,15 @@
 //!
 //! After every re-subscription of the subscriber connection, each room with members here is
 //! caught up the same way even if no further event comes ([`crate::fanout::Fanout::catch_up`]).
-//! Where history cannot serve, the room's sockets get [`missed_events`]. All of it runs under
+//! Where history cannot serve, the room's sockets get
+//! [`herald_protocol::history::missed_events`]. All of it runs under
 //! the room's [`Sequencer`](crate::history::Sequencer) lock, like every other delivery.
 
 use std::collections::HashMap;
 
+use herald_protocol::RoomName;
 use herald_protocol::history::Epoch;
-use herald_protocol::{ChannelName, ErrorCode, Refusal, RoomName, SystemMessage};
 use parking_lot::Mutex;
-
-/// `data.reason` of a [`missed_events`] notice when this instance cannot tell which events
-/// its sockets missed: no event of the room was delivered here since they joined.
-pub const UNKNOWN_POSITION: &str = "unknown_position";
-/// `data.reason` of a [`missed_events`] notice when history could not be read.
-pub const UNAVAILABLE: &str = "unavailable";
 
 /// What to do with a positioned event ([`Positions::classify`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,24 +115,6 @@ impl Positions {
     }
 }
 
-/// The `system_message` a room's sockets get when this instance could not deliver some of
-/// the room's events and history cannot fill the gap: `{ "code": "Error", "data": {
-/// "errorCode": "missed_events", "channelName", "reason" } }`, `reason` being
-/// `history_expired`, `epoch_changed`, `history_disabled`, [`UNAVAILABLE`] or
-/// [`UNKNOWN_POSITION`]. The socket stays connected and subscribed; a client that wants the
-/// missed events listens again with `since` (and is told there what can be recovered).
-pub fn missed_events(channel: &ChannelName, reason: &str) -> SystemMessage {
-    let refusal = Refusal::new(
-        ErrorCode::MissedEvents,
-        "events of this channel published while this server's link to the other servers was down could not be delivered; listen again with `since` to recover them",
-    );
-    let mut message = SystemMessage::error(&refusal, Some(channel));
-    if let Some(serde_json::Value::Object(data)) = message.data.as_mut() {
-        data.insert("reason".into(), serde_json::Value::from(reason));
-    }
-    message
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,15 +146,5 @@ mod tests {
         assert_eq!(p.get(&r).map(|x| x.1), Some(1), "a new epoch starts over");
         p.delivered(&r, "f", 2, false);
         assert!(p.is_empty(), "a room without members is forgotten");
-    }
-
-    #[test]
-    fn the_notice_names_the_channel_code_and_reason() {
-        let c = ChannelName::parse("c").expect("valid");
-        let v = serde_json::to_value(missed_events(&c, "history_expired")).expect("json");
-        assert_eq!(v["code"], "Error");
-        assert_eq!(v["data"]["errorCode"], "missed_events");
-        assert_eq!(v["data"]["channelName"], "c");
-        assert_eq!(v["data"]["reason"], "history_expired");
     }
 }
