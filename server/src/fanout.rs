@@ -284,6 +284,7 @@ pub trait Bus: Send + Sync + 'static {
 /// Room operations across both transports and every instance.
 pub struct Fanout {
     direct: Arc<DirectRooms>,
+    sse: Arc<crate::sse::SseRooms>,
     sio: OnceLock<Box<dyn SioRooms>>,
     /// Admitted socketioxide sockets on this instance: while there are none, broadcasts skip
     /// socketioxide altogether.
@@ -345,6 +346,7 @@ impl Fanout {
     pub fn new(direct: Arc<DirectRooms>) -> Self {
         Self {
             direct,
+            sse: Arc::new(crate::sse::SseRooms::new()),
             sio: OnceLock::new(),
             sio_sockets: AtomicUsize::new(0),
             bus: OnceLock::new(),
@@ -380,6 +382,11 @@ impl Fanout {
     /// The direct transport's sockets and rooms.
     pub fn direct(&self) -> &Arc<DirectRooms> {
         &self.direct
+    }
+
+    /// The SSE transport's streams and rooms.
+    pub fn sse(&self) -> &Arc<crate::sse::SseRooms> {
+        &self.sse
     }
 
     /// Per-room ordering of publishes, bus events and recoveries on this instance
@@ -521,31 +528,35 @@ impl Fanout {
         let position = (event == herald_protocol::messages::event_names::EVENT)
             .then(|| serde_json::from_str::<Position<'_>>(data.get()).ok())
             .flatten();
-        let (frame, tag) = match &position {
+        let positioned = match &position {
             Some(Position {
                 channel,
                 offset: Some(offset),
                 epoch: Some(epoch),
-            }) => match herald_protocol::ChannelName::parse(channel) {
-                Ok(channel) => (
-                    frame::text(&packet::event_marked(
-                        event,
-                        data.get(),
-                        &herald_protocol::csr::marker(
-                            herald_protocol::ChannelOffset(*offset),
-                            &channel,
-                        ),
-                    )),
-                    Some(crate::direct::EventTag {
-                        offset: *offset,
-                        epoch,
-                    }),
-                ),
-                Err(_) => (frame::text(&packet::event(event, data.get())), None),
-            },
-            _ => (frame::text(&packet::event(event, data.get())), None),
+            }) => herald_protocol::ChannelName::parse(channel)
+                .ok()
+                .map(|channel| (channel, *offset, epoch.as_ref())),
+            _ => None,
+        };
+        let (frame, tag) = match &positioned {
+            Some((channel, offset, epoch)) => (
+                frame::text(&packet::event_marked(
+                    event,
+                    data.get(),
+                    &herald_protocol::csr::marker(herald_protocol::ChannelOffset(*offset), channel),
+                )),
+                Some(crate::direct::EventTag {
+                    offset: *offset,
+                    epoch,
+                }),
+            ),
+            None => (frame::text(&packet::event(event, data.get())), None),
         };
         let mut report = self.direct.emit(room, &frame, skip, tag).await;
+        if !self.sse.is_empty() {
+            let tag = positioned.as_ref().map(|(c, o, e)| (c, *e, *o));
+            report += self.sse.emit(room, event, data.get(), skip, tag).await;
+        }
         if self.sio_sockets.load(Ordering::Relaxed) > 0
             && let Some(sio) = self.sio.get()
         {
@@ -663,6 +674,7 @@ impl Fanout {
         use futures_util::StreamExt;
         let mut rooms: std::collections::HashSet<RoomName> =
             self.direct.rooms().into_iter().collect();
+        rooms.extend(self.sse.rooms());
         if self.sio_sockets.load(Ordering::Relaxed) > 0
             && let Some(sio) = self.sio.get()
         {
@@ -858,6 +870,7 @@ impl Fanout {
     /// Disconnects this instance's sockets in `room`.
     pub async fn disconnect_local(&self, room: &RoomName) {
         self.direct.disconnect(room);
+        self.sse.disconnect(room);
         if let Some(sio) = self.sio.get() {
             sio.disconnect_local(room).await;
         }
@@ -906,6 +919,7 @@ impl Fanout {
     /// Closes every local socket (shutdown).
     pub async fn close(&self) {
         self.direct.close_all();
+        self.sse.close_all();
         if let Some(sio) = self.sio.get() {
             sio.close().await;
         }
@@ -973,7 +987,7 @@ mod tests {
         io.disconnect_local(&room).await;
         let local = crate::gateway::GatewaySockets::new(
             io,
-            Arc::new(DirectRooms::new()),
+            &Fanout::new(Arc::new(DirectRooms::new())),
             Arc::new(crate::tracking::memory::MemoryTracker::new()),
         );
         assert!(local.keys_in_use().is_empty());

@@ -1145,19 +1145,17 @@ fn revoked_refusal() -> Refusal {
 pub struct GatewaySockets<A: Adapter> {
     io: SocketIo<A>,
     direct: Arc<DirectRooms>,
+    sse: Arc<crate::sse::SseRooms>,
     tracker: Arc<dyn ConnectionTracker>,
 }
 
 impl<A: Adapter> GatewaySockets<A> {
-    /// Wraps the Socket.IO handle and the direct transport's sockets.
-    pub fn new(
-        io: SocketIo<A>,
-        direct: Arc<DirectRooms>,
-        tracker: Arc<dyn ConnectionTracker>,
-    ) -> Self {
+    /// Wraps the Socket.IO handle and the fan-out's direct sockets and SSE streams.
+    pub fn new(io: SocketIo<A>, fanout: &Fanout, tracker: Arc<dyn ConnectionTracker>) -> Self {
         Self {
             io,
-            direct,
+            direct: fanout.direct().clone(),
+            sse: fanout.sse().clone(),
             tracker,
         }
     }
@@ -1237,15 +1235,22 @@ impl<A: Adapter> GatewaySockets<A> {
                 affected += usize::from(self.revoke_on(c.as_ref(), revoked, reason).await);
             }
         }
+        for c in self.sse.connections() {
+            if in_project(c.session()) {
+                affected += usize::from(self.revoke_on(c.as_ref(), revoked, reason).await);
+            }
+        }
         affected
     }
 
     fn sessions(&self) -> Vec<Arc<Session>> {
         let direct = self.direct.connections();
+        let sse = self.sse.connections();
         self.sio_sockets()
             .into_iter()
             .filter_map(|s| session(&s))
             .chain(direct.iter().filter_map(|c| c.session()))
+            .chain(sse.iter().filter_map(|c| c.session()))
             .collect()
     }
 }
