@@ -94,8 +94,9 @@ async function openStream(url, headers = {}) {
           else if (m.data.length > 0) stream.messages.push({ ...m, data: JSON.parse(m.data.join('\n')) });
         }
       }
-    } catch {
-      // aborted
+    } catch (e) {
+      // Aborted by close(), or the connection broke before the stream's end.
+      stream.error = e;
     }
     stream.ended = true;
   })();
@@ -313,6 +314,22 @@ describe('SSE (embedded mode)', () => {
       assert.equal(s.ended, false);
     } finally {
       s.close();
+    }
+  });
+});
+
+describe('SSE and a graceful shutdown', () => {
+  it('a shutting-down server ends its streams cleanly (the client reconnects elsewhere)', T, async () => {
+    const h = await startHerald();
+    try {
+      const { id } = await project(h);
+      const s = await openStream(streamUrl(h.url, id, { channels: ['bye'] }));
+      await waitFor(() => successOf(s, 'bye'), 5000, 'listening');
+      await h.stop();
+      await waitFor(() => s.ended, 5000, 'the stream ended');
+      assert.equal(s.error, undefined, 'the stream ended with its last chunk, not a broken connection');
+    } finally {
+      await h.stop().catch(() => {});
     }
   });
 });
