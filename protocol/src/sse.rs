@@ -331,12 +331,16 @@ mod tests {
     fn cursor_round_trips_and_refuses_what_it_did_not_write() {
         let mut c = Cursor::default();
         let (a, b) = (
-            ChannelName::parse("a.b,c;d=e@f").unwrap(),
-            ChannelName::parse("z").unwrap(),
+            ChannelName::parse("a.b,c;d=e@f").expect("valid"),
+            ChannelName::parse("z").expect("valid"),
         );
-        c.set(&a, &Epoch::parse("E-1_x").unwrap(), ChannelOffset(3));
-        c.set(&b, &Epoch::parse("f").unwrap(), ChannelOffset(u64::MAX));
-        c.set(&a, &Epoch::parse("E-1_x").unwrap(), ChannelOffset(4));
+        c.set(&a, &Epoch::parse("E-1_x").expect("valid"), ChannelOffset(3));
+        c.set(
+            &b,
+            &Epoch::parse("f").expect("valid"),
+            ChannelOffset(u64::MAX),
+        );
+        c.set(&a, &Epoch::parse("E-1_x").expect("valid"), ChannelOffset(4));
         assert_eq!(Cursor::parse(&c.encode()), Ok(c.clone()));
         assert_eq!(Cursor::parse("v1"), Ok(Cursor::default()));
         for bad in [
