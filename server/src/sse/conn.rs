@@ -307,14 +307,13 @@ impl SseRooms {
         self.conns.lock().is_empty()
     }
 
-    /// Registers a new stream in its set-up phase; the [`Registration`] unregisters it.
+    /// Registers a new stream in its set-up phase; its [`Registration`] unregisters it.
     pub fn register(
         self: &Arc<Self>,
-        gateway: Gateway,
         socket_buffer: usize,
         wire: Option<Arc<TcpStream>>,
         close_timeout: Duration,
-    ) -> (Registration, mpsc::Receiver<Chunk>) {
+    ) -> (Arc<SseConn>, mpsc::Receiver<Chunk>) {
         let capacity = socket_buffer.max(2);
         let (tx, rx) = mpsc::channel(capacity);
         let conn = Arc::new(SseConn {
@@ -334,14 +333,7 @@ impl SseRooms {
         });
         self.conns.lock().insert(conn.sid, conn.clone());
         metrics::gauge!(m::SSE_STREAMS).increment(1.0);
-        (
-            Registration {
-                conn,
-                rooms: self.clone(),
-                gateway,
-            },
-            rx,
-        )
+        (conn, rx)
     }
 
     fn get(&self, sid: Sid) -> Option<Arc<SseConn>> {
@@ -457,21 +449,20 @@ impl SseRooms {
 /// disconnect clean-up (gauges, tracking entries) in a task of its own.
 pub struct Registration {
     conn: Arc<SseConn>,
-    rooms: Arc<SseRooms>,
     gateway: Gateway,
 }
 
 impl Registration {
-    /// The stream.
-    pub fn conn(&self) -> &Arc<SseConn> {
-        &self.conn
+    /// Takes over the clean-up of `conn` (registered by [`SseRooms::register`]).
+    pub fn new(conn: Arc<SseConn>, gateway: Gateway) -> Self {
+        Self { conn, gateway }
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.conn.close(SseClose::Refused);
-        self.rooms.unregister(&self.conn);
+        self.conn.rooms.unregister(&self.conn);
         let Some(session) = self.conn.session.get().cloned() else {
             return;
         };
@@ -567,4 +558,95 @@ pub fn body(
         }
     });
     axum::body::Body::from_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The set-up phase's order: replays and `Success` messages first, live events parked
+    //! behind them with their cursors; a full queue closes the stream.
+    use super::*;
+    use herald_protocol::ChannelOffset;
+    use serde_json::value::RawValue;
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).expect("json")
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Chunk>) -> String {
+        let mut out = String::new();
+        while let Ok(c) = rx.try_recv() {
+            out.push_str(std::str::from_utf8(&c.shared).expect("utf-8"));
+            out.push_str(std::str::from_utf8(&c.own).expect("utf-8"));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn live_events_of_the_set_up_come_after_it_with_their_cursors() {
+        let rooms = Arc::new(SseRooms::new());
+        let (conn, mut rx) = rooms.register(8, None, Duration::from_secs(1));
+        let room = RoomName::parse("p:news").expect("room");
+        let channel = ChannelName::parse("news").expect("channel");
+        let epoch = Epoch::parse("e").expect("epoch");
+        conn.join(&room);
+        let events = [
+            (raw("{\"n\":1}"), ChannelOffset(1)),
+            (raw("{\"n\":2}"), ChannelOffset(2)),
+        ];
+        conn.send_replay(&Replay {
+            room: &room,
+            channel: &channel,
+            epoch: Some(&epoch),
+            events: &events,
+        });
+        // A live event arrives before the channel's Success is sent: it waits.
+        let report = rooms
+            .emit(&room, "event", "{\"n\":3}", &[], Some((&channel, "e", 3)))
+            .await;
+        assert_eq!(report.queued, 1);
+        conn.note_position(&channel, &epoch, 2);
+        conn.send_system(&SystemMessage::success("listening to news", &channel));
+        assert_eq!(drain(&mut rx), "", "nothing is queued during the set-up");
+        let first = String::from_utf8(conn.finish_setup().to_vec()).expect("utf-8");
+        assert_eq!(
+            first,
+            "retry: 2000\n\n\
+             event: event\ndata: {\"n\":1}\nid: v1|news:e:1\n\n\
+             event: event\ndata: {\"n\":2}\nid: v1|news:e:2\n\n\
+             event: system_message\ndata: {\"code\":\"Success\",\"message\":\"listening to news\",\"data\":{\"channelName\":\"news\"}}\nid: v1|news:e:2\n\n"
+        );
+        assert_eq!(
+            drain(&mut rx),
+            "event: event\ndata: {\"n\":3}\nid: v1|news:e:3\n\n"
+        );
+        // Live now: queued at once, with the cursor after it.
+        rooms
+            .emit(&room, "event", "{\"n\":4}", &[], Some((&channel, "e", 4)))
+            .await;
+        assert_eq!(
+            drain(&mut rx),
+            "event: event\ndata: {\"n\":4}\nid: v1|news:e:4\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_closes_the_stream_as_a_slow_consumer() {
+        let rooms = Arc::new(SseRooms::new());
+        let (conn, _rx) = rooms.register(2, None, Duration::from_secs(1));
+        let room = RoomName::parse("p:c").expect("room");
+        conn.join(&room);
+        let _ = conn.finish_setup();
+        let mut queued = 0;
+        for _ in 0..3 {
+            queued += rooms.emit(&room, "event", "1", &[], None).await.queued;
+        }
+        assert_eq!(queued, 2);
+        assert_eq!(conn.closing.get(), Some(&SseClose::SlowConsumer));
+        assert!(!conn.is_connected());
+        // Nothing more is queued once closing.
+        assert_eq!(
+            rooms.emit(&room, "event", "1", &[], None).await.not_queued,
+            1
+        );
+    }
 }

@@ -118,13 +118,12 @@ async fn open(t: &SseTransport, asked: Asked) -> Result<Response, Refusal> {
         wanted.push((channel, Some(token)));
     }
 
-    let (registration, rx) = gw.fanout.sse().register(
-        gw.clone(),
+    let (conn, rx) = gw.fanout.sse().register(
         t.settings.socket_buffer,
         asked.wire,
         t.settings.close_timeout,
     );
-    let conn = registration.conn().clone();
+    let registration = conn::Registration::new(conn.clone(), gw.clone());
     let auth = json!({ "projectId": query.project_id });
     let project = gateway::check_handshake(gw, conn.id(), Some(&auth))
         .await
