@@ -1526,6 +1526,10 @@ pub const ALL: &[&str] = &[
     "history",
 ];
 
+/// Scenarios a `--quick` run leaves out unless named: `sse` takes about 10 s at quick sizes,
+/// more than the smoke test may grow by.
+pub const FULL_ONLY: &[&str] = &["sse"];
+
 /// Runs scenario `name` for `kind`.
 pub async fn run(ctx: &mut Ctx, name: &str, kind: Kind) -> anyhow::Result<()> {
     ctx.scenario = name.to_owned();
