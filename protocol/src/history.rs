@@ -184,8 +184,9 @@ pub enum MissedEventsReason {
     History(RecoveryFailure),
     /// History could not be read.
     Unavailable,
-    /// No event of the channel had reached the instance since its sockets started listening,
-    /// so which events they missed cannot be told (the notice may be needless).
+    /// The instance knew no position of the channel (no event had reached it since its
+    /// sockets started listening, and their joins told none), so which events they missed
+    /// cannot be told (the notice may be needless).
     UnknownPosition,
 }
 

@@ -422,6 +422,16 @@ impl Fanout {
         Ok(report)
     }
 
+    /// A socket joined `room` at `offset` of `epoch` (its listen's answer, under the room's
+    /// sequencer lock). Redis mode: the room's position when it had none
+    /// ([`crate::redis::gap::Positions::joined`]), so a catch-up after a subscription gap
+    /// replays from there instead of telling the room it may have missed events.
+    pub fn joined_at(&self, room: &RoomName, epoch: &herald_protocol::Epoch, offset: u64) {
+        if self.bus.get().is_some() {
+            self.positions.joined(room, epoch, offset);
+        }
+    }
+
     /// Redis mode: `sid` just got `room`'s events up to `offset` from history; the events of
     /// the room other instances send on the bus up to that offset are not delivered to it
     /// again. (Another instance appends an event before this one read the history, and its

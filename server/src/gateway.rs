@@ -503,10 +503,13 @@ async fn listen_plain<P: Peer>(
         return (outcome, None);
     }
     let position = match gw.histories.backend.position(&room).await {
-        Ok(p) => Some(ListenAnswer::Position(StreamPosition {
-            offset: p.offset,
-            epoch: p.epoch,
-        })),
+        Ok(p) => {
+            gw.fanout.joined_at(&room, &p.epoch, p.offset.get());
+            Some(ListenAnswer::Position(StreamPosition {
+                offset: p.offset,
+                epoch: p.epoch,
+            }))
+        }
         Err(e) => {
             if let Some(p) = backend_faults().check(&"history_position") {
                 tracing::warn!(error = %e, suppressed = p.suppressed, "history position unavailable; plain listen ack");
@@ -556,6 +559,9 @@ async fn listen_tracked<P: Peer>(
     if outcome.is_err() && !session.channels.lock().contains_key(&channel) {
         session.drop_sub(&room);
     }
+    if let (Ok(_), Some(p)) = (&outcome, &position) {
+        gw.fanout.joined_at(&room, &p.epoch, p.offset.get());
+    }
     let answer = position.map(|p| {
         ListenAnswer::Position(StreamPosition {
             offset: p.offset,
@@ -566,8 +572,24 @@ async fn listen_tracked<P: Peer>(
 }
 
 /// Reads the history after `since` and sends the missed events to `s`, oldest first; the
-/// caller holds the room's sequencer lock.
+/// caller holds the room's sequencer lock. The socket then stands at the channel's latest
+/// offset, recovered or not ([`Fanout::joined_at`]).
 async fn recover<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    room: &RoomName,
+    channel: &ChannelName,
+    settings: HistorySettings,
+    since: &StreamPosition,
+) -> Recovery {
+    let recovery = replay_since(s, gw, room, channel, settings, since).await;
+    if let (Some(epoch), Some(offset)) = (&recovery.epoch, recovery.offset) {
+        gw.fanout.joined_at(room, epoch, offset.get());
+    }
+    recovery
+}
+
+async fn replay_since<P: Peer>(
     s: &P,
     gw: &Gateway,
     room: &RoomName,

@@ -89,6 +89,18 @@ impl Positions {
         }
     }
 
+    /// A socket joined `room` at `offset` of `epoch` (what its listen answered, read under the
+    /// room's sequencer lock): the room's position when none is known yet, so a catch-up
+    /// knows where the room's sockets stand even before a first event reached them here.
+    /// A known position is kept: the room's other sockets may still be waiting for events
+    /// up to it.
+    pub fn joined(&self, room: &RoomName, epoch: &Epoch, offset: u64) {
+        self.rooms
+            .lock()
+            .entry(room.clone())
+            .or_insert_with(|| (epoch.clone(), offset));
+    }
+
     /// Sets `room`'s position (after a catch-up).
     pub fn set(&self, room: &RoomName, epoch: Epoch, offset: u64) {
         self.rooms.lock().insert(room.clone(), (epoch, offset));
@@ -121,6 +133,22 @@ mod tests {
 
     fn room() -> RoomName {
         RoomName::parse("p:c").expect("valid")
+    }
+
+    #[test]
+    fn a_join_sets_an_unknown_position_only() {
+        let p = Positions::default();
+        let (r, e) = (room(), Epoch::parse("e").expect("valid"));
+        p.joined(&r, &e, 4);
+        assert_eq!(p.get(&r), Some((e.clone(), 4)));
+        assert_eq!(p.classify(&r, "e", 4), Next::Duplicate, "before the join");
+        assert_eq!(p.classify(&r, "e", 5), Next::Deliver);
+        p.joined(&r, &e, 9);
+        assert_eq!(
+            p.get(&r),
+            Some((e, 4)),
+            "the room's earlier sockets still wait for 5..9"
+        );
     }
 
     #[test]
