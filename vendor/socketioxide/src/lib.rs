@@ -354,6 +354,13 @@ pub use errors::{
 };
 pub use io::{ParserConfig, SocketIo, SocketIoBuilder, SocketIoConfig};
 
+/// Herald: a socket's Socket.IO connection state recovery session id. A connect middleware
+/// that inserts it in the socket's [`extensions`](socket::Socket::extensions) makes the
+/// CONNECT reply `{"sid": …, "pid": …}` (protocol v5), which `socket.io-client` (v4.6+)
+/// keeps and presents again on reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectPid(pub String);
+
 mod client;
 mod errors;
 mod io;

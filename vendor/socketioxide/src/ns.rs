@@ -169,9 +169,20 @@ impl<A: Adapter> Namespace<A> {
 
         let protocol = esocket.protocol.into();
         let payload = ConnectPacket { sid: socket.id };
-        let payload = match protocol {
-            ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
-            ProtocolVersion::V4 => None,
+        // Herald: a `ConnectPid` a middleware left in the extensions joins the payload.
+        #[cfg(feature = "extensions")]
+        let pid = socket.extensions.get::<crate::ConnectPid>(); // Herald
+        #[cfg(not(feature = "extensions"))]
+        let pid: Option<crate::ConnectPid> = None; // Herald
+        let payload = match (protocol, pid) {
+            // Herald: `{"sid": …, "pid": …}`.
+            (ProtocolVersion::V5, Some(crate::ConnectPid(pid))) => Some(
+                self.parser
+                    .encode_default(&ConnectPidPacket { sid: socket.id, pid }) // Herald
+                    .unwrap(),
+            ),
+            (ProtocolVersion::V5, None) => Some(self.parser.encode_default(&payload).unwrap()), // Herald: `None` arm
+            (ProtocolVersion::V4, _) => None, // Herald: `_`
         };
         if let Err(_e) = socket.send(Packet::connect(self.path.clone(), payload)) {
             #[cfg(feature = "tracing")]
@@ -255,6 +266,13 @@ impl<A: Adapter> Namespace<A> {
             tracing::debug!(?err, ?self.path, "could not close adapter");
         }
     }
+}
+
+/// Herald: the CONNECT payload with a connection state recovery pid.
+#[derive(serde::Serialize)]
+struct ConnectPidPacket {
+    sid: Sid,
+    pid: String,
 }
 
 /// A type erased emitter to discard the adapter type parameter `A`.

@@ -717,7 +717,10 @@ impl<A: Adapter> Socket<A> {
     /// # Close the engine.io connection if it is not already closed.
     ///
     /// Return a future that resolves when the underlying transport is closed.
-    pub(crate) async fn close_underlying_transport(&self) {
+    ///
+    /// Herald: public, so a socket whose recovery failed after its CONNECT reply can be made to
+    /// reconnect (a namespace DISCONNECT would stop `socket.io-client` from reconnecting).
+    pub async fn close_underlying_transport(&self) { // Herald: `pub` (was `pub(crate)`)
         if !self.esocket.is_closed() {
             #[cfg(feature = "tracing")]
             tracing::debug!("closing underlying transport for socket: {}", self.id);
