@@ -5,13 +5,12 @@
 // window, a revoked key) is a fresh session (`recovered === false`, no channels). Embedded
 // mode, and Redis mode with three instances where the reconnect lands on another one.
 //
-// socket.io-client reconnects through a small TCP proxy of the test's: it holds new
-// connections while events are published (so "while away" does not race the client's
+// socket.io-client reconnects through a small TCP proxy of the test's: it holds new Engine.IO
+// sessions while events are published (so "while away" does not race the client's
 // reconnection timer) and chooses the instance they reach.
 //
-// Direct WebSocket transport (`transports: ["websocket"]`). socketioxide's polling transport
-// issues no pid yet (docs/PROTOCOL.md, "Connection state recovery"), so a polling client
-// reconnects as a fresh session.
+// Both transports: Herald's direct WebSocket (`transports: ["websocket"]`), and socketioxide's:
+// the client's default (HTTP long-polling, then the upgrade to WebSocket) and polling only.
 
 import assert from 'node:assert/strict';
 import net from 'node:net';
@@ -38,8 +37,10 @@ const T = { timeout: 60_000 };
 const WINDOW_SECS = 4;
 
 /**
- * A TCP proxy to one of several Herald instances. `hold()` parks new connections until
- * `release(target)`, which sends them (and later ones) to `target`'s port.
+ * A TCP proxy to one of several Herald instances. `hold()` parks new connections that open an
+ * Engine.IO session (a request without `sid`: a handshake) until `release(target)`, which sends
+ * them (and later ones) to `target`'s port. The requests of sessions already open (a polling
+ * client's close, its last polls) go through: the server sees the old session end.
  */
 async function startSwitch(target) {
   let port = new URL(target.url).port;
@@ -63,8 +64,19 @@ async function startSwitch(target) {
   };
   const server = net.createServer((client) => {
     client.on('error', () => {});
-    if (held) held.push(client);
-    else pipe(client);
+    if (!held) {
+      pipe(client);
+      return;
+    }
+    // Node's socket.io-client opens a connection per polling request: the first line says
+    // whether it belongs to an open session.
+    client.once('data', (first) => {
+      client.pause();
+      client.unshift(first);
+      const requestLine = first.toString('latin1').split('\r\n', 1)[0];
+      if (held && !/[?&]sid=/.test(requestLine)) held.push(client);
+      else pipe(client);
+    });
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
@@ -116,13 +128,31 @@ async function published(h, key, channel, payload) {
   return res.body;
 }
 
+/** The transports the tests run with: Herald's direct WebSocket, socketioxide's. */
+const DIRECT = ['websocket'];
+const POLLING = ['polling'];
+/** socket.io-client's default: polling, then the upgrade to WebSocket (socketioxide's). */
+const DEFAULT = null;
+const TRANSPORTS = [
+  ['direct WebSocket', DIRECT],
+  ['default: polling then upgrade', DEFAULT],
+  ['polling only', POLLING],
+];
+
+/** With the default transports, resolves once the engine upgraded to WebSocket. */
+async function upgraded(socket, transports) {
+  if (transports === DEFAULT) {
+    await waitFor(() => socket.io.engine?.transport?.name === 'websocket', 5000, 'the upgrade');
+  }
+}
+
 /**
  * A socket.io-client socket through `sw`, reconnecting on its own; `got[channel]` collects the
  * events it receives per channel (offsets and payloads).
  */
-async function client(sw, projectId, transports = ['websocket']) {
+async function client(sw, projectId, transports = DIRECT) {
   const socket = io(sw.url, {
-    transports,
+    ...(transports ? { transports } : {}),
     forceNew: true,
     auth: { projectId },
     reconnectionDelay: 50,
@@ -136,6 +166,8 @@ async function client(sw, projectId, transports = ['websocket']) {
     socket.once('connect', resolve);
     socket.once('connect_error', reject);
   });
+  await upgraded(socket, transports);
+  socket.transportsUsed = transports;
   return { socket, got };
 }
 
@@ -147,8 +179,13 @@ const listen = async (socket, channelName, authToken) => {
   return rest;
 };
 
-/** Closes the engine (the client reconnects by itself) and resolves once it noticed. */
+/**
+ * Closes the engine (the client reconnects by itself) and resolves once it noticed. With the
+ * default transports, the upgraded WebSocket is what closes.
+ */
 async function dropEngine(sw, socket) {
+  await upgraded(socket, socket.transportsUsed);
+  if (socket.transportsUsed === POLLING) assert.equal(socket.io.engine.transport.name, 'polling');
   sw.hold();
   const gone = new Promise((resolve) => socket.once('disconnect', resolve));
   socket.io.engine.close();
@@ -170,9 +207,9 @@ const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from
  * events on all three while away, the automatic reconnect through `sw` to `second`; then one
  * more event per channel, so every channel's list is complete when it arrived.
  */
-async function recoverScenario(first, second, sw) {
+async function recoverScenario(first, second, sw, transports = DIRECT) {
   const { id, key } = await project(first);
-  const { socket, got } = await client(sw, id);
+  const { socket, got } = await client(sw, id, transports);
   for (const c of ['a', 'b', 'c']) assert.deepEqual(await listen(socket, c), { ok: true });
   for (const n of [1, 2]) await published(first, key, 'a', { n });
   await published(first, key, 'b', { n: 1 });
@@ -204,9 +241,11 @@ describe('connection state recovery (embedded mode)', () => {
     await h?.stop();
   });
 
-  it('socket.io-client recovers by itself: the missed events of every channel, in order, once each', T, async () => {
-    await recoverScenario(h, h, sw);
-  });
+  for (const [name, transports] of TRANSPORTS) {
+    it(`socket.io-client recovers by itself: the missed events of every channel, in order, once each (${name})`, T, async () => {
+      await recoverScenario(h, h, sw, transports);
+    });
+  }
 
   it('events the server sent but the client never got (lost in flight) are replayed', T, async () => {
     const { id, key } = await project(h);
@@ -234,9 +273,33 @@ describe('connection state recovery (embedded mode)', () => {
     socket.disconnect();
   });
 
-  it('the CONNECT reply carries a pid; a second reconnect recovers again', T, async () => {
+  for (const [name, transports] of TRANSPORTS) {
+    it(`the CONNECT reply carries a pid; a second reconnect recovers again (${name})`, T, async () => {
+      await pidScenario(h, sw, transports);
+    });
+  }
+
+  it('a forged pid over polling is a fresh session too', T, async () => {
     const { id, key } = await project(h);
-    const { socket, got } = await client(sw, id);
+    const { socket, got } = await client(sw, id, POLLING);
+    await listen(socket, 'feed');
+    await dropEngine(sw, socket);
+    await published(h, key, 'feed', { n: 1 });
+    socket._pid = '0123456789abcdef0123456789abcdef';
+    assert.equal(await reconnect(sw, socket), false);
+    assert.match(socket._pid, /^[0-9a-f]{32}$/);
+    assert.notEqual(socket._pid, '0123456789abcdef0123456789abcdef');
+    await published(h, key, 'feed', { n: 2 });
+    await listen(socket, 'other');
+    await published(h, key, 'other', { n: 1 });
+    await waitFor(() => got.other?.length === 1, 5000, 'the other channel');
+    assert.equal(got.feed, undefined);
+    socket.disconnect();
+  });
+
+  async function pidScenario(h, sw, transports) {
+    const { id, key } = await project(h);
+    const { socket, got } = await client(sw, id, transports);
     assert.equal(typeof socket._pid, 'string');
     await listen(socket, 'feed');
     await published(h, key, 'feed', { n: 1 });
@@ -254,7 +317,7 @@ describe('connection state recovery (embedded mode)', () => {
     await waitFor(() => got.feed.length === 4, 5000, 'event 4');
     assert.deepEqual(got.feed, range(1, 4));
     socket.disconnect();
-  });
+  }
 
   it('a forged or already used pid is a fresh session: recovered false, no channels', T, async () => {
     const { id, key } = await project(h);
@@ -349,9 +412,12 @@ describe('connection state recovery (redis mode, three instances)', () => {
     await redis?.stop();
   });
 
-  it('the reconnect lands on another instance and still recovers, exactly', T, async () => {
-    await recoverScenario(nodes[0], nodes[1], sw);
-  });
+  for (const [name, transports] of TRANSPORTS) {
+    it(`the reconnect lands on another instance and still recovers, exactly (${name})`, T, async () => {
+      sw.release(nodes[0]);
+      await recoverScenario(nodes[0], nodes[1], sw, transports);
+    });
+  }
 
   it('and again from there to the third instance', T, async () => {
     const { id, key } = await project(nodes[0]);
