@@ -179,17 +179,33 @@ const listen = async (socket, channelName, authToken) => {
   return rest;
 };
 
+/** The servers' flags: a short recovery window, and metrics (to see a session saved). */
+const SERVER_ARGS = ['--recovery-window-secs', String(WINDOW_SECS), '--metrics-bind', '127.0.0.1:0'];
+
+/** How many sessions `h` saved at disconnect so far (`herald_csr_sessions_saved_total`). */
+async function sessionsSaved(h) {
+  const m = /herald metrics on (http:\/\/\S+)/.exec(h.logs());
+  assert.ok(m, 'the instance printed its metrics address');
+  const text = await (await fetch(m[1])).text();
+  const line = text.split('\n').find((l) => l.startsWith('herald_csr_sessions_saved_total'));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
 /**
- * Closes the engine (the client reconnects by itself) and resolves once it noticed. With the
- * default transports, the upgraded WebSocket is what closes.
+ * Closes the engine (the client reconnects by itself) and resolves once it noticed and
+ * `server`, the instance it was on, saved its session (a polling client's close reaches the
+ * server a moment later than a WebSocket's). With the default transports, the upgraded
+ * WebSocket is what closes.
  */
-async function dropEngine(sw, socket) {
+async function dropEngine(sw, socket, server) {
   await upgraded(socket, socket.transportsUsed);
   if (socket.transportsUsed === POLLING) assert.equal(socket.io.engine.transport.name, 'polling');
+  const saved = await sessionsSaved(server);
   sw.hold();
   const gone = new Promise((resolve) => socket.once('disconnect', resolve));
   socket.io.engine.close();
   await gone;
+  await waitFor(async () => (await sessionsSaved(server)) > saved, 5000, 'the session saved');
 }
 
 /** Lets the held reconnect through (to `target`) and resolves with `socket.recovered`. */
@@ -215,7 +231,7 @@ async function recoverScenario(first, second, sw, transports = DIRECT) {
   await published(first, key, 'b', { n: 1 });
   await waitFor(() => got.a?.length === 2 && got.b?.length === 1, 5000, 'the first events');
 
-  await dropEngine(sw, socket);
+  await dropEngine(sw, socket, first);
   for (const n of [3, 4, 5]) await published(first, key, 'a', { n });
   for (const n of [2, 3]) await published(second, key, 'b', { n });
   for (const n of [1, 2]) await published(first, key, 'c', { n });
@@ -233,7 +249,7 @@ describe('connection state recovery (embedded mode)', () => {
   let h;
   let sw;
   before(async () => {
-    h = await startHerald({ extraArgs: ['--recovery-window-secs', String(WINDOW_SECS)] });
+    h = await startHerald({ extraArgs: SERVER_ARGS });
     sw = await startSwitch(h);
   });
   after(async () => {
@@ -283,7 +299,7 @@ describe('connection state recovery (embedded mode)', () => {
     const { id, key } = await project(h);
     const { socket, got } = await client(sw, id, POLLING);
     await listen(socket, 'feed');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     await published(h, key, 'feed', { n: 1 });
     socket._pid = '0123456789abcdef0123456789abcdef';
     assert.equal(await reconnect(sw, socket), false);
@@ -305,13 +321,13 @@ describe('connection state recovery (embedded mode)', () => {
     await published(h, key, 'feed', { n: 1 });
     await waitFor(() => got.feed?.length === 1, 5000, 'event 1');
     for (const round of [0, 1]) {
-      await dropEngine(sw, socket);
+      await dropEngine(sw, socket, h);
       await published(h, key, 'feed', { n: 2 + round });
       assert.equal(await reconnect(sw, socket), true, `round ${round}`);
       await waitFor(() => got.feed.length === 2 + round, 5000, 'the replay');
     }
     // Away again with nothing missed: recovered, nothing replayed.
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     assert.equal(await reconnect(sw, socket), true);
     await published(h, key, 'feed', { n: 4 });
     await waitFor(() => got.feed.length === 4, 5000, 'event 4');
@@ -323,7 +339,7 @@ describe('connection state recovery (embedded mode)', () => {
     const { id, key } = await project(h);
     const { socket, got } = await client(sw, id);
     await listen(socket, 'feed');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     await published(h, key, 'feed', { n: 1 });
     socket._pid = '0123456789abcdef0123456789abcdef';
     assert.equal(await reconnect(sw, socket), false);
@@ -339,7 +355,7 @@ describe('connection state recovery (embedded mode)', () => {
     await listen(socket, 'feed');
     await published(h, key, 'feed', { n: 3 });
     await waitFor(() => got.feed?.length === 1, 5000, 'event 3');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     const [pid, offset] = [socket._pid, socket._lastOffset];
     assert.equal(await reconnect(sw, socket), true);
     const copy = io(sw.url, { transports: ['websocket'], forceNew: true, reconnection: false, auth: { projectId: id } });
@@ -359,20 +375,26 @@ describe('connection state recovery (embedded mode)', () => {
     const { id, key } = await project(h);
     const { socket } = await client(sw, id);
     await listen(socket, 'feed');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     await published(h, key, 'feed', { n: 1 });
     await sleep((WINDOW_SECS + 1.5) * 1000);
     assert.equal(await reconnect(sw, socket), false);
     socket.disconnect();
   });
 
-  it("a revoked key's private channels are not restored", T, async () => {
+  for (const [name, transports] of TRANSPORTS) {
+    it(`a revoked key's private channels are not restored (${name})`, T, async () => {
+      await revokedScenario(transports);
+    });
+  }
+
+  async function revokedScenario(transports) {
     const { id, key } = await project(h);
     const signer = await createKey(h, id, ['sign_token']);
-    const { socket, got } = await client(sw, id);
+    const { socket, got } = await client(sw, id, transports);
     assert.deepEqual(await listen(socket, 'private-room', await signToken(h, signer.key, 'private-room')), { ok: true });
     await listen(socket, 'public');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     await published(h, key, 'private-room', { n: 1 });
     assert.equal((await admin(h, 'DELETE', `/v1/admin/projects/${id}/api-keys/${signer.id}`)).status, 204);
     assert.equal(await reconnect(sw, socket), false);
@@ -382,7 +404,7 @@ describe('connection state recovery (embedded mode)', () => {
     await waitFor(() => got.public?.length === 1, 5000, 'the public event');
     assert.equal(got['private-room'], undefined);
     socket.disconnect();
-  });
+  }
 });
 
 describe('connection state recovery (redis mode, three instances)', () => {
@@ -393,7 +415,7 @@ describe('connection state recovery (redis mode, three instances)', () => {
     redis = await startRedis();
     nodes = await Promise.all(
       [0, 1, 2].map(() =>
-        startHerald({ extraArgs: ['--redis-url', redis.url, '--recovery-window-secs', String(WINDOW_SECS)] }),
+        startHerald({ extraArgs: ['--redis-url', redis.url, ...SERVER_ARGS] }),
       ),
     );
     for (const n of nodes) {
@@ -426,7 +448,7 @@ describe('connection state recovery (redis mode, three instances)', () => {
     await listen(socket, 'feed');
     await published(nodes[2], key, 'feed', { n: 1 });
     await waitFor(() => got.feed?.length === 1, 5000, 'event 1');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, nodes[1]);
     for (const n of [2, 3]) await published(nodes[0], key, 'feed', { n });
     assert.equal(await reconnect(sw, socket, nodes[2]), true);
     await published(nodes[1], key, 'feed', { n: 4 });
