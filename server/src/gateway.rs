@@ -9,7 +9,7 @@
 //! * disconnect: connection-tracking entries removed; a recoverable session's record saved;
 //! * connection state recovery for `socket.io-client` ([`crate::csr`]) on both transports: the
 //!   handshake's session ([`connect_session`]) and its resume ([`resume`]; socketioxide
-//!   sockets check it in the connect middleware and replay once connected, see [`admit`]).
+//!   sockets check it in the connect middleware and replay once connected, see `admit`).
 //!
 //! Every request is answered: through the ack when the client asked for one, and always with
 //! a `system_message` (`Success` or `Error` with the error code).
