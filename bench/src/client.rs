@@ -10,6 +10,14 @@
 //! delivery. Engine.IO pings `2` are answered with `3`, WebSocket pings with pongs. Frames the
 //! client sends are masked with the all-zero key (valid, and the payload stays as is).
 //!
+//! A client of [`Transport::Sse`] speaks Herald's Server-Sent Events transport on the same
+//! loop: `GET /v1/sse?projectId=…&channel=…` (HTTP/1.1), a `200` answer head, then the body,
+//! de-chunked in place (chunk sizes only; nothing is copied unless a line spans two reads),
+//! split into lines. It counts as ready at its channel's `system_message` `Success` (the
+//! `listen` ack of a stream); each `event: event` message is one delivery, and as for a socket
+//! the only parsing of it is the `"t":` number of its `data:` line. `id:`, `retry:` and
+//! comments (heartbeats) are skipped.
+//!
 //! The loop is driven from async code through [`Clients`]: commands go over a channel plus a
 //! `mio::Waker`, answers come back on oneshot channels.
 
@@ -30,6 +38,8 @@ const WAKER: Token = Token(usize::MAX);
 const READ_BUF: usize = 64 * 1024;
 const EVENT_PREFIX: &[u8] = b"42[\"event\",";
 const SYSTEM_PREFIX: &[u8] = b"42[\"system_message\",";
+/// Longest SSE line (or partial chunk-size line) a client keeps between two reads.
+const MAX_SSE_LINE: usize = 1024 * 1024;
 /// Linux `EINPROGRESS`: a non-blocking `connect` under way.
 const EINPROGRESS: i32 = 115;
 
@@ -37,6 +47,26 @@ const EINPROGRESS: i32 = 115;
 pub fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// How a client reaches the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// Socket.IO over a WebSocket (`/socket.io/?EIO=4&transport=websocket`).
+    #[default]
+    WebSocket,
+    /// Herald's Server-Sent Events stream (`GET /v1/sse`).
+    Sse,
+}
+
+impl Transport {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "WebSocket",
+            Transport::Sse => "SSE",
+        }
+    }
 }
 
 /// A batch of clients to open.
@@ -55,8 +85,10 @@ pub struct ConnectSpec {
     /// `SO_RCVBUF` for these sockets (a small one makes a slow consumer back up sooner).
     pub rcvbuf: Option<usize>,
     /// The `since` of every `listen` (raw JSON `{"offset":…,"epoch":"…"}`): the server
-    /// replays the channel's events after it first.
+    /// replays the channel's events after it first. WebSocket clients only.
     pub since: Option<String>,
+    /// WebSocket or SSE.
+    pub transport: Transport,
 }
 
 /// How a batch went.
@@ -191,7 +223,49 @@ enum State {
     WaitOpen,
     WaitConnect,
     WaitAck,
+    /// SSE: the request is sent, the answer's head is awaited.
+    SseHead,
+    /// SSE: `200`, waiting for the channel's `system_message` `Success`.
+    SseListen,
     Ready,
+}
+
+/// The SSE message being read: which `event:` it named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SseEvent {
+    None,
+    Event,
+    System,
+    Other,
+}
+
+/// An SSE client's reading state (the chunked framing and the current line and message).
+struct SseRead {
+    /// `Transfer-Encoding: chunked` (else the body runs to the end of the connection).
+    chunked: bool,
+    /// Bytes of the current chunk's data still to come.
+    chunk_left: usize,
+    /// Bytes of the `\r\n` after the current chunk's data still to come.
+    crlf_left: u8,
+    /// Start of a line whose end has not arrived yet.
+    line: Vec<u8>,
+    /// The current message's `event:`.
+    event: SseEvent,
+    /// The current `event` message's `"t":`.
+    t: Option<u64>,
+}
+
+impl SseRead {
+    fn new() -> Self {
+        Self {
+            chunked: false,
+            chunk_left: 0,
+            crlf_left: 0,
+            line: Vec::new(),
+            event: SseEvent::None,
+            t: None,
+        }
+    }
 }
 
 struct Conn {
@@ -204,6 +278,8 @@ struct Conn {
     reading: bool,
     in_batch: bool,
     events: u64,
+    transport: Transport,
+    sse: SseRead,
 }
 
 struct Pending {
@@ -258,6 +334,19 @@ fn parse_u64(b: &[u8]) -> Option<u64> {
             .iter()
             .fold(0u64, |acc, c| acc * 10 + u64::from(c - b'0')),
     )
+}
+
+/// The size of a chunk-size line (`1a` or `1a;ext`, optional `\r`), `None` if it is not one.
+fn chunk_size(line: &[u8]) -> Option<usize> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let hex = line.split(|b| *b == b';').next().unwrap_or(line);
+    if hex.is_empty() || hex.len() > 8 {
+        return None;
+    }
+    hex.iter().try_fold(0usize, |acc, b| {
+        let d = (*b as char).to_digit(16)?;
+        Some(acc * 16 + d as usize)
+    })
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -415,7 +504,13 @@ impl Engine {
         while p.in_flight < p.spec.concurrency.max(1) && p.next < p.spec.channels.len() {
             let channel = p.spec.channels[p.next].clone();
             p.next += 1;
-            match self.open_conn(p.spec.addr, channel, p.spec.since.clone(), p.spec.rcvbuf) {
+            match self.open_conn(
+                p.spec.addr,
+                channel,
+                p.spec.since.clone(),
+                p.spec.rcvbuf,
+                p.spec.transport,
+            ) {
                 Ok(()) => p.in_flight += 1,
                 Err(e) => {
                     p.report.failed += 1;
@@ -465,6 +560,7 @@ impl Engine {
         channel: String,
         since: Option<String>,
         rcvbuf: Option<usize>,
+        transport: Transport,
     ) -> io::Result<()> {
         let sock = socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -499,6 +595,8 @@ impl Engine {
             reading: true,
             in_batch: true,
             events: 0,
+            transport,
+            sse: SseRead::new(),
         }));
         Ok(())
     }
@@ -552,6 +650,18 @@ impl Engine {
                 Ok(Some(e)) | Err(e) => return Err(format!("connect: {e}")),
             }
             match c.stream.peer_addr() {
+                Ok(addr) if c.transport == Transport::Sse => {
+                    let _ = c.stream.set_nodelay(true);
+                    c.outbuf.extend_from_slice(
+                        format!(
+                            "GET /v1/sse?projectId={}&channel={} HTTP/1.1\r\nHost: {addr}\r\n\
+                             Accept: text/event-stream\r\n\r\n",
+                            self.project, c.channel
+                        )
+                        .as_bytes(),
+                    );
+                    c.state = State::SseHead;
+                }
                 Ok(addr) => {
                     let _ = c.stream.set_nodelay(true);
                     c.outbuf.extend_from_slice(
@@ -598,6 +708,9 @@ impl Engine {
     }
 
     fn process(&mut self, c: &mut Conn, data: &[u8], now: u64) -> Result<(), String> {
+        if c.transport == Transport::Sse {
+            return self.sse_process(c, data, now);
+        }
         if c.state == State::Upgrading {
             c.inbuf.extend_from_slice(data);
             let Some(end) = memmem::find(&c.inbuf, b"\r\n\r\n") else {
@@ -632,6 +745,162 @@ impl Engine {
         if c.inbuf.capacity() > 4 * READ_BUF && c.inbuf.len() < READ_BUF {
             c.inbuf.shrink_to(READ_BUF);
         }
+        Ok(())
+    }
+
+    /// An SSE client's bytes: the answer's head first, then the body.
+    fn sse_process(&mut self, c: &mut Conn, data: &[u8], now: u64) -> Result<(), String> {
+        if c.state != State::SseHead {
+            return self.sse_body(c, data, now);
+        }
+        c.inbuf.extend_from_slice(data);
+        let Some(end) = memmem::find(&c.inbuf, b"\r\n\r\n") else {
+            return if c.inbuf.len() > 16 * 1024 {
+                Err("SSE answer head too long".into())
+            } else {
+                Ok(())
+            };
+        };
+        if !c.inbuf.starts_with(b"HTTP/1.1 200") {
+            // The refusal's JSON body is usually in the same read.
+            let line = c.inbuf.split(|b| *b == b'\r').next().unwrap_or(&[]);
+            let body = c.inbuf.get(end + 4..).map(lossy).unwrap_or_default();
+            return Err(format!("SSE refused: {} {body}", lossy(line)));
+        }
+        let head = c.inbuf[..end + 2].to_ascii_lowercase();
+        if memmem::find(&head, b"\r\ncontent-type: text/event-stream").is_none() {
+            return Err(format!(
+                "SSE answer is not text/event-stream: {}",
+                lossy(&head)
+            ));
+        }
+        c.sse.chunked = memmem::find(&head, b"\r\ntransfer-encoding: chunked\r\n").is_some();
+        let rest = c.inbuf.split_off(end + 4);
+        c.inbuf.clear();
+        c.state = State::SseListen;
+        self.sse_body(c, &rest, now)
+    }
+
+    /// De-chunks `data` (when the body is chunked) into [`Self::sse_text`]. Only a chunk-size
+    /// line split between two reads is kept, in `c.inbuf`.
+    fn sse_body(&mut self, c: &mut Conn, data: &[u8], now: u64) -> Result<(), String> {
+        if !c.sse.chunked {
+            return self.sse_text(c, data, now);
+        }
+        let mut pos = 0;
+        while pos < data.len() {
+            if c.sse.chunk_left > 0 {
+                let n = c.sse.chunk_left.min(data.len() - pos);
+                c.sse.chunk_left -= n;
+                if c.sse.chunk_left == 0 {
+                    c.sse.crlf_left = 2;
+                }
+                self.sse_text(c, &data[pos..pos + n], now)?;
+                pos += n;
+            } else if c.sse.crlf_left > 0 {
+                let want = if c.sse.crlf_left == 2 { b'\r' } else { b'\n' };
+                if data[pos] != want {
+                    return Err("SSE: chunk data not followed by CRLF".into());
+                }
+                c.sse.crlf_left -= 1;
+                pos += 1;
+            } else {
+                let Some(i) = memchr::memchr(b'\n', &data[pos..]) else {
+                    c.inbuf.extend_from_slice(&data[pos..]);
+                    if c.inbuf.len() > 64 {
+                        return Err(format!("SSE: bad chunk size line {}", lossy(&c.inbuf)));
+                    }
+                    return Ok(());
+                };
+                let size = if c.inbuf.is_empty() {
+                    chunk_size(&data[pos..pos + i])
+                } else {
+                    c.inbuf.extend_from_slice(&data[pos..pos + i]);
+                    let size = chunk_size(&c.inbuf);
+                    c.inbuf.clear();
+                    size
+                };
+                pos += i + 1;
+                match size {
+                    Some(0) => return Err("SSE stream ended (last chunk)".into()),
+                    Some(n) => c.sse.chunk_left = n,
+                    None => return Err("SSE: bad chunk size line".into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream's text: complete lines go to [`Self::sse_line`], a partial last line waits
+    /// in `c.sse.line`.
+    fn sse_text(&mut self, c: &mut Conn, text: &[u8], now: u64) -> Result<(), String> {
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', text) {
+            if c.sse.line.is_empty() {
+                self.sse_line(c, &text[start..nl], now)?;
+            } else {
+                let mut line = std::mem::take(&mut c.sse.line);
+                line.extend_from_slice(&text[start..nl]);
+                let r = self.sse_line(c, &line, now);
+                line.clear();
+                c.sse.line = line;
+                r?;
+            }
+            start = nl + 1;
+        }
+        if start < text.len() {
+            c.sse.line.extend_from_slice(&text[start..]);
+            if c.sse.line.len() > MAX_SSE_LINE {
+                return Err("SSE line too long".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// One line of the stream (`\n` removed).
+    fn sse_line(&mut self, c: &mut Conn, line: &[u8], now: u64) -> Result<(), String> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            // The end of a message.
+            if c.sse.event == SseEvent::Event {
+                self.events += 1;
+                c.events += 1;
+                match c.sse.t.take() {
+                    Some(t) => self.records.push((t, now)),
+                    None => self.protocol_errors += 1,
+                }
+            }
+            c.sse.event = SseEvent::None;
+            c.sse.t = None;
+            return Ok(());
+        }
+        if let Some(data) = line.strip_prefix(b"data:") {
+            match c.sse.event {
+                SseEvent::Event if c.sse.t.is_none() => {
+                    c.sse.t = self
+                        .finder
+                        .find(data)
+                        .and_then(|i| parse_u64(&data[i + 4..]));
+                }
+                SseEvent::System => {
+                    if memmem::find(data, b"\"code\":\"Error\"").is_some() {
+                        self.system_errors += 1;
+                    } else if c.state == State::SseListen
+                        && memmem::find(data, b"\"code\":\"Success\"").is_some()
+                    {
+                        c.state = State::Ready;
+                    }
+                }
+                _ => {}
+            }
+        } else if let Some(name) = line.strip_prefix(b"event:") {
+            c.sse.event = match name.strip_prefix(b" ").unwrap_or(name) {
+                b"event" => SseEvent::Event,
+                b"system_message" => SseEvent::System,
+                _ => SseEvent::Other,
+            };
+        }
+        // `id:`, `retry:` and comments (`: heartbeat`) need nothing.
         Ok(())
     }
 
@@ -753,6 +1022,135 @@ mod tests {
         push_frame(&mut out, 1, &[b'x'; 200]);
         assert_eq!(&out[..4], &[0x81, 0x80 | 126, 0, 200]);
         assert_eq!(out.len(), 4 + 4 + 200);
+    }
+
+    /// A one-connection SSE server: answers `head` then writes `body` a few bytes at a time
+    /// (so reads split chunk sizes, CRLFs and lines), and keeps the connection open until
+    /// the returned sender is dropped. Gives the request head it got.
+    fn fake_sse_server(
+        head: &'static str,
+        body: Vec<u8>,
+    ) -> io::Result<(SocketAddr, mpsc::Receiver<String>, mpsc::Sender<()>)> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let (req_tx, req_rx) = mpsc::channel();
+        let (hold_tx, hold_rx) = mpsc::channel::<()>();
+        std::thread::spawn(move || -> io::Result<()> {
+            let (mut s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut req = Vec::new();
+            let mut b = [0u8; 1024];
+            while memmem::find(&req, b"\r\n\r\n").is_none() {
+                let n = s.read(&mut b)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                req.extend_from_slice(&b[..n]);
+            }
+            let _ = req_tx.send(String::from_utf8_lossy(&req).into_owned());
+            s.write_all(head.as_bytes())?;
+            for piece in body.chunks(7) {
+                s.write_all(piece)?;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = hold_rx.recv();
+            Ok(())
+        });
+        Ok((addr, req_rx, hold_tx))
+    }
+
+    fn chunked(parts: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in parts {
+            out.extend_from_slice(format!("{:x}\r\n{p}\r\n", p.len()).as_bytes());
+        }
+        out
+    }
+
+    fn sse_spec(addr: SocketAddr) -> ConnectSpec {
+        ConnectSpec {
+            addr,
+            project: "p".into(),
+            channels: vec!["c".into()],
+            concurrency: 1,
+            timeout: Duration::from_secs(5),
+            rcvbuf: None,
+            since: None,
+            transport: Transport::Sse,
+        }
+    }
+
+    #[test]
+    fn sse_client_listens_and_counts_events_across_split_chunks()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let body = chunked(&[
+            "retry: 2000\n\n",
+            "event: system_message\ndata: {\"code\":\"Success\",\"message\":\"listening to c\",\"data\":{\"channelName\":\"c\"}}\n",
+            "id: v1|c:e1:0\n\n",
+            "event: event\ndata: {\"id\":\"x\",\"channelName\":\"c\",\"payload\":{\"t\":111,\"p\":\"aa\"},\"offset\":1}\n",
+            "id: v1|c:e1:1\n\n",
+            ": heartbeat\n\n",
+            "event: event\ndata: {\"id\":\"y\",\"channelName\":\"c\",\"payload\":{\"t\":222,\"p\":\"bb\"},\"offset\":2}\nid: v1|c:e1:2\n\n",
+        ]);
+        let (addr, request, _hold) = fake_sse_server(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+            body,
+        )?;
+        let clients = Clients::start()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let report = clients.connect(sse_spec(addr)).await;
+            assert_eq!((report.ok, report.failed), (1, 0), "{:?}", report.errors);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while clients.status().await.events < 2 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let status = clients.status().await;
+            assert_eq!(status.events, 2);
+            assert_eq!((status.protocol_errors, status.system_errors), (0, 0));
+            assert_eq!(status.server_closed, 0);
+            let sent: Vec<u64> = clients.records().await.iter().map(|r| r.0).collect();
+            assert_eq!(sent, [111, 222]);
+        });
+        let request = request.recv_timeout(Duration::from_secs(1))?;
+        assert!(
+            request.starts_with("GET /v1/sse?projectId=p&channel=c HTTP/1.1\r\n"),
+            "{request}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn sse_client_reports_a_refusal() -> Result<(), Box<dyn std::error::Error>> {
+        let (addr, _request, _hold) = fake_sse_server(
+            "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 26\r\n\r\n\
+             {\"code\":\"unknown_project\"}",
+            Vec::new(),
+        )?;
+        let clients = Clients::start()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let report = rt.block_on(clients.connect(sse_spec(addr)));
+        assert_eq!((report.ok, report.failed), (0, 1));
+        assert!(
+            report.errors[0].starts_with("SSE refused: HTTP/1.1 404 Not Found"),
+            "{:?}",
+            report.errors
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(chunk_size(b"1a\r"), Some(26));
+        assert_eq!(chunk_size(b"FF;name=value"), Some(255));
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b"xyz"), None);
+        assert_eq!(chunk_size(b""), None);
     }
 
     #[test]

@@ -49,8 +49,8 @@ struct Cli {
     /// Default: all four (full suite), herald,raw (--quick).
     #[arg(long, value_delimiter = ',')]
     peers: Vec<String>,
-    /// Scenarios to run (comma-separated): memory, fanout, coalescing, personal, rest, redis,
-    /// slow, churn. Default: all.
+    /// Scenarios to run (comma-separated): memory, fanout, sse, coalescing, personal, rest,
+    /// redis, slow, churn, history. Default: all (--quick: all but sse).
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
     /// Repetitions of each measurement (default 3, or 1 with --quick).
@@ -253,7 +253,11 @@ async fn suite(cli: Cli, machine: Machine) -> anyhow::Result<bool> {
         peers.push(Kind::parse(p).with_context(|| format!("unknown peer {p}"))?);
     }
     let names: Vec<String> = if cli.scenarios.is_empty() {
-        scenarios::ALL.iter().map(|s| (*s).to_owned()).collect()
+        scenarios::ALL
+            .iter()
+            .filter(|s| !(cli.quick && scenarios::FULL_ONLY.contains(s)))
+            .map(|s| (*s).to_owned())
+            .collect()
     } else {
         cli.scenarios.clone()
     };

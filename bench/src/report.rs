@@ -161,6 +161,35 @@ impl Report {
             verdict: verdict(q.map(|q| q <= 1.15)),
         });
 
+        let sse_q = self.get(
+            "sse",
+            "1000 subscribers, SSE",
+            "herald",
+            "cpu_ratio_vs_websocket",
+        );
+        let sse_cpu = self.get(
+            "sse",
+            "1000 subscribers, SSE",
+            "herald",
+            "cpu_us_per_delivery",
+        );
+        let ws_cpu = self.get(
+            "sse",
+            "1000 subscribers, WebSocket",
+            "herald",
+            "cpu_us_per_delivery",
+        );
+        t.push(Target {
+            target: "SSE: server CPU per delivery at 1k subscribers ≤ 1.5× WebSocket's (same server, alternating windows)".into(),
+            measured: format!(
+                "{} (SSE {} µs, WebSocket {} µs)",
+                show(sse_q, "×"),
+                show(sse_cpu, ""),
+                show(ws_cpu, "")
+            ),
+            verdict: verdict(sse_q.map(|q| q <= 1.5)),
+        });
+
         let hm = self.get("coalescing", "", "herald", "max_deliveries_per_s");
         let hp = self.get("coalescing", "", "herald", "p99_ms");
         let hc = self.get("coalescing", "", "herald", "deliveries_per_core_s");
@@ -274,7 +303,7 @@ impl Report {
                 .iter()
                 .filter(|r| {
                     r.peer == "herald"
-                        && ["fanout", "personal", "memory"].contains(&r.scenario.as_str())
+                        && ["fanout", "personal", "memory", "sse"].contains(&r.scenario.as_str())
                 })
                 .filter_map(|r| r.metrics.get("lost").map(|s| s.reps.iter().sum::<f64>()))
                 .collect();
@@ -282,7 +311,7 @@ impl Report {
         };
         t.push(Target {
             target:
-                "zero loss below 80% of saturation (fan-out, personal channels, memory traffic)"
+                "zero loss below 80% of saturation (fan-out, personal channels, memory traffic, SSE)"
                     .into(),
             measured: show(lost, " deliveries lost"),
             verdict: verdict(lost.map(|l| l == 0.0)),

@@ -8,9 +8,9 @@ use anyhow::{Context, bail};
 
 use hyper::Method;
 
-use crate::client::{self, Clients, ConnectReport, ConnectSpec};
+use crate::client::{self, Clients, ConnectReport, ConnectSpec, Transport};
 use crate::publisher::{self, Channels, Outcome, Plan, Target};
-use crate::report::Row;
+use crate::report::{Row, num};
 use crate::servers::{self, Env, Kind, Options, Server};
 use crate::stats::{CpuUse, CpuWindow, Summary, percentile, rss_bytes};
 
@@ -250,12 +250,33 @@ impl Ctx {
         })
     }
 
-    /// Connects `channels.len()` clients to `server`.
+    /// Connects `channels.len()` WebSocket clients to `server`.
     pub async fn connect(
         &self,
         addr: std::net::SocketAddr,
         channels: Vec<String>,
         rcvbuf: Option<usize>,
+    ) -> ConnectReport {
+        self.connect_spec(addr, channels, rcvbuf, Transport::WebSocket)
+            .await
+    }
+
+    /// Connects `channels.len()` clients over `transport` to `server`.
+    pub async fn connect_over(
+        &self,
+        addr: std::net::SocketAddr,
+        channels: Vec<String>,
+        transport: Transport,
+    ) -> ConnectReport {
+        self.connect_spec(addr, channels, None, transport).await
+    }
+
+    async fn connect_spec(
+        &self,
+        addr: std::net::SocketAddr,
+        channels: Vec<String>,
+        rcvbuf: Option<usize>,
+        transport: Transport,
     ) -> ConnectReport {
         let n = channels.len();
         self.clients
@@ -267,6 +288,7 @@ impl Ctx {
                 timeout: Duration::from_secs(10 + n as u64 / 1000),
                 rcvbuf,
                 since: None,
+                transport,
             })
             .await
     }
@@ -451,85 +473,124 @@ async fn memory_mode(ctx: &mut Ctx, kind: Kind, redis_url: Option<&str>) -> anyh
         tag: if redis_url.is_some() { "-redis" } else { "" }.into(),
         ..Options::default()
     };
-    let mut idle = Vec::new();
-    let mut traffic = Vec::new();
-    let mut no_conn = Vec::new();
-    let mut connect_rate = Vec::new();
-    let mut points: Vec<String> = Vec::new();
+    let mut slopes = Vec::new();
     for rep in 0..ctx.sizes.reps {
-        let server = ctx.start(kind, &opts).await?;
-        let t = target(&server);
-        let pids = server.pids();
-        let pid = server.pid;
-        let r_empty = settle_rss(ctx.sizes.settle, pid).await;
-        no_conn.push(r_empty / 1e6);
-        let c = ctx
-            .connect(server.addr, vec!["idle".into(); first], None)
-            .await;
-        ctx.check_connect(kind, S, &c);
-        connect_rate.push(c.ok as f64 / c.elapsed.as_secs_f64().max(1e-9));
-        let mut listening = c.ok as u64;
-        let r_first_idle = settle_rss(ctx.sizes.settle, pid).await;
-        // Ten events to everyone, then the baseline both slopes start from.
-        let w = ctx
-            .window(
-                &pids,
-                &t,
-                &plan(50.0, 0.2, Channels::One("idle".into()), PAD),
-                listening,
-            )
-            .await?;
-        ctx.check_window(kind, S, &w);
-        let base = settle_rss(ctx.sizes.settle, pid).await;
-        let mut have = first;
-        let mut line = format!(
-            "rep {}: no connection {:.1} MB; {}k idle {:.0} MB, after traffic {:.0} MB",
-            rep + 1,
-            r_empty / 1e6,
-            first / 1000,
-            r_first_idle / 1e6,
-            base / 1e6
-        );
-        let mut r_last_idle = base;
-        for &n in &ns[1..] {
-            let c = ctx
-                .connect(server.addr, vec!["idle".into(); n - have], None)
-                .await;
-            ctx.check_connect(kind, S, &c);
-            connect_rate.push(c.ok as f64 / c.elapsed.as_secs_f64().max(1e-9));
-            listening += c.ok as u64;
-            have = n;
-            r_last_idle = settle_rss(ctx.sizes.settle, pid).await;
-            line.push_str(&format!("; {}k {:.0} MB", n / 1000, r_last_idle / 1e6));
-        }
-        let w = ctx
-            .window(
-                &pids,
-                &t,
-                &plan(50.0, 0.2, Channels::One("idle".into()), PAD),
-                listening,
-            )
-            .await?;
-        ctx.check_window(kind, S, &w);
-        let r_last_traffic = settle_rss(ctx.sizes.settle, pid).await;
-        line.push_str(&format!("; after traffic {:.0} MB", r_last_traffic / 1e6));
-        let span = (last - first) as f64;
-        idle.push((r_last_idle - base) / span / 1024.0);
-        traffic.push((r_last_traffic - base) / span / 1024.0);
-        points.push(line);
-        ctx.finish(server, S).await;
+        slopes.push(rss_slope(ctx, kind, &opts, Transport::WebSocket, S, rep).await?);
     }
-    let row = &mut ctx.rows[r];
-    row.metrics
-        .insert("rss_mb_no_connection".into(), Summary::of(&no_conn));
-    row.metrics
-        .insert("rss_kb_per_conn_idle".into(), Summary::of(&idle));
-    row.metrics
-        .insert("rss_kb_per_conn_traffic".into(), Summary::of(&traffic));
-    row.metrics
-        .insert("connects_per_s".into(), Summary::of(&connect_rate));
-    row.notes.extend(points);
+    put_slopes(&mut ctx.rows[r], slopes);
     Ok(())
+}
+
+/// One repetition of the idle-memory measurement on a fresh server.
+struct RssSlope {
+    /// RSS with no connection, MB.
+    no_conn_mb: f64,
+    /// KB RSS per idle connection (slope from the first to the last count).
+    idle_kb: f64,
+    /// KB RSS per connection after ten events to everyone.
+    traffic_kb: f64,
+    /// Connections per second of each batch.
+    connect_rates: Vec<f64>,
+    /// The RSS points, for the notes.
+    line: String,
+}
+
+/// Starts a server, connects [`Sizes::memory`]'s counts of idle clients over `transport` to
+/// one channel, and reads the RSS slope between the first and last count, idle and after ten
+/// events to everyone (the baseline is taken after ten events at the first count).
+async fn rss_slope(
+    ctx: &mut Ctx,
+    kind: Kind,
+    opts: &Options,
+    transport: Transport,
+    scenario: &str,
+    rep: usize,
+) -> anyhow::Result<RssSlope> {
+    let ns = ctx.sizes.memory.clone();
+    let (first, last) = (ns[0], *ns.last().context("no sizes")?);
+    let server = ctx.start(kind, opts).await?;
+    let t = target(&server);
+    let pids = server.pids();
+    let pid = server.pid;
+    let mut connect_rates = Vec::new();
+    let r_empty = settle_rss(ctx.sizes.settle, pid).await;
+    let c = ctx
+        .connect_over(server.addr, vec!["idle".into(); first], transport)
+        .await;
+    ctx.check_connect(kind, scenario, &c);
+    connect_rates.push(c.ok as f64 / c.elapsed.as_secs_f64().max(1e-9));
+    let mut listening = c.ok as u64;
+    let r_first_idle = settle_rss(ctx.sizes.settle, pid).await;
+    // Ten events to everyone, then the baseline both slopes start from.
+    let w = ctx
+        .window(
+            &pids,
+            &t,
+            &plan(50.0, 0.2, Channels::One("idle".into()), PAD),
+            listening,
+        )
+        .await?;
+    ctx.check_window(kind, scenario, &w);
+    let base = settle_rss(ctx.sizes.settle, pid).await;
+    let mut have = first;
+    let mut line = format!(
+        "rep {}: no connection {:.1} MB; {}k idle {:.0} MB, after traffic {:.0} MB",
+        rep + 1,
+        r_empty / 1e6,
+        first / 1000,
+        r_first_idle / 1e6,
+        base / 1e6
+    );
+    let mut r_last_idle = base;
+    for &n in &ns[1..] {
+        let c = ctx
+            .connect_over(server.addr, vec!["idle".into(); n - have], transport)
+            .await;
+        ctx.check_connect(kind, scenario, &c);
+        connect_rates.push(c.ok as f64 / c.elapsed.as_secs_f64().max(1e-9));
+        listening += c.ok as u64;
+        have = n;
+        r_last_idle = settle_rss(ctx.sizes.settle, pid).await;
+        line.push_str(&format!("; {}k {:.0} MB", n / 1000, r_last_idle / 1e6));
+    }
+    let w = ctx
+        .window(
+            &pids,
+            &t,
+            &plan(50.0, 0.2, Channels::One("idle".into()), PAD),
+            listening,
+        )
+        .await?;
+    ctx.check_window(kind, scenario, &w);
+    let r_last_traffic = settle_rss(ctx.sizes.settle, pid).await;
+    line.push_str(&format!("; after traffic {:.0} MB", r_last_traffic / 1e6));
+    let span = (last - first) as f64;
+    ctx.finish(server, scenario).await;
+    Ok(RssSlope {
+        no_conn_mb: r_empty / 1e6,
+        idle_kb: (r_last_idle - base) / span / 1024.0,
+        traffic_kb: (r_last_traffic - base) / span / 1024.0,
+        connect_rates,
+        line,
+    })
+}
+
+/// The idle-memory metrics of a row from its repetitions.
+fn put_slopes(row: &mut Row, slopes: Vec<RssSlope>) {
+    let of = |f: &dyn Fn(&RssSlope) -> f64| Summary::of(&slopes.iter().map(f).collect::<Vec<_>>());
+    row.metrics
+        .insert("rss_mb_no_connection".into(), of(&|s| s.no_conn_mb));
+    row.metrics
+        .insert("rss_kb_per_conn_idle".into(), of(&|s| s.idle_kb));
+    row.metrics
+        .insert("rss_kb_per_conn_traffic".into(), of(&|s| s.traffic_kb));
+    let rates: Vec<f64> = slopes
+        .iter()
+        .flat_map(|s| s.connect_rates.clone())
+        .collect();
+    row.metrics
+        .insert("connects_per_s".into(), Summary::of(&rates));
+    row.notes.extend(slopes.into_iter().map(|s| s.line));
 }
 
 /// Case name of the burst row.
@@ -726,6 +787,171 @@ pub async fn fanout(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
         ctx.finish(server, S).await;
     }
     Ok(())
+}
+
+/// Herald's Server-Sent Events transport next to its WebSocket transport, in one run (Herald
+/// only: the peers have no SSE). Memory: for each repetition a fresh server per transport,
+/// [`Sizes::memory`]'s counts of idle clients ([`rss_slope`], as in `memory`). Fan-out: for
+/// each of [`Sizes::fanout`]'s counts one server with that many WebSocket subscribers on one
+/// channel and as many SSE subscribers on another, and windows at `fanout`'s rate that
+/// alternate between the two channels, so each pair ran on the same server within seconds.
+/// The SSE rows note the ratio SSE/WebSocket; `cpu_ratio_vs_websocket` is that of each pair
+/// of windows.
+pub async fn sse(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
+    const S: &str = "sse";
+    if kind != Kind::Herald {
+        return Ok(());
+    }
+    let ns = ctx.sizes.memory.clone();
+    let (first, last) = (ns[0], *ns.last().context("no sizes")?);
+    let transports = [Transport::WebSocket, Transport::Sse];
+    let rows = transports.map(|tr| {
+        ctx.row(
+            S,
+            &format!("{first}..{last} idle clients, {}", tr.name()),
+            kind.name(),
+        )
+    });
+    let mut slopes: [Vec<RssSlope>; 2] = [Vec::new(), Vec::new()];
+    for rep in 0..ctx.sizes.reps {
+        for (i, tr) in transports.into_iter().enumerate() {
+            let opts = Options {
+                tag: format!("-memory-{}", tr.name().to_lowercase()),
+                ..Options::default()
+            };
+            slopes[i].push(rss_slope(ctx, kind, &opts, tr, S, rep).await?);
+        }
+    }
+    let [ws_slopes, sse_slopes] = slopes;
+    put_slopes(&mut ctx.rows[rows[0]], ws_slopes);
+    put_slopes(&mut ctx.rows[rows[1]], sse_slopes);
+    let (ws_idle, sse_idle) = (
+        median(&ctx.rows[rows[0]], "rss_kb_per_conn_idle"),
+        median(&ctx.rows[rows[1]], "rss_kb_per_conn_idle"),
+    );
+    let (ws_traffic, sse_traffic) = (
+        median(&ctx.rows[rows[0]], "rss_kb_per_conn_traffic"),
+        median(&ctx.rows[rows[1]], "rss_kb_per_conn_traffic"),
+    );
+    ctx.rows[rows[1]].notes.insert(
+        0,
+        format!(
+            "SSE/WebSocket: KB RSS per idle client {} / {} = {}; after traffic {} / {} = {}",
+            num(sse_idle),
+            num(ws_idle),
+            times(sse_idle, ws_idle),
+            num(sse_traffic),
+            num(ws_traffic),
+            times(sse_traffic, ws_traffic)
+        ),
+    );
+
+    for subs in ctx.sizes.fanout.clone() {
+        let rate = ctx.sizes.fanout_rate / subs as f64;
+        let rows = transports.map(|tr| {
+            ctx.row(
+                S,
+                &format!("{subs} subscribers, {}", tr.name()),
+                kind.name(),
+            )
+        });
+        let opts = Options {
+            tag: format!("-fanout-{subs}"),
+            ..Options::default()
+        };
+        let server = ctx.start(kind, &opts).await?;
+        let t = target(&server);
+        let pids = server.pids();
+        let channel = |tr: Transport| format!("fan-{}", tr.name().to_lowercase());
+        let mut connected = true;
+        for tr in transports {
+            let c = ctx
+                .connect_over(server.addr, vec![channel(tr); subs], tr)
+                .await;
+            connected &= ctx.check_connect(kind, S, &c);
+        }
+        if !connected {
+            ctx.finish(server, S).await;
+            continue;
+        }
+        for tr in transports {
+            let warm = ctx
+                .window(
+                    &pids,
+                    &t,
+                    &plan(rate, 0.5, Channels::One(channel(tr)), PAD),
+                    subs as u64,
+                )
+                .await?;
+            ctx.check_window(kind, S, &warm);
+        }
+        let mut ws: [Vec<Window>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..ctx.sizes.reps {
+            for (i, tr) in transports.into_iter().enumerate() {
+                let w = ctx
+                    .window(
+                        &pids,
+                        &t,
+                        &plan(rate, ctx.sizes.window, Channels::One(channel(tr)), PAD),
+                        subs as u64,
+                    )
+                    .await?;
+                ctx.check_window(kind, S, &w);
+                ws[i].push(w);
+            }
+        }
+        let ratios: Vec<f64> = ws[1]
+            .iter()
+            .zip(&ws[0])
+            .map(|(s, w)| s.cpu_us_per_delivery() / w.cpu_us_per_delivery().max(1e-9))
+            .collect();
+        for (i, tr) in transports.into_iter().enumerate() {
+            let row = &mut ctx.rows[rows[i]];
+            put_windows(row, &ws[i], true);
+            row.notes.push(format!(
+                "{rate:.1} publishes/s × {subs} {} subscribers; windows alternate with the other transport's on the same server",
+                tr.name()
+            ));
+        }
+        ctx.rows[rows[1]]
+            .metrics
+            .insert("cpu_ratio_vs_websocket".into(), Summary::of(&ratios));
+        let m = |i: usize, metric: &str| median(&ctx.rows[rows[i]], metric);
+        let note = format!(
+            "SSE/WebSocket: server µs/delivery {} / {} = {} (pairs of windows: {}); p50 {} / {} ms = {}; p99 {} / {} ms = {}",
+            num(m(1, "cpu_us_per_delivery")),
+            num(m(0, "cpu_us_per_delivery")),
+            times(m(1, "cpu_us_per_delivery"), m(0, "cpu_us_per_delivery")),
+            ratios
+                .iter()
+                .map(|q| format!("{q:.2}×"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            num(m(1, "p50_ms")),
+            num(m(0, "p50_ms")),
+            times(m(1, "p50_ms"), m(0, "p50_ms")),
+            num(m(1, "p99_ms")),
+            num(m(0, "p99_ms")),
+            times(m(1, "p99_ms"), m(0, "p99_ms")),
+        );
+        ctx.rows[rows[1]].notes.insert(0, note);
+        ctx.finish(server, S).await;
+    }
+    Ok(())
+}
+
+/// A row's median of `metric` (NaN when it has none).
+fn median(row: &Row, metric: &str) -> f64 {
+    row.metrics.get(metric).map_or(f64::NAN, |s| s.median)
+}
+
+/// `a / b` as `1.23×`, `–` when it cannot be computed.
+fn times(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "–".into()
+    }
 }
 
 /// One step of a ramp passes with no loss, no publish error, p99 < 50 ms and the offered rate
@@ -1290,6 +1516,7 @@ pub async fn churn(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
 pub const ALL: &[&str] = &[
     "memory",
     "fanout",
+    "sse",
     "coalescing",
     "personal",
     "rest",
@@ -1299,12 +1526,17 @@ pub const ALL: &[&str] = &[
     "history",
 ];
 
+/// Scenarios a `--quick` run leaves out unless named: `sse` takes about 10 s at quick sizes,
+/// more than the smoke test may grow by.
+pub const FULL_ONLY: &[&str] = &["sse"];
+
 /// Runs scenario `name` for `kind`.
 pub async fn run(ctx: &mut Ctx, name: &str, kind: Kind) -> anyhow::Result<()> {
     ctx.scenario = name.to_owned();
     match name {
         "memory" => memory(ctx, kind).await,
         "fanout" => fanout(ctx, kind).await,
+        "sse" => sse(ctx, kind).await,
         "coalescing" => coalescing(ctx, kind).await,
         "personal" => personal(ctx, kind).await,
         "rest" => rest(ctx, kind).await,
@@ -1537,6 +1769,7 @@ pub async fn history(ctx: &mut Ctx, kind: Kind) -> anyhow::Result<()> {
                         timeout: Duration::from_secs(30),
                         rcvbuf: None,
                         since: Some(since.clone()),
+                        transport: Transport::WebSocket,
                     })
                     .await;
                 if !ctx.check_connect(kind, S, &c) {

@@ -224,7 +224,19 @@ pub fn router<A: Adapter>(
         gateway: state.0.gateway.clone(),
         settings: Arc::new(direct_settings(config)),
     };
+    let sse = crate::sse::SseTransport {
+        gateway: state.0.gateway.clone(),
+        settings: Arc::new(crate::sse::SseSettings {
+            heartbeat: Duration::from_secs(config.sse_heartbeat_secs),
+            socket_buffer: config.socket_buffer,
+            close_timeout: crate::direct::conn::DEFAULT_CLOSE_TIMEOUT,
+        }),
+    };
+    let sse = Router::new()
+        .route(herald_protocol::sse::SSE_PATH, get(crate::sse::subscribe))
+        .with_state(sse);
     let api = Router::new()
+        .merge(sse)
         .route("/v1/publishers/events/publish", post(publisher::publish))
         .route("/v1/publishers/sign", post(publisher::sign))
         .route(

@@ -100,6 +100,26 @@ impl Malformed {
 /// A plain function of the token text, total on any input (it never panics), so a fuzz target
 /// can call it directly.
 pub fn peek_project(token: &str) -> Result<ProjectId, Refusal> {
+    peek_claims(token)?
+        .get("projectId")
+        .and_then(|p| p.as_str())
+        .and_then(|p| ProjectId::parse(p).ok())
+        .ok_or_else(|| Malformed::Claims.refusal())
+}
+
+/// [`peek_project`]'s checks, then the channel the (still unverified) token names: where a
+/// token is all a client gives (an SSE stream's `token` parameters), the channel comes from it
+/// and [`ChannelTokens::authorize_listen`] then verifies the token for that channel.
+pub fn peek_channel(token: &str) -> Result<ChannelName, Refusal> {
+    peek_claims(token)?
+        .get("channelName")
+        .and_then(|c| c.as_str())
+        .and_then(|c| ChannelName::parse(c).ok())
+        .ok_or_else(|| Malformed::Claims.refusal())
+}
+
+/// The claims of a token of the right shape and algorithm, unverified.
+fn peek_claims(token: &str) -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
     let mut parts = token.split('.');
     let (Some(header), Some(claims), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -119,12 +139,7 @@ pub fn peek_project(token: &str) -> Result<ProjectId, Refusal> {
             "token algorithm is not accepted: channel tokens are HS256",
         ));
     }
-    let claims = decode(claims)?;
-    claims
-        .get("projectId")
-        .and_then(|p| p.as_str())
-        .and_then(|p| ProjectId::parse(p).ok())
-        .ok_or_else(|| Malformed::Claims.refusal())
+    decode(claims)
 }
 
 impl ChannelTokens {

@@ -125,9 +125,16 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_RECOVERY_WINDOW_SECS", default_value_t = 120)]
     pub recovery_window_secs: u64,
 
-    /// Packets buffered per socket before the socket counts as a slow consumer.
+    /// Packets buffered per socket (messages per SSE stream) before the socket counts as a
+    /// slow consumer.
     #[arg(long, env = "HERALD_SOCKET_BUFFER", default_value_t = 1024)]
     pub socket_buffer: usize,
+
+    /// Seconds an SSE stream may stay silent before Herald sends a heartbeat comment (so
+    /// proxies keep the connection open).
+    #[arg(long, env = "HERALD_SSE_HEARTBEAT_SECS", default_value_t = herald_protocol::sse::DEFAULT_HEARTBEAT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sse_heartbeat_secs: u64,
 
     /// `aud` claim of private-channel tokens.
     #[arg(long, env = "HERALD_CHANNEL_AUTH_AUDIENCE", default_value = limits::DEFAULT_CHANNEL_AUTH_AUDIENCE)]

@@ -324,6 +324,7 @@ pub trait Bus: Send + Sync + 'static {
 /// Room operations across both transports and every instance.
 pub struct Fanout {
     direct: Arc<DirectRooms>,
+    sse: Arc<crate::sse::SseRooms>,
     sio: OnceLock<Box<dyn SioRooms>>,
     /// Admitted socketioxide sockets on this instance: while there are none, broadcasts skip
     /// socketioxide altogether.
@@ -385,6 +386,7 @@ impl Fanout {
     pub fn new(direct: Arc<DirectRooms>) -> Self {
         Self {
             direct,
+            sse: Arc::new(crate::sse::SseRooms::new()),
             sio: OnceLock::new(),
             sio_sockets: AtomicUsize::new(0),
             bus: OnceLock::new(),
@@ -420,6 +422,11 @@ impl Fanout {
     /// The direct transport's sockets and rooms.
     pub fn direct(&self) -> &Arc<DirectRooms> {
         &self.direct
+    }
+
+    /// The SSE transport's streams and rooms.
+    pub fn sse(&self) -> &Arc<crate::sse::SseRooms> {
+        &self.sse
     }
 
     /// Per-room ordering of publishes, bus events and recoveries on this instance
@@ -561,7 +568,7 @@ impl Fanout {
         let position = (event == herald_protocol::messages::event_names::EVENT)
             .then(|| serde_json::from_str::<Position<'_>>(data.get()).ok())
             .flatten();
-        let marked = match &position {
+        let positioned = match &position {
             Some(Position {
                 channel,
                 offset: Some(offset),
@@ -573,12 +580,12 @@ impl Fanout {
                         herald_protocol::ChannelOffset(*offset),
                         &channel,
                     );
-                    (*offset, epoch.as_ref(), marker)
+                    (channel, *offset, epoch.as_ref(), marker)
                 }),
             _ => None,
         };
-        let (frame, tag) = match &marked {
-            Some((offset, epoch, marker)) => (
+        let (frame, tag) = match &positioned {
+            Some((_, offset, epoch, marker)) => (
                 frame::text(&packet::event_marked(event, data.get(), marker)),
                 Some(crate::direct::EventTag {
                     offset: *offset,
@@ -588,14 +595,20 @@ impl Fanout {
             None => (frame::text(&packet::event(event, data.get())), None),
         };
         let mut report = self.direct.emit(room, &frame, skip, tag).await;
+        if !self.sse.is_empty() {
+            let tag = positioned.as_ref().map(|(c, o, e, _)| (c, *e, *o));
+            report += self.sse.emit(room, event, data.get(), skip, tag).await;
+        }
         if self.sio_sockets.load(Ordering::Relaxed) > 0
             && let Some(sio) = self.sio.get()
         {
-            let at = marked.as_ref().map(|(offset, epoch, marker)| Marked {
-                offset: *offset,
-                epoch,
-                marker,
-            });
+            let at = positioned
+                .as_ref()
+                .map(|(_, offset, epoch, marker)| Marked {
+                    offset: *offset,
+                    epoch,
+                    marker,
+                });
             report += sio.emit_local(room, event, data, skip, at).await?;
         }
         metrics::counter!(m::DELIVERIES, "outcome" => "queued").increment(report.queued as u64);
@@ -710,6 +723,7 @@ impl Fanout {
         use futures_util::StreamExt;
         let mut rooms: std::collections::HashSet<RoomName> =
             self.direct.rooms().into_iter().collect();
+        rooms.extend(self.sse.rooms());
         if self.sio_sockets.load(Ordering::Relaxed) > 0
             && let Some(sio) = self.sio.get()
         {
@@ -905,6 +919,7 @@ impl Fanout {
     /// Disconnects this instance's sockets in `room`.
     pub async fn disconnect_local(&self, room: &RoomName) {
         self.direct.disconnect(room);
+        self.sse.disconnect(room);
         if let Some(sio) = self.sio.get() {
             sio.disconnect_local(room).await;
         }
@@ -953,6 +968,7 @@ impl Fanout {
     /// Closes every local socket (shutdown).
     pub async fn close(&self) {
         self.direct.close_all();
+        self.sse.close_all();
         if let Some(sio) = self.sio.get() {
             sio.close().await;
         }
@@ -1020,7 +1036,7 @@ mod tests {
         io.disconnect_local(&room).await;
         let local = crate::gateway::GatewaySockets::new(
             io,
-            Arc::new(DirectRooms::new()),
+            &Fanout::new(Arc::new(DirectRooms::new())),
             Arc::new(crate::tracking::memory::MemoryTracker::new()),
         );
         assert!(local.keys_in_use().is_empty());

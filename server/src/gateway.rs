@@ -92,23 +92,28 @@ pub trait Peer: Send + Sync {
     fn is_connected(&self) -> bool;
     /// Sends a `system_message` (dropped with a debug line when the socket is gone or full).
     fn send_system(&self, message: &SystemMessage);
-    /// Sends one `event` (a replayed history event) to this socket only, with its recovery
-    /// marker when `mark` says where it is.
-    fn send_event(&self, data: &serde_json::value::RawValue, mark: Option<Mark<'_>>);
+    /// Sends a recovery's replayed history events (`event`, oldest first) to this socket only.
+    ///
+    /// The replay is one unit for the socket's queue: it was asked for and is bounded by the
+    /// project's `history.size`, so it never counts as the socket falling behind (a replay
+    /// longer than `--socket-buffer` would otherwise close every recovering socket as a slow
+    /// consumer, and its next recovery again).
+    fn send_replay(&self, replay: &Replay<'_>);
 }
 
-/// Where a replayed event sits: the direct transport adds the recovery marker to its frame
-/// and counts it as a send of the subscription ([`crate::csr`]).
+/// A recovery's replayed events of one channel. With an epoch, the direct transport adds each
+/// event's recovery marker to its frame and counts it as a send of the subscription
+/// ([`crate::csr`]).
 #[derive(Debug, Clone, Copy)]
-pub struct Mark<'a> {
+pub struct Replay<'a> {
     /// The channel's room.
     pub room: &'a RoomName,
     /// The channel.
     pub channel: &'a ChannelName,
-    /// The event's offset.
-    pub offset: ChannelOffset,
-    /// Its epoch.
-    pub epoch: &'a Epoch,
+    /// The channel's epoch (`None`: the events carry no position).
+    pub epoch: Option<&'a Epoch>,
+    /// The encoded `event` payloads and their offsets, oldest first.
+    pub events: &'a [(Box<serde_json::value::RawValue>, ChannelOffset)],
 }
 
 impl<A: Adapter> Peer for SocketRef<A> {
@@ -132,25 +137,35 @@ impl<A: Adapter> Peer for SocketRef<A> {
             tracing::debug!(socket_id = %self.id, error = %e, "system message not delivered");
         }
     }
-    fn send_event(&self, data: &serde_json::value::RawValue, mark: Option<Mark<'_>>) {
-        let result = match mark {
-            Some(mark) => {
-                let marker = herald_protocol::csr::marker(mark.offset, mark.channel);
-                send_marked(
-                    self,
-                    mark.room,
-                    data,
-                    Marked {
-                        offset: mark.offset.get(),
-                        epoch: mark.epoch.as_str(),
-                        marker: &marker,
-                    },
-                )
+    fn send_replay(&self, replay: &Replay<'_>) {
+        // socketioxide queues packet by packet, each taking a place of its buffer
+        // (`--socket-buffer`, default 1024, above the default `history.size` of 100): what does
+        // not fit is counted as not queued, as in the live fan-out to these sockets.
+        let mut not_queued = 0u64;
+        for (data, offset) in replay.events {
+            let result = match replay.epoch {
+                Some(epoch) => {
+                    let marker = herald_protocol::csr::marker(*offset, replay.channel);
+                    send_marked(
+                        self,
+                        replay.room,
+                        data,
+                        Marked {
+                            offset: offset.get(),
+                            epoch: epoch.as_str(),
+                            marker: &marker,
+                        },
+                    )
+                }
+                None => self.emit(EVENT, data),
+            };
+            if let Err(e) = result {
+                not_queued += 1;
+                tracing::debug!(socket_id = %self.id, error = %e, "history event not delivered");
             }
-            None => self.emit(EVENT, data),
-        };
-        if let Err(e) = result {
-            tracing::debug!(socket_id = %self.id, error = %e, "history event not delivered");
+        }
+        if not_queued > 0 {
+            metrics::counter!(m::DELIVERIES, "outcome" => "not_queued").increment(not_queued);
         }
     }
 }
@@ -727,15 +742,12 @@ async fn recover<P: Peer>(
                     }
                 }
             }
-            for (raw, offset) in &frames {
-                let mark = epoch.as_ref().map(|epoch| Mark {
-                    room,
-                    channel,
-                    offset: *offset,
-                    epoch,
-                });
-                s.send_event(raw, mark);
-            }
+            s.send_replay(&Replay {
+                room,
+                channel,
+                epoch: epoch.as_ref(),
+                events: &frames,
+            });
             gw.fanout.hold_floor(room, s.sid(), top.get());
             Recovery {
                 recovered: true,
@@ -1352,19 +1364,17 @@ fn revoked_refusal() -> Refusal {
 pub struct GatewaySockets<A: Adapter> {
     io: SocketIo<A>,
     direct: Arc<DirectRooms>,
+    sse: Arc<crate::sse::SseRooms>,
     tracker: Arc<dyn ConnectionTracker>,
 }
 
 impl<A: Adapter> GatewaySockets<A> {
-    /// Wraps the Socket.IO handle and the direct transport's sockets.
-    pub fn new(
-        io: SocketIo<A>,
-        direct: Arc<DirectRooms>,
-        tracker: Arc<dyn ConnectionTracker>,
-    ) -> Self {
+    /// Wraps the Socket.IO handle and the fan-out's direct sockets and SSE streams.
+    pub fn new(io: SocketIo<A>, fanout: &Fanout, tracker: Arc<dyn ConnectionTracker>) -> Self {
         Self {
             io,
-            direct,
+            direct: fanout.direct().clone(),
+            sse: fanout.sse().clone(),
             tracker,
         }
     }
@@ -1444,15 +1454,22 @@ impl<A: Adapter> GatewaySockets<A> {
                 affected += usize::from(self.revoke_on(c.as_ref(), revoked, reason).await);
             }
         }
+        for c in self.sse.connections() {
+            if in_project(c.session()) {
+                affected += usize::from(self.revoke_on(c.as_ref(), revoked, reason).await);
+            }
+        }
         affected
     }
 
     fn sessions(&self) -> Vec<Arc<Session>> {
         let direct = self.direct.connections();
+        let sse = self.sse.connections();
         self.sio_sockets()
             .into_iter()
             .filter_map(|s| session(&s))
             .chain(direct.iter().filter_map(|c| c.session()))
+            .chain(sse.iter().filter_map(|c| c.session()))
             .collect()
     }
 }

@@ -31,6 +31,7 @@ pub mod openapi;
 pub mod redis;
 pub mod rest;
 pub mod revocation;
+pub mod sse;
 pub mod store;
 pub mod supervise;
 pub mod tracking;
@@ -87,7 +88,7 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
     gateway.fanout.attach_sio(io.clone());
     let local: Arc<dyn revocation::LocalSockets> = Arc::new(gateway::GatewaySockets::new(
         io,
-        gateway.direct().clone(),
+        &gateway.fanout,
         tracker.clone(),
     ));
     let health = Arc::new(app::Health::new(true));

@@ -44,6 +44,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Gauge: sockets connected to this instance.
 pub const SOCKETS_CONNECTED: &str = "herald_sockets_connected";
+/// Gauge: SSE streams open on this instance (they count in `herald_sockets_connected` too).
+pub const SSE_STREAMS: &str = "herald_sse_streams";
 /// Gauge: channel subscriptions held by this instance's sockets, by kind.
 pub const SUBSCRIPTIONS: &str = "herald_subscriptions";
 /// Counter: refused handshakes, by code.

@@ -336,6 +336,46 @@ describe('history across an embedded restart', () => {
   });
 });
 
+describe('history: a recovery longer than the socket buffer (direct WebSocket transport)', () => {
+  // Eight frames of queue per socket, a replay of sixty: the replay was asked for and is bounded
+  // by the channel's history, so it must not count as the socket falling behind (else every
+  // recovering socket is closed as a slow consumer, and its next recovery again). The direct
+  // transport's, whatever HERALD_TEST_TRANSPORTS says: on socketioxide's transports each
+  // replayed event takes a place of the buffer (docs/PROTOCOL.md, History and recovery).
+  let h;
+  before(async () => {
+    h = await startHerald({ extraArgs: ['--socket-buffer', '8'] });
+  });
+  after(async () => {
+    await h?.stop();
+  });
+
+  it('replays every missed event and keeps the socket', T, async () => {
+    const { id, key } = await project(h);
+    const first = await connect(h, id, { transports: ['websocket'] });
+    const seen = collectEvents(first, 'event');
+    await listenSince(first, 'feed', undefined);
+    const { epoch } = await published(h, key, 'feed', { n: 1 });
+    await waitFor(() => seen.length === 1, 5000, 'the first event');
+    first.disconnect();
+    const filler = 'x'.repeat(2048);
+    for (let i = 2; i <= 61; i++) await published(h, key, 'feed', { n: i, filler });
+
+    const again = await connect(h, id, { transports: ['websocket'] });
+    const got = collectEvents(again, 'event');
+    const system = collectEvents(again, 'system_message');
+    const ack = await listenSince(again, 'feed', { offset: 1, epoch });
+    assert.deepEqual(ack, { ok: true, recovered: true, epoch, offset: 61 });
+    await waitFor(() => got.length === 60, 5000, 'the sixty missed events');
+    assert.deepEqual(offsets(got), range(2, 61));
+    await published(h, key, 'feed', { n: 62 });
+    await waitFor(() => got.length === 61, 5000, 'the live event after the replay');
+    assert.deepEqual(offsets(got), range(2, 62));
+    assert.equal(again.connected, true);
+    assert.deepEqual(system.filter((m) => m.code !== 'Success'), []);
+  });
+});
+
 describe('history (redis mode, three instances)', () => {
   let redis;
   let nodes;

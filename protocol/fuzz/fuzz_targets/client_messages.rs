@@ -1,7 +1,7 @@
 //! What a socket client sends as JSON: the handshake `auth` (with socket.io-client's recovery
 //! `pid` and `offset`), `listen` (with its `since`
-//! position), `remove` and client `event` bodies, every name inside them, and a project's
-//! history settings patch. Parsing must refuse, never panic; whatever is
+//! position), `remove` and client `event` bodies, every name inside them, a project's
+//! history settings patch, and an SSE stream's query and resume cursor (`Last-Event-ID`). Parsing must refuse, never panic; whatever is
 //! accepted is valid (names round-trip through their own parser).
 #![no_main]
 
@@ -30,6 +30,13 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Ok(e) = Epoch::parse(text) {
             assert_eq!(Epoch::parse(e.as_str()).ok(), Some(e));
+        }
+        if let Ok(cursor) = herald_protocol::sse::Cursor::parse(text) {
+            assert_eq!(herald_protocol::sse::Cursor::parse(&cursor.encode()), Ok(cursor));
+        }
+        if let Ok(q) = herald_protocol::sse::SseQuery::parse(text, 8) {
+            assert!(q.channels.len() + q.tokens.len() <= 8);
+            assert!(!q.channels.is_empty() || !q.tokens.is_empty());
         }
     }
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {

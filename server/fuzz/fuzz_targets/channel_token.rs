@@ -1,5 +1,5 @@
-//! Channel tokens as a client presents them in `listen`: the unverified peek at the project
-//! and the full verification with a project secret refuse with a fixed message, never panic,
+//! Channel tokens as a client presents them in `listen` (and in an SSE stream's `token`
+//! parameters): the unverified peeks at the project and the channel, and the full verification with a project secret refuse with a fixed message, never panic,
 //! and never echo the token.
 //!
 //! "Never echo" is checked as "the message is one of the fixed sentences below": a test that
@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use herald_server::channel_token::{ChannelTokens, peek_project};
+use herald_server::channel_token::{ChannelTokens, peek_channel, peek_project};
 use herald_server::store::SigningSecret;
 use libfuzzer_sys::fuzz_target;
 
@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     for refusal in [
         peek_project(token).err(),
+        peek_channel(token).err(),
         tokens.verify(token, &SigningSecret([7; 32]), now).err(),
     ]
     .into_iter()

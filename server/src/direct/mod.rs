@@ -189,12 +189,40 @@ impl DirectConn {
         now: Instant,
         track: Option<(&crate::csr::SubCell, u64, &str)>,
     ) -> Sent {
+        self.send_numbered(frame, now, |sent| {
+            if let Some((cell, offset, epoch)) = track {
+                *sent += 1;
+                cell.record(*sent, offset, epoch);
+            }
+        })
+    }
+
+    /// Sends `frames` (a recovery's replay) as one unit of the queue: they reach the socket in
+    /// order, behind every earlier frame and before every later one, and take one place of
+    /// the queue whatever their number (the replay is bounded by the channel's history, not
+    /// by `--socket-buffer`). `number` numbers and records them as tracked sends, like
+    /// [`DirectConn::send_tracked`] does one.
+    fn send_batch(&self, frames: Vec<Bytes>, now: Instant, number: impl FnOnce(&mut u64)) -> Sent {
+        let joined = match frames.len() {
+            0 => return Sent::Written,
+            1 => frames.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut all = bytes::BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+                for f in &frames {
+                    all.extend_from_slice(f);
+                }
+                all.freeze()
+            }
+        };
+        self.send_numbered(joined, now, number)
+    }
+
+    /// [`DirectConn::send_at`], with `number` run on the socket's tracked-send count under the
+    /// lock that orders the frame among the socket's others.
+    fn send_numbered(&self, frame: Bytes, now: Instant, number: impl FnOnce(&mut u64)) -> Sent {
         let outcome = {
             let mut state = self.wire_state.lock();
-            if let Some((cell, offset, epoch)) = track {
-                state.sent += 1;
-                cell.record(state.sent, offset, epoch);
-            }
+            number(&mut state.sent);
             let frame = if state.busy {
                 frame
             } else if now.saturating_duration_since(state.last_write) < COALESCE_WINDOW {
@@ -305,23 +333,30 @@ impl Peer for DirectConn {
             Err(e) => tracing::error!(error = %e, "system message not encodable"),
         }
     }
-    fn send_event(
-        &self,
-        data: &serde_json::value::RawValue,
-        mark: Option<crate::gateway::Mark<'_>>,
-    ) {
+    fn send_replay(&self, replay: &crate::gateway::Replay<'_>) {
         let name = herald_protocol::messages::event_names::EVENT;
-        let Some(mark) = mark else {
-            self.send(frame::text(&packet::event(name, data.get())));
+        let Some(epoch) = replay.epoch else {
+            let frames = replay
+                .events
+                .iter()
+                .map(|(data, _)| frame::text(&packet::event(name, data.get())));
+            self.send_batch(frames.collect(), Instant::now(), |_| {});
             return;
         };
-        let marker = herald_protocol::csr::marker(mark.offset, mark.channel);
-        let frame = frame::text(&packet::event_marked(name, data.get(), &marker));
-        let cell = self.session().and_then(|s| s.sub(mark.room));
-        let track = cell
-            .as_deref()
-            .map(|c| (c, mark.offset.get(), mark.epoch.as_str()));
-        self.send_tracked(frame, Instant::now(), track);
+        let frames = replay.events.iter().map(|(data, offset)| {
+            let marker = herald_protocol::csr::marker(*offset, replay.channel);
+            frame::text(&packet::event_marked(name, data.get(), &marker))
+        });
+        let frames: Vec<Bytes> = frames.collect();
+        let cell = self.session().and_then(|s| s.sub(replay.room));
+        self.send_batch(frames, Instant::now(), |sent| {
+            if let Some(cell) = &cell {
+                for (_, offset) in replay.events {
+                    *sent += 1;
+                    cell.record(*sent, offset.get(), epoch.as_str());
+                }
+            }
+        });
     }
 }
 

@@ -279,7 +279,7 @@ pub fn start(
     }
     let local: Arc<dyn LocalSockets> = Arc::new(gateway::GatewaySockets::new(
         io,
-        gateway.direct().clone(),
+        &gateway.fanout,
         tracker.clone(),
     ));
     let notifier = Arc::new(RedisNotifier {
