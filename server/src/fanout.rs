@@ -4,8 +4,11 @@
 //! A room's members on one instance sit on two transports: direct WebSocket connections
 //! ([`crate::direct`], the fast path: the event is encoded once into a WebSocket frame that
 //! every member's queue shares) and socketioxide sockets (long-polling and polling→WebSocket
-//! upgrades), reached through socketioxide's local broadcast. Local delivery never waits on
-//! Redis; the bus message goes out after it.
+//! upgrades), reached through socketioxide's local broadcast, or socket by socket for a channel
+//! event with a position in a room with recoverable sessions (each socket numbers its tracked
+//! sends, [`crate::gateway::send_marked`]). A channel event with a position carries its
+//! recovery marker as last argument on both transports ([`herald_protocol::csr`]). Local
+//! delivery never waits on Redis; the bus message goes out after it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -15,11 +18,13 @@ use herald_protocol::{MissedEventsReason, RoomName};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
 use socketioxide::operators::BroadcastOperators;
 use socketioxide::socket::Sid;
 use socketioxide::{BroadcastError, SocketIo};
 
 use crate::direct::{DirectRooms, frame, packet};
+use crate::gateway::Marked;
 use crate::log_throttle::LogThrottle;
 use crate::metrics as m;
 
@@ -62,13 +67,15 @@ pub enum FanoutError {
 /// The socketioxide side of an instance's rooms (local operations only).
 #[async_trait]
 pub trait SioRooms: Send + Sync + 'static {
-    /// Emits to the room's local socketioxide sockets, but those in `skip`.
+    /// Emits to the room's local socketioxide sockets, but those in `skip`; `at`: the channel
+    /// event's position and marker, when it has one.
     async fn emit_local(
         &self,
         room: &RoomName,
         event: &'static str,
         data: &RawValue,
         skip: &[Sid],
+        at: Option<Marked<'_>>,
     ) -> Result<EmitReport, FanoutError>;
     /// Disconnects the room's local socketioxide sockets.
     async fn disconnect_local(&self, room: &RoomName);
@@ -94,6 +101,7 @@ impl<A: Adapter> SioRooms for SocketIo<A> {
         event: &'static str,
         data: &RawValue,
         skip: &[Sid],
+        at: Option<Marked<'_>>,
     ) -> Result<EmitReport, FanoutError> {
         // No namespace yet: no socketioxide socket can be connected.
         let Some(ns) = default_namespace(self) else {
@@ -103,6 +111,25 @@ impl<A: Adapter> SioRooms for SocketIo<A> {
         let members = sockets.len();
         if members == 0 {
             return Ok(EmitReport::default());
+        }
+        if let Some(at) = at {
+            let tracked = |s: &SocketRef<A>| {
+                s.extensions
+                    .get::<Arc<crate::gateway::Session>>()
+                    .is_some_and(|x| x.sub(room).is_some())
+            };
+            if skip.len() > 1 || sockets.iter().any(tracked) {
+                // Each recoverable socket numbers its sends: one emit per socket.
+                let mut report = EmitReport::default();
+                for s in sockets.iter().filter(|s| !skip.contains(&s.id)) {
+                    match crate::gateway::send_marked(s, room, data, at) {
+                        Ok(()) => report.queued += 1,
+                        Err(_) => report.not_queued += 1,
+                    }
+                }
+                return Ok(report);
+            }
+            return broadcast(&ns, room, event, &(data, at.marker), skip, members).await;
         }
         if skip.len() > 1 {
             // Rare (sockets finishing a recovery in Redis mode): one emit per socket.
@@ -115,23 +142,7 @@ impl<A: Adapter> SioRooms for SocketIo<A> {
             }
             return Ok(report);
         }
-        // A socket's own `broadcast()` leaves the socket out.
-        let ops = match skip.first().and_then(|sid| ns.get_socket(*sid)) {
-            Some(origin) => origin.broadcast().local(),
-            None => ns.local(),
-        };
-        match ops.to(room.as_str().to_owned()).emit(event, data).await {
-            Ok(()) => Ok(EmitReport {
-                queued: members,
-                not_queued: 0,
-            }),
-            Err(BroadcastError::Socket(errors)) => Ok(EmitReport {
-                queued: members.saturating_sub(errors.len()),
-                not_queued: errors.len(),
-            }),
-            Err(BroadcastError::Serialize(e)) => Err(FanoutError::Encode(e.to_string())),
-            Err(BroadcastError::Adapter(e)) => Err(FanoutError::Unavailable(e.to_string())),
-        }
+        broadcast(&ns, room, event, data, skip, members).await
     }
 
     async fn disconnect_local(&self, room: &RoomName) {
@@ -158,6 +169,35 @@ impl<A: Adapter> SioRooms for SocketIo<A> {
 
     async fn close(&self) {
         SocketIo::close(self).await;
+    }
+}
+
+/// socketioxide's local broadcast of `data` to the `members` sockets of `room`, but the one
+/// socket in `skip` (if any).
+async fn broadcast<A: Adapter, T: Serialize + ?Sized>(
+    ns: &BroadcastOperators<A>,
+    room: &RoomName,
+    event: &'static str,
+    data: &T,
+    skip: &[Sid],
+    members: usize,
+) -> Result<EmitReport, FanoutError> {
+    // A socket's own `broadcast()` leaves the socket out.
+    let ops = match skip.first().and_then(|sid| ns.get_socket(*sid)) {
+        Some(origin) => origin.broadcast().local(),
+        None => ns.clone().local(),
+    };
+    match ops.to(room.as_str().to_owned()).emit(event, data).await {
+        Ok(()) => Ok(EmitReport {
+            queued: members,
+            not_queued: 0,
+        }),
+        Err(BroadcastError::Socket(errors)) => Ok(EmitReport {
+            queued: members.saturating_sub(errors.len()),
+            not_queued: errors.len(),
+        }),
+        Err(BroadcastError::Serialize(e)) => Err(FanoutError::Encode(e.to_string())),
+        Err(BroadcastError::Adapter(e)) => Err(FanoutError::Unavailable(e.to_string())),
     }
 }
 
@@ -545,16 +585,18 @@ impl Fanout {
                 epoch: Some(epoch),
             }) => herald_protocol::ChannelName::parse(channel)
                 .ok()
-                .map(|channel| (channel, *offset, epoch.as_ref())),
+                .map(|channel| {
+                    let marker = herald_protocol::csr::marker(
+                        herald_protocol::ChannelOffset(*offset),
+                        &channel,
+                    );
+                    (channel, *offset, epoch.as_ref(), marker)
+                }),
             _ => None,
         };
         let (frame, tag) = match &positioned {
-            Some((channel, offset, epoch)) => (
-                frame::text(&packet::event_marked(
-                    event,
-                    data.get(),
-                    &herald_protocol::csr::marker(herald_protocol::ChannelOffset(*offset), channel),
-                )),
+            Some((_, offset, epoch, marker)) => (
+                frame::text(&packet::event_marked(event, data.get(), marker)),
                 Some(crate::direct::EventTag {
                     offset: *offset,
                     epoch,
@@ -564,13 +606,20 @@ impl Fanout {
         };
         let mut report = self.direct.emit(room, &frame, skip, tag).await;
         if !self.sse.is_empty() {
-            let tag = positioned.as_ref().map(|(c, o, e)| (c, *e, *o));
+            let tag = positioned.as_ref().map(|(c, o, e, _)| (c, *e, *o));
             report += self.sse.emit(room, event, data.get(), skip, tag).await;
         }
         if self.sio_sockets.load(Ordering::Relaxed) > 0
             && let Some(sio) = self.sio.get()
         {
-            report += sio.emit_local(room, event, data, skip).await?;
+            let at = positioned
+                .as_ref()
+                .map(|(_, offset, epoch, marker)| Marked {
+                    offset: *offset,
+                    epoch,
+                    marker,
+                });
+            report += sio.emit_local(room, event, data, skip, at).await?;
         }
         metrics::counter!(m::DELIVERIES, "outcome" => "queued").increment(report.queued as u64);
         if report.not_queued > 0 {
@@ -990,7 +1039,7 @@ mod tests {
         let room = RoomName::parse("p:c").expect("valid room");
         let data = RawValue::from_string("1".to_owned()).expect("json");
         let report = io
-            .emit_local(&room, "event", &data, &[])
+            .emit_local(&room, "event", &data, &[], None)
             .await
             .expect("emit");
         assert_eq!(report, EmitReport::default());

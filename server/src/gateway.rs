@@ -6,7 +6,10 @@
 //!   `since` first gets the events it missed from the channel's history ([`listen`]);
 //! * `event` from a client: relayed to the other members of a private channel it joined;
 //! * any other event: refused with `unknown_event`;
-//! * disconnect: connection-tracking entries removed.
+//! * disconnect: connection-tracking entries removed; a recoverable session's record saved;
+//! * connection state recovery for `socket.io-client` ([`crate::csr`]) on both transports: the
+//!   handshake's session ([`connect_session`]) and its resume ([`resume`]; socketioxide
+//!   sockets check it in the connect middleware and replay once connected, see `admit`).
 //!
 //! Every request is answered: through the ack when the client asked for one, and always with
 //! a `system_message` (`Success` or `Error` with the error code).
@@ -139,8 +142,24 @@ impl<A: Adapter> Peer for SocketRef<A> {
         // (`--socket-buffer`, default 1024, above the default `history.size` of 100): what does
         // not fit is counted as not queued, as in the live fan-out to these sockets.
         let mut not_queued = 0u64;
-        for (data, _) in replay.events {
-            if let Err(e) = self.emit(EVENT, data) {
+        for (data, offset) in replay.events {
+            let result = match replay.epoch {
+                Some(epoch) => {
+                    let marker = herald_protocol::csr::marker(*offset, replay.channel);
+                    send_marked(
+                        self,
+                        replay.room,
+                        data,
+                        Marked {
+                            offset: offset.get(),
+                            epoch: epoch.as_str(),
+                            marker: &marker,
+                        },
+                    )
+                }
+                None => self.emit(EVENT, data),
+            };
+            if let Err(e) = result {
                 not_queued += 1;
                 tracing::debug!(socket_id = %self.id, error = %e, "history event not delivered");
             }
@@ -148,6 +167,38 @@ impl<A: Adapter> Peer for SocketRef<A> {
         if not_queued > 0 {
             metrics::counter!(m::DELIVERIES, "outcome" => "not_queued").increment(not_queued);
         }
+    }
+}
+
+/// A channel event's position and its recovery marker ([`herald_protocol::csr::marker`]), for
+/// a socketioxide socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Marked<'a> {
+    /// The event's offset.
+    pub offset: u64,
+    /// Its epoch.
+    pub epoch: &'a str,
+    /// `"<offset>:<channelName>"`, the event's last argument.
+    pub marker: &'a str,
+}
+
+/// Sends a channel `event` of `room` to a socketioxide socket with its marker as last argument;
+/// in a recoverable session that tracks the room, numbered and noted in the subscription's cell
+/// like [`crate::direct::DirectConn::send_tracked`] ([`CsrState::send_tracked`]).
+pub fn send_marked<A: Adapter>(
+    s: &SocketRef<A>,
+    room: &RoomName,
+    data: &serde_json::value::RawValue,
+    at: Marked<'_>,
+) -> Result<(), socketioxide::SendError> {
+    let send = || s.emit(EVENT, &(data, at.marker));
+    let session = session(s);
+    let tracked = session
+        .as_ref()
+        .and_then(|x| Some((x.csr.as_ref()?, x.sub(room)?)));
+    match tracked {
+        Some((csr, cell)) => csr.send_tracked(&cell, at.offset, at.epoch, send),
+        None => send(),
     }
 }
 
@@ -187,6 +238,13 @@ pub struct CsrState {
     pub baseline: Option<String>,
     /// Per channel room: what the subscription was sent.
     subs: Mutex<HashMap<RoomName, Arc<crate::csr::SubCell>>>,
+    /// Tracked sends so far (socketioxide sockets; a direct connection numbers its own under
+    /// its wire lock, [`crate::direct::DirectConn::send_tracked`]).
+    sent: Mutex<u64>,
+    /// A socketioxide socket's resume, checked in the connect middleware, replayed once
+    /// socketioxide counts the socket connected ([`admit`]); held while it is applied, so a
+    /// disconnect meanwhile waits for it.
+    pending: tokio::sync::Mutex<Option<ResumePlan>>,
 }
 
 impl CsrState {
@@ -196,7 +254,25 @@ impl CsrState {
             pid: Mutex::new(herald_protocol::csr::Pid::from_bytes(rand::random())),
             baseline,
             subs: Mutex::new(HashMap::new()),
+            sent: Mutex::new(0),
+            pending: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Numbers a tracked send, notes it in `cell` (the event at `offset` of `epoch`) and makes
+    /// it with `send` while the number is held: the numbers follow the order the sends reach
+    /// the socket's queue.
+    pub fn send_tracked<R>(
+        &self,
+        cell: &crate::csr::SubCell,
+        offset: u64,
+        epoch: &str,
+        send: impl FnOnce() -> R,
+    ) -> R {
+        let mut sent = self.sent.lock();
+        *sent += 1;
+        cell.record(*sent, offset, epoch);
+        send()
     }
 }
 
@@ -304,13 +380,20 @@ pub async fn check_handshake(
     result
 }
 
+/// The socketioxide handshake. A recoverable session's CONNECT reply carries its pid (the
+/// vendored socketioxide adds the [`socketioxide::ConnectPid`] left in the extensions). A
+/// resume is checked here, so the reply can carry the same pid when it will succeed, and
+/// applied by [`on_connect`]: socketioxide lets a socket receive events (its own or a room's)
+/// only once it counts it connected, after the reply.
 async fn admit<A: Adapter>(
     s: SocketRef<A>,
     auth: Option<Value>,
     gw: Gateway,
 ) -> Result<(), ConnectRefusal> {
     let project = check_handshake(&gw, s.id, auth.as_ref()).await?;
-    s.extensions.insert(Arc::new(Session::new(project.clone())));
+    let (session, resume) = connect_session(&gw, project.clone(), auth.as_ref());
+    let session = Arc::new(session);
+    s.extensions.insert(session.clone());
     // Handlers are registered here, before socketioxide sends the CONNECT packet: a client
     // may emit `listen` the instant it sees CONNECT, and the connect handler runs only after.
     Peer::join(&s, &RoomName::project(&project));
@@ -320,13 +403,49 @@ async fn admit<A: Adapter>(
     s.on_fallback(on_unknown_event::<A>);
     s.on_disconnect(on_disconnect::<A>);
     gw.fanout.sio_socket_joined();
+    if let Some(csr) = &session.csr {
+        if let Some(resume) = resume {
+            match prepare_resume(&s, &gw, &resume).await {
+                Ok(plan) => {
+                    *csr.pid.lock() = plan.pid.clone();
+                    *csr.pending.lock().await = Some(plan);
+                }
+                Err(f) => count_resume(&s, &Err((f, false))),
+            }
+        }
+        let pid = csr.pid.lock().as_str().to_owned();
+        s.extensions.insert(socketioxide::ConnectPid(pid));
+    }
     Ok(())
 }
 
-async fn on_connect<A: Adapter>(s: SocketRef<A>) {
+async fn on_connect<A: Adapter>(s: SocketRef<A>, State(gw): State<Gateway>) {
     metrics::gauge!(m::SOCKETS_CONNECTED).increment(1.0);
     if let Some(session) = session(&s) {
         tracing::debug!(socket_id = %s.id, project_id = %session.project, transport = ?s.transport_type(), "socket connected");
+        finish_resume(&s, &gw, &session).await;
+    }
+}
+
+/// Applies the resume [`admit`] checked: the socket is connected now, the reply told the
+/// client it recovered. When the replay fails after all (a channel's history expired or its
+/// key was revoked since the check), the engine.io connection is closed: the client
+/// reconnects and, the record being used, starts a new session (the pid it holds is no
+/// longer this session's).
+async fn finish_resume<A: Adapter>(s: &SocketRef<A>, gw: &Gateway, session: &Session) {
+    let Some(csr) = &session.csr else {
+        return;
+    };
+    let mut pending = csr.pending.lock().await;
+    let Some(plan) = pending.take() else {
+        return;
+    };
+    let result = apply_resume(s, gw, &plan).await;
+    count_resume(s, &result);
+    if result.is_err() {
+        *csr.pid.lock() = herald_protocol::csr::Pid::from_bytes(rand::random());
+        drop(pending);
+        s.close_underlying_transport().await;
     }
 }
 
@@ -902,10 +1021,23 @@ async fn on_disconnect<A: Adapter>(
 pub async fn disconnected(gw: &Gateway, sid: Sid, session: Option<Arc<Session>>, reason: &str) {
     let sid = sid.to_string();
     metrics::gauge!(m::SOCKETS_CONNECTED).decrement(1.0);
-    if let (Some(session), Some(recovery)) = (&session, &gw.recovery)
-        && let Some(record) = session_record(session, recovery.window)
-    {
-        recovery.save(record).await;
+    if let (Some(session), Some(recovery)) = (&session, &gw.recovery) {
+        // A resume checked but not applied yet (the socket went away at once): its record
+        // goes back as it was; the client got nothing of it and presents the same offset.
+        let unapplied = match &session.csr {
+            Some(csr) => csr.pending.lock().await.take(),
+            None => None,
+        };
+        let record = match unapplied {
+            Some(plan) => Some(crate::csr::SessionRecord {
+                expires_at: crate::csr::now_secs().saturating_add(recovery.window.as_secs()),
+                ..plan.record
+            }),
+            None => session_record(session, recovery.window),
+        };
+        if let Some(record) = record {
+            recovery.save(record).await;
+        }
     }
     if let Some(session) = session {
         for channel in session.channels.lock().drain() {
@@ -960,60 +1092,119 @@ fn session_record(
 /// a fresh session has none).
 pub type ResumeError = (crate::csr::ResumeFailure, bool);
 
+/// What a CONNECT's `auth` asks of connection state recovery: a resume, and the `offset`
+/// the client presented, as text.
+#[derive(Debug, Clone)]
+pub struct ResumeRequest {
+    /// The pid and offset.
+    pub resume: herald_protocol::csr::ResumeAuth,
+    /// The `offset`, when it is text short enough to be a marker.
+    pub presented: Option<String>,
+}
+
+/// The session a CONNECT into `project` starts, on either transport: recoverable when
+/// recovery is on (its baseline: the `offset` the client presented), and the resume its
+/// `auth` asks for, if any ([`resume`]).
+pub fn connect_session(
+    gw: &Gateway,
+    project: ProjectId,
+    auth: Option<&Value>,
+) -> (Session, Option<ResumeRequest>) {
+    if gw.recovery.is_none() {
+        return (Session::new(project), None);
+    }
+    // socket.io-client's connection state recovery: a reconnect presents the pid and the
+    // marker of the last event it got.
+    let presented = auth
+        .and_then(|a| a.get("offset"))
+        .and_then(Value::as_str)
+        .filter(|o| o.len() <= herald_protocol::csr::MAX_MARKER_LEN)
+        .map(str::to_owned);
+    let resume = herald_protocol::csr::ResumeAuth::parse(auth).map(|resume| ResumeRequest {
+        resume,
+        presented: presented.clone(),
+    });
+    let session = Session::recoverable(project, CsrState::new(presented));
+    (session, resume)
+}
+
 /// A socket.io-client CONNECT that presented a `pid` ([`crate::csr`]): takes the saved
-/// session, checks it may still have every channel, works out where each channel stopped,
-/// joins the rooms and replays what was missed (the `listen` with `since` protocol, under each
-/// room's sequencer lock). `Ok` with the session's pid when recovered; `s`'s session must be
-/// recoverable and have no channels yet.
+/// session, checks it may still have every channel, works out where each channel stopped
+/// ([`prepare_resume`]), joins the rooms and replays what was missed ([`apply_resume`]). `Ok`
+/// with the session's pid when recovered; `s`'s session must be recoverable and have no
+/// channels yet.
 pub async fn resume<P: Peer>(
     s: &P,
     gw: &Gateway,
-    resume: &herald_protocol::csr::ResumeAuth,
-    presented: Option<&str>,
+    request: &ResumeRequest,
 ) -> Result<herald_protocol::csr::Pid, ResumeError> {
-    use crate::csr::ResumeFailure as F;
-    let result = resume_inner(s, gw, resume, presented).await;
-    let outcome = match &result {
+    let result = match prepare_resume(s, gw, request).await {
+        Ok(plan) => apply_resume(s, gw, &plan).await,
+        Err(f) => Err((f, false)),
+    };
+    count_resume(s, &result);
+    result
+}
+
+/// Counts a resume's outcome (`herald_csr_resumes_total`).
+fn count_resume<P: Peer>(s: &P, result: &Result<herald_protocol::csr::Pid, ResumeError>) {
+    let outcome = match result {
         Ok(_) => "recovered",
         Err((f, _)) => f.as_str(),
     };
     metrics::counter!(m::CSR_RESUMES, "outcome" => outcome).increment(1);
-    if let Err((f, _)) = &result
-        && *f != F::Unknown
+    if let Err((f, _)) = result
+        && *f != crate::csr::ResumeFailure::Unknown
     {
         tracing::debug!(socket_id = %s.sid(), outcome, "session not recovered");
     }
-    result
 }
 
-async fn resume_inner<P: Peer>(
+/// A resume checked by [`prepare_resume`], to be applied by [`apply_resume`].
+#[derive(Debug)]
+pub struct ResumePlan {
+    /// The saved session (taken from the store).
+    record: crate::csr::SessionRecord,
+    /// Its pid.
+    pid: herald_protocol::csr::Pid,
+    /// The project's history settings.
+    settings: HistorySettings,
+    /// Each channel: where it stopped, its grant, where its replay starts.
+    channels: Vec<(crate::csr::Resumed, Option<Grant>, Option<StreamPosition>)>,
+}
+
+/// The checks of a resume, before the socket joins anything: the record taken, where each
+/// channel stopped, every private channel still allowed, history able to serve every channel.
+pub async fn prepare_resume<P: Peer>(
     s: &P,
     gw: &Gateway,
-    resume: &herald_protocol::csr::ResumeAuth,
-    presented: Option<&str>,
-) -> Result<herald_protocol::csr::Pid, ResumeError> {
+    request: &ResumeRequest,
+) -> Result<ResumePlan, crate::csr::ResumeFailure> {
     use crate::csr::ResumeFailure as F;
-    let fail = |f| (f, false);
     let (Some(recovery), Some(session)) = (&gw.recovery, s.session()) else {
-        return Err(fail(F::Unknown));
+        return Err(F::Unknown);
     };
-    let Some(csr) = &session.csr else {
-        return Err(fail(F::Unknown));
-    };
-    let pid = resume.pid.clone().ok_or(fail(F::Unknown))?;
+    if session.csr.is_none() {
+        return Err(F::Unknown);
+    }
+    let resume = &request.resume;
+    let pid = resume.pid.clone().ok_or(F::Unknown)?;
     let record = recovery
         .store
         .take(&session.project, &pid)
         .await
-        .map_err(|_| fail(F::Unavailable))?
-        .ok_or(fail(F::Unknown))?;
+        .map_err(|_| F::Unavailable)?
+        .ok_or(F::Unknown)?;
     if record.project != session.project.as_str() || record.pid != pid.as_str() {
-        return Err(fail(F::ProjectMismatch));
+        return Err(F::ProjectMismatch);
     }
-    let channels =
-        crate::csr::positions(&record, resume.offset.as_ref(), presented).map_err(fail)?;
+    let channels = crate::csr::positions(
+        &record,
+        resume.offset.as_ref(),
+        request.presented.as_deref(),
+    )?;
     if channels.len() > gw.max_channels_per_socket {
-        return Err(fail(F::Ambiguous));
+        return Err(F::Ambiguous);
     }
     // Private channels: the token still valid, its key and secret still current.
     let now = crate::csr::now_secs();
@@ -1022,14 +1213,14 @@ async fn resume_inner<P: Peer>(
         let grant = match &c.grant {
             None => None,
             Some(g) => {
-                let key = crate::csr::grant_key(g).ok_or(fail(F::Revoked))?;
+                let key = crate::csr::grant_key(g).ok_or(F::Revoked)?;
                 let secret = crate::store::SecretId::from_bits(g.secret);
                 if g.token_exp <= now
                     || key_revoked(gw, &key).await
                     || !key_still_signs(gw, &key).await
                     || !secret_still_current(gw, &session.project, secret).await
                 {
-                    return Err(fail(F::Revoked));
+                    return Err(F::Revoked);
                 }
                 Some(Grant {
                     api_key_id: key,
@@ -1045,33 +1236,61 @@ async fn resume_inner<P: Peer>(
         .settings(gw.store.as_ref(), &session.project)
         .await;
     if !settings.enabled() {
-        return Err(fail(F::History));
+        return Err(F::History);
     }
-    // First without joining anything: can history serve every channel? (A fresh session must
-    // not have been in any room.)
+    // Can history serve every channel? (Nothing joined yet: a fresh session must not have
+    // been in any room.)
     let mut sinces = Vec::with_capacity(channels.len());
     for c in &channels {
         let room = RoomName::channel(&session.project, &c.channel);
-        let since = resume_since(gw, &room, settings, c).await.map_err(fail)?;
+        let since = resume_since(gw, &room, settings, c).await?;
         if let Some(since) = &since {
             let slice = gw
                 .histories
                 .backend
                 .read(&room, settings, since.offset, settings.size as usize)
                 .await
-                .map_err(|_| fail(F::History))?;
+                .map_err(|_| F::History)?;
             if matches!(
                 crate::history::decide(since, slice),
                 crate::history::Decision::Lost(_)
             ) {
-                return Err(fail(F::History));
+                return Err(F::History);
             }
         }
         sinces.push(since);
     }
-    // Then each channel under its room's lock: join, replay.
+    let channels = channels
+        .into_iter()
+        .zip(grants)
+        .zip(sinces)
+        .map(|((c, grant), since)| (c, grant, since))
+        .collect();
+    Ok(ResumePlan {
+        record,
+        pid,
+        settings,
+        channels,
+    })
+}
+
+/// Applies a checked resume: each channel under its room's sequencer lock, the socket joins
+/// it and gets what it missed from history. An error says whether the socket already joined
+/// rooms (a fresh session has none).
+pub async fn apply_resume<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    plan: &ResumePlan,
+) -> Result<herald_protocol::csr::Pid, ResumeError> {
+    use crate::csr::ResumeFailure as F;
+    let (Some(session), true) = (s.session(), s.is_connected()) else {
+        return Err((F::Unknown, false));
+    };
+    let Some(csr) = &session.csr else {
+        return Err((F::Unknown, false));
+    };
     let sid = s.sid().to_string();
-    for ((c, grant), since) in channels.iter().zip(grants).zip(sinces) {
+    for (c, grant, since) in &plan.channels {
         let room = RoomName::channel(&session.project, &c.channel);
         let _order = gw.fanout.sequencer().lock(&room).await;
         session.set_sub(
@@ -1085,7 +1304,7 @@ async fn resume_inner<P: Peer>(
         if session
             .channels
             .lock()
-            .insert(c.channel.clone(), grant)
+            .insert(c.channel.clone(), grant.clone())
             .is_none()
         {
             subscription_gauge(c.channel.kind()).increment(1.0);
@@ -1096,15 +1315,15 @@ async fn resume_inner<P: Peer>(
         {
             return Err((F::Revoked, true));
         }
-        if let Some(since) = &since {
-            let recovery = recover(s, gw, &room, &c.channel, settings, since).await;
+        if let Some(since) = since {
+            let recovery = recover(s, gw, &room, &c.channel, plan.settings, since).await;
             if !recovery.recovered {
                 return Err((F::History, true));
             }
         }
     }
-    *csr.pid.lock() = pid.clone();
-    Ok(pid)
+    *csr.pid.lock() = plan.pid.clone();
+    Ok(plan.pid.clone())
 }
 
 /// Where a resumed channel's replay starts: `None` when there is nothing to replay (the

@@ -5,17 +5,16 @@
 // window, a revoked key) is a fresh session (`recovered === false`, no channels). Embedded
 // mode, and Redis mode with three instances where the reconnect lands on another one.
 //
-// socket.io-client reconnects through a small TCP proxy of the test's: it holds new
-// connections while events are published (so "while away" does not race the client's
+// socket.io-client reconnects through a small TCP proxy of the test's: it holds new Engine.IO
+// sessions while events are published (so "while away" does not race the client's
 // reconnection timer) and chooses the instance they reach.
 //
-// Direct WebSocket transport (`transports: ["websocket"]`). socketioxide's polling transport
-// issues no pid yet (docs/PROTOCOL.md, "Connection state recovery"), so a polling client
-// reconnects as a fresh session.
+// Both transports: Herald's direct WebSocket (`transports: ["websocket"]`), and socketioxide's:
+// the client's default (HTTP long-polling, then the upgrade to WebSocket) and polling only.
 
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { after, before, describe, it } from 'node:test';
+import { after, before, beforeEach, describe, it } from 'node:test';
 
 import { io } from 'socket.io-client';
 
@@ -38,8 +37,10 @@ const T = { timeout: 60_000 };
 const WINDOW_SECS = 4;
 
 /**
- * A TCP proxy to one of several Herald instances. `hold()` parks new connections until
- * `release(target)`, which sends them (and later ones) to `target`'s port.
+ * A TCP proxy to one of several Herald instances. `hold()` parks new connections that open an
+ * Engine.IO session (a request without `sid`: a handshake) until `release(target)`, which sends
+ * them (and later ones) to `target`'s port. The requests of sessions already open (a polling
+ * client's close, its last polls) go through: the server sees the old session end.
  */
 async function startSwitch(target) {
   let port = new URL(target.url).port;
@@ -63,8 +64,19 @@ async function startSwitch(target) {
   };
   const server = net.createServer((client) => {
     client.on('error', () => {});
-    if (held) held.push(client);
-    else pipe(client);
+    if (!held) {
+      pipe(client);
+      return;
+    }
+    // Node's socket.io-client opens a connection per polling request: the first line says
+    // whether it belongs to an open session.
+    client.once('data', (first) => {
+      client.pause();
+      client.unshift(first);
+      const requestLine = first.toString('latin1').split('\r\n', 1)[0];
+      if (held && !/[?&]sid=/.test(requestLine)) held.push(client);
+      else pipe(client);
+    });
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
@@ -116,13 +128,31 @@ async function published(h, key, channel, payload) {
   return res.body;
 }
 
+/** The transports the tests run with: Herald's direct WebSocket, socketioxide's. */
+const DIRECT = ['websocket'];
+const POLLING = ['polling'];
+/** socket.io-client's default: polling, then the upgrade to WebSocket (socketioxide's). */
+const DEFAULT = null;
+const TRANSPORTS = [
+  ['direct WebSocket', DIRECT],
+  ['default: polling then upgrade', DEFAULT],
+  ['polling only', POLLING],
+];
+
+/** With the default transports, resolves once the engine upgraded to WebSocket. */
+async function upgraded(socket, transports) {
+  if (transports === DEFAULT) {
+    await waitFor(() => socket.io.engine?.transport?.name === 'websocket', 5000, 'the upgrade');
+  }
+}
+
 /**
  * A socket.io-client socket through `sw`, reconnecting on its own; `got[channel]` collects the
  * events it receives per channel (offsets and payloads).
  */
-async function client(sw, projectId, transports = ['websocket']) {
+async function client(sw, projectId, transports = DIRECT) {
   const socket = io(sw.url, {
-    transports,
+    ...(transports ? { transports } : {}),
     forceNew: true,
     auth: { projectId },
     reconnectionDelay: 50,
@@ -136,6 +166,8 @@ async function client(sw, projectId, transports = ['websocket']) {
     socket.once('connect', resolve);
     socket.once('connect_error', reject);
   });
+  await upgraded(socket, transports);
+  socket.transportsUsed = transports;
   return { socket, got };
 }
 
@@ -147,12 +179,33 @@ const listen = async (socket, channelName, authToken) => {
   return rest;
 };
 
-/** Closes the engine (the client reconnects by itself) and resolves once it noticed. */
-async function dropEngine(sw, socket) {
+/** The servers' flags: a short recovery window, and metrics (to see a session saved). */
+const SERVER_ARGS = ['--recovery-window-secs', String(WINDOW_SECS), '--metrics-bind', '127.0.0.1:0'];
+
+/** How many sessions `h` saved at disconnect so far (`herald_csr_sessions_saved_total`). */
+async function sessionsSaved(h) {
+  const m = /herald metrics on (http:\/\/\S+)/.exec(h.logs());
+  assert.ok(m, 'the instance printed its metrics address');
+  const text = await (await fetch(m[1])).text();
+  const line = text.split('\n').find((l) => l.startsWith('herald_csr_sessions_saved_total'));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
+/**
+ * Closes the engine (the client reconnects by itself) and resolves once it noticed and
+ * `server`, the instance it was on, saved its session (a polling client's close reaches the
+ * server a moment later than a WebSocket's). With the default transports, the upgraded
+ * WebSocket is what closes.
+ */
+async function dropEngine(sw, socket, server) {
+  await upgraded(socket, socket.transportsUsed);
+  if (socket.transportsUsed === POLLING) assert.equal(socket.io.engine.transport.name, 'polling');
+  const saved = await sessionsSaved(server);
   sw.hold();
   const gone = new Promise((resolve) => socket.once('disconnect', resolve));
   socket.io.engine.close();
   await gone;
+  await waitFor(async () => (await sessionsSaved(server)) > saved, 5000, 'the session saved');
 }
 
 /** Lets the held reconnect through (to `target`) and resolves with `socket.recovered`. */
@@ -170,15 +223,15 @@ const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from
  * events on all three while away, the automatic reconnect through `sw` to `second`; then one
  * more event per channel, so every channel's list is complete when it arrived.
  */
-async function recoverScenario(first, second, sw) {
+async function recoverScenario(first, second, sw, transports = DIRECT) {
   const { id, key } = await project(first);
-  const { socket, got } = await client(sw, id);
+  const { socket, got } = await client(sw, id, transports);
   for (const c of ['a', 'b', 'c']) assert.deepEqual(await listen(socket, c), { ok: true });
   for (const n of [1, 2]) await published(first, key, 'a', { n });
   await published(first, key, 'b', { n: 1 });
   await waitFor(() => got.a?.length === 2 && got.b?.length === 1, 5000, 'the first events');
 
-  await dropEngine(sw, socket);
+  await dropEngine(sw, socket, first);
   for (const n of [3, 4, 5]) await published(first, key, 'a', { n });
   for (const n of [2, 3]) await published(second, key, 'b', { n });
   for (const n of [1, 2]) await published(first, key, 'c', { n });
@@ -196,17 +249,21 @@ describe('connection state recovery (embedded mode)', () => {
   let h;
   let sw;
   before(async () => {
-    h = await startHerald({ extraArgs: ['--recovery-window-secs', String(WINDOW_SECS)] });
+    h = await startHerald({ extraArgs: SERVER_ARGS });
     sw = await startSwitch(h);
   });
+  // A test that failed while away leaves the proxy holding: the next one starts afresh.
+  beforeEach(() => sw.release(h));
   after(async () => {
     sw?.close();
     await h?.stop();
   });
 
-  it('socket.io-client recovers by itself: the missed events of every channel, in order, once each', T, async () => {
-    await recoverScenario(h, h, sw);
-  });
+  for (const [name, transports] of TRANSPORTS) {
+    it(`socket.io-client recovers by itself: the missed events of every channel, in order, once each (${name})`, T, async () => {
+      await recoverScenario(h, h, sw, transports);
+    });
+  }
 
   it('events the server sent but the client never got (lost in flight) are replayed', T, async () => {
     const { id, key } = await project(h);
@@ -234,33 +291,57 @@ describe('connection state recovery (embedded mode)', () => {
     socket.disconnect();
   });
 
-  it('the CONNECT reply carries a pid; a second reconnect recovers again', T, async () => {
+  for (const [name, transports] of TRANSPORTS) {
+    it(`the CONNECT reply carries a pid; a second reconnect recovers again (${name})`, T, async () => {
+      await pidScenario(h, sw, transports);
+    });
+  }
+
+  it('a forged pid over polling is a fresh session too', T, async () => {
     const { id, key } = await project(h);
-    const { socket, got } = await client(sw, id);
+    const { socket, got } = await client(sw, id, POLLING);
+    await listen(socket, 'feed');
+    await dropEngine(sw, socket, h);
+    await published(h, key, 'feed', { n: 1 });
+    socket._pid = '0123456789abcdef0123456789abcdef';
+    assert.equal(await reconnect(sw, socket), false);
+    assert.match(socket._pid, /^[0-9a-f]{32}$/);
+    assert.notEqual(socket._pid, '0123456789abcdef0123456789abcdef');
+    await published(h, key, 'feed', { n: 2 });
+    await listen(socket, 'other');
+    await published(h, key, 'other', { n: 1 });
+    await waitFor(() => got.other?.length === 1, 5000, 'the other channel');
+    assert.equal(got.feed, undefined);
+    socket.disconnect();
+  });
+
+  async function pidScenario(h, sw, transports) {
+    const { id, key } = await project(h);
+    const { socket, got } = await client(sw, id, transports);
     assert.equal(typeof socket._pid, 'string');
     await listen(socket, 'feed');
     await published(h, key, 'feed', { n: 1 });
     await waitFor(() => got.feed?.length === 1, 5000, 'event 1');
     for (const round of [0, 1]) {
-      await dropEngine(sw, socket);
+      await dropEngine(sw, socket, h);
       await published(h, key, 'feed', { n: 2 + round });
       assert.equal(await reconnect(sw, socket), true, `round ${round}`);
       await waitFor(() => got.feed.length === 2 + round, 5000, 'the replay');
     }
     // Away again with nothing missed: recovered, nothing replayed.
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     assert.equal(await reconnect(sw, socket), true);
     await published(h, key, 'feed', { n: 4 });
     await waitFor(() => got.feed.length === 4, 5000, 'event 4');
     assert.deepEqual(got.feed, range(1, 4));
     socket.disconnect();
-  });
+  }
 
   it('a forged or already used pid is a fresh session: recovered false, no channels', T, async () => {
     const { id, key } = await project(h);
     const { socket, got } = await client(sw, id);
     await listen(socket, 'feed');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     await published(h, key, 'feed', { n: 1 });
     socket._pid = '0123456789abcdef0123456789abcdef';
     assert.equal(await reconnect(sw, socket), false);
@@ -276,7 +357,7 @@ describe('connection state recovery (embedded mode)', () => {
     await listen(socket, 'feed');
     await published(h, key, 'feed', { n: 3 });
     await waitFor(() => got.feed?.length === 1, 5000, 'event 3');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     const [pid, offset] = [socket._pid, socket._lastOffset];
     assert.equal(await reconnect(sw, socket), true);
     const copy = io(sw.url, { transports: ['websocket'], forceNew: true, reconnection: false, auth: { projectId: id } });
@@ -296,20 +377,26 @@ describe('connection state recovery (embedded mode)', () => {
     const { id, key } = await project(h);
     const { socket } = await client(sw, id);
     await listen(socket, 'feed');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     await published(h, key, 'feed', { n: 1 });
     await sleep((WINDOW_SECS + 1.5) * 1000);
     assert.equal(await reconnect(sw, socket), false);
     socket.disconnect();
   });
 
-  it("a revoked key's private channels are not restored", T, async () => {
+  for (const [name, transports] of TRANSPORTS) {
+    it(`a revoked key's private channels are not restored (${name})`, T, async () => {
+      await revokedScenario(transports);
+    });
+  }
+
+  async function revokedScenario(transports) {
     const { id, key } = await project(h);
     const signer = await createKey(h, id, ['sign_token']);
-    const { socket, got } = await client(sw, id);
+    const { socket, got } = await client(sw, id, transports);
     assert.deepEqual(await listen(socket, 'private-room', await signToken(h, signer.key, 'private-room')), { ok: true });
     await listen(socket, 'public');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, h);
     await published(h, key, 'private-room', { n: 1 });
     assert.equal((await admin(h, 'DELETE', `/v1/admin/projects/${id}/api-keys/${signer.id}`)).status, 204);
     assert.equal(await reconnect(sw, socket), false);
@@ -319,7 +406,7 @@ describe('connection state recovery (embedded mode)', () => {
     await waitFor(() => got.public?.length === 1, 5000, 'the public event');
     assert.equal(got['private-room'], undefined);
     socket.disconnect();
-  });
+  }
 });
 
 describe('connection state recovery (redis mode, three instances)', () => {
@@ -330,7 +417,7 @@ describe('connection state recovery (redis mode, three instances)', () => {
     redis = await startRedis();
     nodes = await Promise.all(
       [0, 1, 2].map(() =>
-        startHerald({ extraArgs: ['--redis-url', redis.url, '--recovery-window-secs', String(WINDOW_SECS)] }),
+        startHerald({ extraArgs: ['--redis-url', redis.url, ...SERVER_ARGS] }),
       ),
     );
     for (const n of nodes) {
@@ -343,15 +430,18 @@ describe('connection state recovery (redis mode, three instances)', () => {
     }
     sw = await startSwitch(nodes[0]);
   });
+  beforeEach(() => sw.release(nodes[0]));
   after(async () => {
     sw?.close();
     await Promise.all((nodes ?? []).map((n) => n.stop().catch(() => n.kill())));
     await redis?.stop();
   });
 
-  it('the reconnect lands on another instance and still recovers, exactly', T, async () => {
-    await recoverScenario(nodes[0], nodes[1], sw);
-  });
+  for (const [name, transports] of TRANSPORTS) {
+    it(`the reconnect lands on another instance and still recovers, exactly (${name})`, T, async () => {
+      await recoverScenario(nodes[0], nodes[1], sw, transports);
+    });
+  }
 
   it('and again from there to the third instance', T, async () => {
     const { id, key } = await project(nodes[0]);
@@ -360,7 +450,7 @@ describe('connection state recovery (redis mode, three instances)', () => {
     await listen(socket, 'feed');
     await published(nodes[2], key, 'feed', { n: 1 });
     await waitFor(() => got.feed?.length === 1, 5000, 'event 1');
-    await dropEngine(sw, socket);
+    await dropEngine(sw, socket, nodes[1]);
     for (const n of [2, 3]) await published(nodes[0], key, 'feed', { n });
     assert.equal(await reconnect(sw, socket, nodes[2]), true);
     await published(nodes[1], key, 'feed', { n: 4 });

@@ -1,5 +1,6 @@
-//! Socket.IO connection state recovery (CSR) for the official `socket.io-client`, on the
-//! direct WebSocket transport: what a socket's subscriptions got, the session record saved at
+//! Socket.IO connection state recovery (CSR) for the official `socket.io-client`, on both
+//! transports (the direct WebSocket, socketioxide's polling and upgrades): what a socket's
+//! subscriptions got, the session record saved at
 //! disconnect, and where a reconnecting client really stopped (the wire format is in
 //! [`herald_protocol::csr`], the protocol in docs/PROTOCOL.md).
 //!
@@ -7,7 +8,7 @@
 //! subscription (socket × channel) a [`SubCell`] keeps the channel's epoch and offset when the
 //! socket joined, and the socket-wide send numbers and offsets of its last [`RING`] sends;
 //! the socket numbers its tracked sends in the order they reach its queue or socket
-//! ([`crate::direct::DirectConn::send_tracked`]). The marker's channel stopped at the marker's
+//! ([`crate::direct::DirectConn::send_tracked`], [`crate::gateway::CsrState::send_tracked`]). The marker's channel stopped at the marker's
 //! offset; every other channel at its last send numbered before the marker's send
 //! ([`positions`]). The fan-out loop updates the cell through the room's member entry (no map
 //! lookup); the frame stays one shared encoding per room.

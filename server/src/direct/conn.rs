@@ -356,30 +356,15 @@ impl Reader {
         match gateway::check_handshake(gw, conn.sid, auth.as_ref()).await {
             Ok(project) => {
                 let room = herald_protocol::RoomName::project(&project);
-                // socket.io-client's connection state recovery: a reconnect presents the pid
-                // and the marker of the last event it got.
-                let resume = herald_protocol::csr::ResumeAuth::parse(auth.as_ref());
-                let presented = auth
-                    .as_ref()
-                    .and_then(|a| a.get("offset"))
-                    .and_then(Value::as_str)
-                    .filter(|o| o.len() <= herald_protocol::csr::MAX_MARKER_LEN)
-                    .map(str::to_owned);
-                let session = match &gw.recovery {
-                    Some(_) => {
-                        Session::recoverable(project, gateway::CsrState::new(presented.clone()))
-                    }
-                    None => Session::new(project),
-                };
+                let (session, resume) = gateway::connect_session(gw, project, auth.as_ref());
                 let _ = conn.session.set(Arc::new(session));
                 conn.join(&room);
                 self.connect_deadline = None;
                 metrics::gauge!(m::SOCKETS_CONNECTED).increment(1.0);
-                if let (Some(resume), Some(_)) = (resume, &gw.recovery) {
+                if let Some(resume) = resume {
                     // The replayed and live events sent meanwhile precede the CONNECT reply:
                     // socket.io-client buffers them and hands them over once connected.
-                    if let Err((_, joined)) =
-                        gateway::resume(conn.as_ref(), gw, &resume, presented.as_deref()).await
+                    if let Err((_, joined)) = gateway::resume(conn.as_ref(), gw, &resume).await
                         && joined
                     {
                         // Half-resumed: a fresh session must have no rooms, and what was sent
