@@ -23,7 +23,7 @@ import {
   uid,
   waitFor,
 } from './harness.mjs';
-import { startRedis } from './redis-harness.mjs';
+import { startInstances } from './redis-harness.mjs';
 
 const T = { timeout: 30_000 };
 
@@ -377,27 +377,13 @@ describe('history: a recovery longer than the socket buffer (direct WebSocket tr
 });
 
 describe('history (redis mode, three instances)', () => {
-  let redis;
+  let cluster;
   let nodes;
   before(async () => {
-    redis = await startRedis();
-    nodes = await Promise.all([0, 1, 2].map(() => startHerald({ extraArgs: ['--redis-url', redis.url] })));
-    for (const n of nodes) {
-      await waitFor(async () => (await request(n, 'GET', '/readyz')).status === 200, 15_000, `${n.url} ready`);
-    }
-    // Right after the instances start, a publish may answer 503 until every instance has seen
-    // every other's bus subscription (docs/PROTOCOL.md: an instance not yet subscribed). That
-    // is not what these tests are about, and a publish answered 503 may still have taken an
-    // offset, so the warm-up uses a channel of its own until every instance answers 200.
-    const warm = await project(nodes[0]);
-    for (const n of nodes) {
-      await waitFor(async () => (await publish(n, warm.key, 'warm-up', 1)).status === 200, 10_000, `${n.url} publishes`);
-    }
+    cluster = await startInstances(3);
+    ({ nodes } = cluster);
   });
-  after(async () => {
-    await Promise.all((nodes ?? []).map((n) => n.stop().catch(() => n.kill())));
-    await redis?.stop();
-  });
+  after(async () => cluster?.stop());
 
   it('offsets are shared, and listen with since on another instance recovers', T, async () => {
     const { id, key } = await project(nodes[0]);

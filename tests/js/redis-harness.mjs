@@ -7,7 +7,17 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 
-import { freePort, sleep } from './harness.mjs';
+import {
+  createKey,
+  createProject,
+  freePort,
+  publish,
+  request,
+  sleep,
+  startHerald,
+  uid,
+  waitFor,
+} from './harness.mjs';
 
 export { freePort };
 
@@ -125,4 +135,38 @@ export async function startLinkProxy(redisPort) {
       server.close();
     },
   };
+}
+
+/**
+ * A redis-server and `count` Herald instances in Redis mode on it, each ready, and every one
+ * confirmed on the event bus: right after the instances start, a publish may answer 503 until
+ * every instance has seen every other's bus subscription (docs/PROTOCOL.md: an instance not
+ * yet subscribed), and a publish answered 503 may still have taken an offset, so the warm-up
+ * publishes on a project and channel of its own until every instance answers 200.
+ * `stop()` stops them all.
+ */
+export async function startInstances(count, { extraArgs = [] } = {}) {
+  const redis = await startRedis();
+  const nodes = await Promise.all(
+    Array.from({ length: count }, () => startHerald({ extraArgs: ['--redis-url', redis.url, ...extraArgs] })),
+  );
+  const stop = async () => {
+    await Promise.all(nodes.map((n) => n.stop().catch(() => n.kill())));
+    await redis.stop();
+  };
+  try {
+    for (const n of nodes) {
+      await waitFor(async () => (await request(n, 'GET', '/readyz')).status === 200, 15_000, `${n.url} ready`);
+    }
+    const project = uid('warm');
+    await createProject(nodes[0], project);
+    const { key } = await createKey(nodes[0], project, ['publish_event']);
+    for (const n of nodes) {
+      await waitFor(async () => (await publish(n, key, 'warm-up', 1)).status === 200, 10_000, `${n.url} publishes`);
+    }
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  return { redis, nodes, stop };
 }

@@ -23,7 +23,7 @@ import {
   uid,
   waitFor,
 } from './harness.mjs';
-import { startLinkProxy, startRedis } from './redis-harness.mjs';
+import { startInstances, startLinkProxy } from './redis-harness.mjs';
 
 const T = { timeout: 30_000 };
 
@@ -378,23 +378,13 @@ describe('SSE slow consumers', () => {
 });
 
 describe('SSE (redis mode, three instances)', () => {
-  let redis;
+  let cluster;
   let nodes;
   before(async () => {
-    redis = await startRedis();
-    nodes = await Promise.all([0, 1, 2].map(() => startHerald({ extraArgs: ['--redis-url', redis.url] })));
-    for (const n of nodes) {
-      await waitFor(async () => (await request(n, 'GET', '/readyz')).status === 200, 15_000, `${n.url} ready`);
-    }
-    const warm = await project(nodes[0]);
-    for (const n of nodes) {
-      await waitFor(async () => (await publish(n, warm.key, 'warm-up', 1)).status === 200, 10_000, `${n.url} publishes`);
-    }
+    cluster = await startInstances(3);
+    ({ nodes } = cluster);
   });
-  after(async () => {
-    await Promise.all((nodes ?? []).map((n) => n.stop().catch(() => n.kill())));
-    await redis?.stop();
-  });
+  after(async () => cluster?.stop());
 
   it('streams on every instance get every event once; a resume on another instance recovers', T, async () => {
     const { id, key } = await project(nodes[0]);
