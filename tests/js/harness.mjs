@@ -317,6 +317,13 @@ export async function publish(h, key, channelName, payload, { header = 'bearer',
   return { status, body };
 }
 
+/** Publishes and returns the answer body, throwing unless 200. */
+export async function published(h, key, channelName, payload) {
+  const res = await publish(h, key, channelName, payload);
+  if (res.status !== 200) throw new Error(`publish to ${channelName}: HTTP ${res.status} ${JSON.stringify(res.body)}`);
+  return res.body;
+}
+
 /**
  * Signs a private-channel token with API key `key` (scope `sign_token`); throws unless 200.
  * Returns `{ token, expiresAt }`.

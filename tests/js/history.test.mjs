@@ -17,6 +17,7 @@ import {
   createKey,
   createProject,
   publish,
+  published,
   request,
   sleep,
   startHerald,
@@ -38,13 +39,6 @@ async function project(h, history) {
   }
   const { key } = await createKey(h, id, ['publish_event', 'read_history']);
   return { id, key };
-}
-
-/** Publishes and returns the answer body, asserting 200. */
-async function published(h, key, channel, payload) {
-  const res = await publish(h, key, channel, payload);
-  assert.equal(res.status, 200, JSON.stringify(res.body));
-  return res.body;
 }
 
 /** `listen` with `since`, resolving with the ack. */

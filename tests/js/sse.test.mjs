@@ -16,6 +16,7 @@ import {
   createKey,
   createProject,
   publish,
+  published,
   request,
   signToken,
   sleep,
@@ -37,12 +38,6 @@ async function project(h, history) {
   }
   const key = await createKey(h, id, ['publish_event', 'sign_token']);
   return { id, key: key.key, keyId: key.id };
-}
-
-async function published(h, key, channel, payload) {
-  const res = await publish(h, key, channel, payload);
-  assert.equal(res.status, 200, JSON.stringify(res.body));
-  return res.body;
 }
 
 function streamUrl(base, projectId, { channels = [], tokens = [], extra = '' } = {}) {

@@ -294,6 +294,8 @@ impl Peer for SseConn {
 pub struct SseRooms {
     rooms: RwLock<HashMap<RoomName, Vec<Arc<SseConn>>>>,
     conns: Mutex<HashMap<Sid, Arc<SseConn>>>,
+    /// `conns.len()`, read without the lock by every broadcast.
+    open: std::sync::atomic::AtomicUsize,
 }
 
 impl SseRooms {
@@ -304,7 +306,7 @@ impl SseRooms {
 
     /// Whether any stream is open here (broadcasts skip SSE otherwise).
     pub fn is_empty(&self) -> bool {
-        self.conns.lock().is_empty()
+        self.open.load(std::sync::atomic::Ordering::Relaxed) == 0
     }
 
     /// Registers a new stream in its set-up phase; its [`Registration`] unregisters it.
@@ -332,6 +334,7 @@ impl SseRooms {
             close_timeout,
         });
         self.conns.lock().insert(conn.sid, conn.clone());
+        self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!(m::SSE_STREAMS).increment(1.0);
         (conn, rx)
     }
@@ -365,6 +368,7 @@ impl SseRooms {
         if self.conns.lock().remove(&conn.sid).is_none() {
             return;
         }
+        self.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         metrics::gauge!(m::SSE_STREAMS).decrement(1.0);
         let mut rooms = self.rooms.write();
         rooms.retain(|_, members| {
