@@ -31,7 +31,6 @@ use crate::history::{ChannelOffset, Epoch, HistorySettings};
 use crate::limits::MAX_DISPLAY_NAME_CHARS;
 use crate::messages::channel_field;
 use crate::names::{ChannelName, NameError, ProjectId};
-use crate::presence::{MemberInfo, UserId};
 
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -44,18 +43,14 @@ pub enum ApiKeyScope {
     SignToken,
     /// `GET /v1/publishers/channels/{channelName}/history`: read a channel's retained events.
     ReadHistory,
-    /// `GET /v1/publishers/channels/{channelName}/presence` (and `/presence/count`): read a
-    /// presence channel's members.
-    ReadPresence,
 }
 
 impl ApiKeyScope {
     /// Every scope: what a key created without `scopes` gets.
-    pub const ALL: [ApiKeyScope; 4] = [
+    pub const ALL: [ApiKeyScope; 3] = [
         ApiKeyScope::PublishEvent,
         ApiKeyScope::SignToken,
         ApiKeyScope::ReadHistory,
-        ApiKeyScope::ReadPresence,
     ];
 }
 
@@ -66,7 +61,6 @@ impl ApiKeyScope {
             ApiKeyScope::PublishEvent => "publish_event",
             ApiKeyScope::SignToken => "sign_token",
             ApiKeyScope::ReadHistory => "read_history",
-            ApiKeyScope::ReadPresence => "read_presence",
         }
     }
 }
@@ -84,9 +78,8 @@ impl std::str::FromStr for ApiKeyScope {
             "publish_event" => Ok(ApiKeyScope::PublishEvent),
             "sign_token" => Ok(ApiKeyScope::SignToken),
             "read_history" => Ok(ApiKeyScope::ReadHistory),
-            "read_presence" => Ok(ApiKeyScope::ReadPresence),
             other => Err(format!(
-                "unknown scope {other:?}; expected publish_event, sign_token, read_history or read_presence"
+                "unknown scope {other:?}; expected publish_event, sign_token or read_history"
             )),
         }
     }
@@ -329,25 +322,14 @@ pub struct PublishResponse {
     pub epoch: Option<Epoch>,
 }
 
-/// `POST /v1/publishers/sign`: `{ "channelName": "private-..." }`, or for a presence
-/// channel `{ "channelName": "presence-...", "userId", "userInfo"? }`.
+/// `POST /v1/publishers/sign`: `{ "channelName": "private-..." }`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignRequest {
-    /// The private or presence channel the token opens.
-    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::token_channel_name))]
+    /// The private channel the token opens.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::private_channel_name))]
     pub channel_name: ChannelName,
-    /// Presence channels (required there, refused elsewhere): the member's user id, 1 to 128
-    /// bytes. Two sockets with the same user id are one member.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, min_length = 1, max_length = 128))]
-    pub user_id: Option<UserId>,
-    /// Presence channels: what the other members see of this one, a JSON object of at most
-    /// 1 KiB.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
-    pub user_info: Option<MemberInfo>,
 }
 
 impl SignRequest {
@@ -355,38 +337,8 @@ impl SignRequest {
     pub fn parse(body: &[u8]) -> Result<Self, Refusal> {
         let v: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| Refusal::new(ErrorCode::InvalidBody, format!("invalid JSON: {e}")))?;
-        let user_id = match v.get("userId") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(id)) => Some(UserId::parse(id)?),
-            Some(_) => {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidUserId,
-                    "userId must be a string",
-                ));
-            }
-        };
-        let user_info = match v.get("userInfo") {
-            None | Some(serde_json::Value::Null) => None,
-            Some(info) => Some(MemberInfo::from_value(info)?),
-        };
-        let channel_name = channel_field(&v)?;
-        if channel_name.is_presence() {
-            if user_id.is_none() {
-                return Err(Refusal::new(
-                    ErrorCode::PresenceUserMissing,
-                    format!("{channel_name} is a presence channel: its token needs a userId"),
-                ));
-            }
-        } else if user_id.is_some() || user_info.is_some() {
-            return Err(Refusal::new(
-                ErrorCode::InvalidBody,
-                "userId and userInfo are for presence channels (names starting with \"presence-\")",
-            ));
-        }
         Ok(Self {
-            channel_name,
-            user_id,
-            user_info,
+            channel_name: channel_field(&v)?,
         })
     }
 }

@@ -20,7 +20,7 @@ use crate::error::ErrorCode;
 use crate::limits::MAX_DISPLAY_NAME_CHARS;
 use crate::names::{
     ChannelName, MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, ProjectId, channel_name_pattern,
-    project_id_pattern, regex_class, token_channel_name_pattern,
+    private_channel_name_pattern, project_id_pattern, regex_class,
 };
 
 fn string(description: &str, pattern: String, min: usize, max: usize) -> ObjectBuilder {
@@ -117,15 +117,15 @@ impl ToSchema for ApiKeyId {
     }
 }
 
-/// The channel of `POST /v1/publishers/sign`: a private or presence [`ChannelName`].
-pub fn token_channel_name() -> Schema {
+/// The channel of `POST /v1/publishers/sign`: a private [`ChannelName`].
+pub fn private_channel_name() -> Schema {
     string(
-        "The channel the token opens: a channel name starting with `private-` or `presence-`.",
-        token_channel_name_pattern(),
+        "The private channel the token opens: a channel name starting with `private-`.",
+        private_channel_name_pattern(),
         1,
         MAX_CHANNEL_NAME_BYTES,
     )
-    .examples(["private-user-42", "presence-room-7"])
+    .examples(["private-user-42"])
     .build()
     .into()
 }

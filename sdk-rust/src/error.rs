@@ -148,7 +148,10 @@ pub enum Error {
 }
 
 fn kind_name(kind: ChannelKind) -> &'static str {
-    kind.as_str()
+    match kind {
+        ChannelKind::Public => "public",
+        ChannelKind::Private => "private",
+    }
 }
 
 impl Error {

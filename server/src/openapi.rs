@@ -446,8 +446,8 @@ mod tests {
     #[test]
     fn schemas_carry_the_protocol_rules() {
         use herald_protocol::names::{
-            MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, channel_name_pattern, project_id_pattern,
-            token_channel_name_pattern,
+            MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, channel_name_pattern,
+            private_channel_name_pattern, project_id_pattern,
         };
         let json = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
         let schemas = &json["components"]["schemas"];
@@ -459,7 +459,7 @@ mod tests {
         assert_eq!(schemas["ProjectId"]["maxLength"], MAX_PROJECT_ID_BYTES);
         assert_eq!(
             schemas["SignRequest"]["properties"]["channelName"]["pattern"],
-            token_channel_name_pattern()
+            private_channel_name_pattern()
         );
         for body in ["CreateApiKeyRequest", "UpdateApiKeyRequest"] {
             assert_eq!(
