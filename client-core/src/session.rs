@@ -441,7 +441,7 @@ impl<D: Clone> Session<D> {
             self.complete(id, Err(SessionError::Closed));
             return id;
         }
-        let needs_token = token.is_none() && channel.is_private();
+        let needs_token = token.is_none() && channel.needs_token();
         if needs_token && !self.config.has_token_provider {
             self.complete(id, Err(SessionError::NoTokenProvider(channel)));
             return id;
@@ -694,7 +694,7 @@ impl<D: Clone> Session<D> {
             if let Phase::Live(live) = &mut self.phase {
                 live.relisten_left += 1;
             }
-            if channel.is_private() && self.config.has_token_provider {
+            if channel.needs_token() && self.config.has_token_provider {
                 let fetch = self.next_fetch();
                 self.fetches.insert(
                     fetch,

@@ -31,6 +31,7 @@ use crate::history::{ChannelOffset, Epoch, HistorySettings};
 use crate::limits::MAX_DISPLAY_NAME_CHARS;
 use crate::messages::channel_field;
 use crate::names::{ChannelName, NameError, ProjectId};
+use crate::presence::{MemberInfo, UserId};
 
 /// What an API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -43,14 +44,18 @@ pub enum ApiKeyScope {
     SignToken,
     /// `GET /v1/publishers/channels/{channelName}/history`: read a channel's retained events.
     ReadHistory,
+    /// `GET /v1/publishers/channels/{channelName}/presence` (and `/presence/count`): read a
+    /// presence channel's members.
+    ReadPresence,
 }
 
 impl ApiKeyScope {
     /// Every scope: what a key created without `scopes` gets.
-    pub const ALL: [ApiKeyScope; 3] = [
+    pub const ALL: [ApiKeyScope; 4] = [
         ApiKeyScope::PublishEvent,
         ApiKeyScope::SignToken,
         ApiKeyScope::ReadHistory,
+        ApiKeyScope::ReadPresence,
     ];
 }
 
@@ -61,6 +66,7 @@ impl ApiKeyScope {
             ApiKeyScope::PublishEvent => "publish_event",
             ApiKeyScope::SignToken => "sign_token",
             ApiKeyScope::ReadHistory => "read_history",
+            ApiKeyScope::ReadPresence => "read_presence",
         }
     }
 }
@@ -78,8 +84,9 @@ impl std::str::FromStr for ApiKeyScope {
             "publish_event" => Ok(ApiKeyScope::PublishEvent),
             "sign_token" => Ok(ApiKeyScope::SignToken),
             "read_history" => Ok(ApiKeyScope::ReadHistory),
+            "read_presence" => Ok(ApiKeyScope::ReadPresence),
             other => Err(format!(
-                "unknown scope {other:?}; expected publish_event, sign_token or read_history"
+                "unknown scope {other:?}; expected publish_event, sign_token, read_history or read_presence"
             )),
         }
     }
@@ -322,14 +329,24 @@ pub struct PublishResponse {
     pub epoch: Option<Epoch>,
 }
 
-/// `POST /v1/publishers/sign`: `{ "channelName": "private-..." }`.
+/// `POST /v1/publishers/sign`: `{ "channelName": "private-...", "userId"?, "userInfo"? }`, or
+/// for a presence channel `{ "channelName": "presence-...", "userId", "userInfo"? }`. The
+/// member (`userId`, `userInfo`) becomes the token's `sub` and `info` claims; a presence
+/// channel needs it, a private channel's grant carries it without using it. The OpenAPI schema
+/// (a `oneOf` of the two shapes) is written by hand in [`crate::openapi`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignRequest {
-    /// The private channel the token opens.
-    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::private_channel_name))]
+    /// The private or presence channel the token opens.
     pub channel_name: ChannelName,
+    /// The member's user id; required on presence channels. Two sockets with the same user
+    /// id are one member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// What the other members of a presence channel see of this one, a JSON object of at
+    /// most 1 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_info: Option<MemberInfo>,
 }
 
 impl SignRequest {
@@ -337,8 +354,31 @@ impl SignRequest {
     pub fn parse(body: &[u8]) -> Result<Self, Refusal> {
         let v: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| Refusal::new(ErrorCode::InvalidBody, format!("invalid JSON: {e}")))?;
+        let user_id = match v.get("userId") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(id)) => Some(UserId::parse(id)?),
+            Some(_) => {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidUserId,
+                    "userId must be a string",
+                ));
+            }
+        };
+        let user_info = match v.get("userInfo") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(info) => Some(MemberInfo::from_value(info)?),
+        };
+        let channel_name = channel_field(&v)?;
+        if channel_name.is_presence() && user_id.is_none() {
+            return Err(Refusal::new(
+                ErrorCode::PresenceUserMissing,
+                format!("{channel_name} is a presence channel: its token needs a userId"),
+            ));
+        }
         Ok(Self {
-            channel_name: channel_field(&v)?,
+            channel_name,
+            user_id,
+            user_info,
         })
     }
 }

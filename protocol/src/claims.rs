@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::ApiKeyId;
 use crate::names::{ChannelName, ProjectId};
+use crate::presence::{MemberInfo, UserId};
 
 /// The one signing algorithm Herald issues and accepts.
 pub const CHANNEL_TOKEN_ALGORITHM: &str = "HS256";
@@ -27,6 +28,8 @@ pub const CHANNEL_TOKEN_ISSUER: &str = "herald";
 ///     channel_name: ChannelName::parse("private-u1")?,
 ///     project_id: ProjectId::parse("acme")?,
 ///     api_key_id: ApiKeyId::parse("0123456789abcdef")?,
+///     sub: None,
+///     info: None,
 /// };
 /// let json = serde_json::to_value(&claims).unwrap();
 /// assert_eq!(json["channelName"], "private-u1");
@@ -47,10 +50,16 @@ pub struct ChannelTokenClaims {
     pub nbf: Option<u64>,
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
-    /// The one private channel this token opens.
+    /// The one private or presence channel this token opens.
     pub channel_name: ChannelName,
     /// The project the channel belongs to.
     pub project_id: ProjectId,
     /// The API key that signed: the token dies with it.
     pub api_key_id: ApiKeyId,
+    /// Presence channels: the member's user id (required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<UserId>,
+    /// Presence channels: the member's info.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<MemberInfo>,
 }

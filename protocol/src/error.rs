@@ -56,8 +56,15 @@ error_codes! {
     PayloadTooDeep = "payload_too_deep" => 400,
     /// An `expiresAt` that is not in the future.
     InvalidExpiry = "invalid_expiry" => 400,
-    /// A token was requested for a public channel (tokens are for `private-` channels).
+    /// A token was requested for a public channel (tokens are for `private-` and `presence-`
+    /// channels).
     ChannelNotPrivate = "channel_not_private" => 400,
+    /// A presence call (`presence` query, REST presence) on a channel that is not `presence-`.
+    NotPresenceChannel = "not_presence_channel" => 400,
+    /// A `userId` that is empty, longer than 128 characters or not printable ASCII.
+    InvalidUserId = "invalid_user_id" => 400,
+    /// A `userInfo` larger than 1 KiB as JSON (or a token whose `info` claim is).
+    PresenceInfoTooLarge = "presence_info_too_large" => 400,
     /// The request's body did not arrive within the body read timeout
     /// (`--body-read-timeout-secs`); the connection is closed after this answer.
     RequestTimeout = "request_timeout" => 408,
@@ -137,6 +144,12 @@ error_codes! {
     TokenKeyExpired = "token_key_expired" => 401,
     /// The API key that signed the token no longer has the `sign_token` scope.
     TokenKeyScope = "token_key_scope" => 401,
+    /// A token for a presence channel without the member's user id (claim `sub`), or a sign
+    /// request for one without `userId`: sign it with `userId`.
+    PresenceUserMissing = "presence_user_missing" => 400,
+    /// The presence channel has as many members as the server allows
+    /// (`--max-presence-members`); another user may join once one leaves.
+    PresenceFull = "presence_full" => 403,
 
     // --- server side -------------------------------------------------------------------
     /// The client's address holds as many connections as `--max-connections-per-ip` allows;

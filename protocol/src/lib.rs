@@ -9,6 +9,7 @@
 //! * [`api`]: the publisher and admin REST bodies, [`ApiKeyScope`] and the API key format.
 //! * [`claims`]: the claims of a private-channel token.
 //! * [`history`]: per-channel offsets and epochs, retention settings, recovery on `listen`.
+//! * [`presence`]: members of `presence-` channels, their events, snapshots and queries.
 //! * [`sse`]: the Server-Sent Events transport (subscribe query, framing, resume cursor).
 //! * [`csr`]: Socket.IO connection state recovery for the official `socket.io-client` (pid,
 //!   event markers, the resume `auth`).
@@ -46,6 +47,7 @@ pub mod names;
 pub mod numbers;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+pub mod presence;
 pub mod sse;
 
 pub use api::{ApiKeyId, ApiKeyScope, ApiKeyToken};

@@ -30,6 +30,9 @@ pub mod event_names {
     pub const EVENT: &str = "event";
     /// Server → client: a [`SystemMessage`](super::SystemMessage).
     pub const SYSTEM_MESSAGE: &str = "system_message";
+    /// Server → client: a [`PresenceEvent`](crate::presence::PresenceEvent); client → server
+    /// (with an ack): a [`PresenceRequest`](crate::presence::PresenceRequest).
+    pub const PRESENCE: &str = "presence";
 }
 
 /// WebSocket close codes of Herald's own (the application range 4000–4999).

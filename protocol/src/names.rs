@@ -17,6 +17,22 @@ pub const PRIVATE_PREFIX: &str = "private-";
 /// private: only [`PRIVATE_PREFIX`] followed by at least one character may start with it.
 pub const PRIVATE_WORD: &str = "private";
 
+/// The prefix that makes a channel a presence channel (private, and its members are known).
+pub const PRESENCE_PREFIX: &str = "presence-";
+
+/// The word that, at the start of a channel name in any letter case, makes the name read as a
+/// presence channel: only [`PRESENCE_PREFIX`] followed by at least one character may start
+/// with it.
+pub const PRESENCE_WORD: &str = "presence";
+
+/// The reserved words of channel names, each with the one prefix that may start with it and
+/// the kind that prefix makes. A name starting with a word in any letter case must start with
+/// exactly its prefix followed by at least one character.
+const RESERVED: [(&str, &str, ChannelKind); 2] = [
+    (PRIVATE_WORD, PRIVATE_PREFIX, ChannelKind::Private),
+    (PRESENCE_WORD, PRESENCE_PREFIX, ChannelKind::Presence),
+];
+
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_NAME_BYTES: usize = 164;
 
@@ -40,10 +56,10 @@ pub enum NameError {
     /// The channel name holds a character outside `A-Z a-z 0-9 _ - = @ , . ;`.
     #[error("channel name holds {0:?}; allowed are A-Z a-z 0-9 and _ - = @ , . ;")]
     InvalidChannelChar(char),
-    /// The name starts like a private channel (`private`, any case) but not with exactly
-    /// `private-`, or is `private-` with nothing after it.
+    /// The name starts like a private or presence channel (`private`, `presence`, any case)
+    /// but not with exactly `private-` / `presence-`, or is the prefix with nothing after it.
     #[error(
-        "channel name {0:?} is ambiguous: private channels start with exactly \"private-\" followed by a name; other names must not start with \"private\""
+        "channel name {0:?} is ambiguous: private channels start with exactly \"private-\" and presence channels with exactly \"presence-\", followed by a name; other names must not start with \"private\" or \"presence\""
     )]
     AmbiguousChannelName(String),
     /// A room name that is not `{projectId}:{channelName}`.
@@ -111,19 +127,37 @@ pub enum ChannelKind {
     Public,
     /// Listening needs a channel token signed by the project (name starts with `private-`).
     Private,
+    /// A private channel whose members are known (name starts with `presence-`): listening
+    /// needs a channel token that names the user (`sub`), and the channel's members see each
+    /// other join and leave.
+    Presence,
+}
+
+impl ChannelKind {
+    /// `public`, `private` or `presence` (metric labels, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Public => "public",
+            ChannelKind::Private => "private",
+            ChannelKind::Presence => "presence",
+        }
+    }
 }
 
 /// A channel name: 1 to 164 bytes of `A-Z a-z 0-9 _ - = @ , . ;`, never containing `:`.
 ///
-/// Names starting with `private-` are private. Any other name whose start reads as "private"
-/// in any letter case (`private`, `privateer`, `Private-x`, `PRIVATE_x`) is refused as
-/// ambiguous, so a typo can never turn a private channel into a public one.
+/// Names starting with `private-` are private, names starting with `presence-` are presence
+/// channels. Any other name whose start reads as "private" or "presence" in any letter case
+/// (`private`, `privateer`, `Private-x`, `PRIVATE_x`, `Presence-x`, `presencex`) is refused
+/// as ambiguous, so a typo can never turn a private channel into a public one.
 ///
 /// ```
 /// use herald_protocol::{ChannelKind, ChannelName};
 /// assert_eq!(ChannelName::parse("orders")?.kind(), ChannelKind::Public);
 /// assert_eq!(ChannelName::parse("private-u1")?.kind(), ChannelKind::Private);
+/// assert_eq!(ChannelName::parse("presence-room1")?.kind(), ChannelKind::Presence);
 /// assert!(ChannelName::parse("acme:orders").is_err());
+/// assert!(ChannelName::parse("Presence-room1").is_err());
 /// # Ok::<(), herald_protocol::NameError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -142,29 +176,39 @@ impl ChannelName {
         if let Some(c) = s.chars().find(|c| !is_channel_char(*c)) {
             return Err(NameError::InvalidChannelChar(c));
         }
-        let starts_like_private = s
-            .get(..PRIVATE_WORD.len())
-            .is_some_and(|head| head.eq_ignore_ascii_case(PRIVATE_WORD));
-        if starts_like_private
-            && (!s.starts_with(PRIVATE_PREFIX) || s.len() == PRIVATE_PREFIX.len())
-        {
-            return Err(NameError::AmbiguousChannelName(s.to_owned()));
+        for (word, prefix, _) in RESERVED {
+            let starts_like_word = s
+                .get(..word.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(word));
+            if starts_like_word && (!s.starts_with(prefix) || s.len() == prefix.len()) {
+                return Err(NameError::AmbiguousChannelName(s.to_owned()));
+            }
         }
         Ok(Self(s.to_owned()))
     }
 
-    /// Public or private.
+    /// Public, private or presence.
     pub fn kind(&self) -> ChannelKind {
-        if self.0.starts_with(PRIVATE_PREFIX) {
-            ChannelKind::Private
-        } else {
-            ChannelKind::Public
-        }
+        RESERVED
+            .iter()
+            .find(|(_, prefix, _)| self.0.starts_with(prefix))
+            .map_or(ChannelKind::Public, |(_, _, kind)| *kind)
     }
 
-    /// Shorthand for `kind() == ChannelKind::Private`.
+    /// Shorthand for `kind() == ChannelKind::Private` (presence channels are not included;
+    /// see [`ChannelName::needs_token`]).
     pub fn is_private(&self) -> bool {
         self.kind() == ChannelKind::Private
+    }
+
+    /// Shorthand for `kind() == ChannelKind::Presence`.
+    pub fn is_presence(&self) -> bool {
+        self.kind() == ChannelKind::Presence
+    }
+
+    /// Whether listening needs a channel token: private and presence channels.
+    pub fn needs_token(&self) -> bool {
+        self.kind() != ChannelKind::Public
     }
 
     /// The name as a string slice.
@@ -200,48 +244,72 @@ pub fn project_id_pattern() -> String {
 }
 
 /// The rule of [`ChannelName::parse`] as a regular expression (ECMA 262, as JSON Schema's
-/// `pattern`), built from [`is_channel_char`], [`PRIVATE_PREFIX`] and [`PRIVATE_WORD`]: either
-/// a private name, or a name that is not a proper prefix of "private" nor starts with it in any
-/// letter case. No look-around, so every regex dialect reads it the same. The length bound, 1 to
-/// [`MAX_CHANNEL_NAME_BYTES`], is not in it (`minLength`/`maxLength`; the alphabet is ASCII).
+/// `pattern`), built from [`is_channel_char`] and the reserved words and prefixes
+/// ([`PRIVATE_PREFIX`], [`PRESENCE_PREFIX`]…): either a name with one of the prefixes, or a
+/// name that does not start with a reserved word in any letter case (a proper prefix of one,
+/// like `pr` or `presenc`, is fine). No look-around, so every regex dialect reads it the same.
+/// The length bound, 1 to [`MAX_CHANNEL_NAME_BYTES`], is not in it (`minLength`/`maxLength`;
+/// the alphabet is ASCII).
 pub fn channel_name_pattern() -> String {
     let any = regex_class(is_channel_char);
-    let letters: Vec<String> = PRIVATE_WORD
-        .chars()
-        .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()))
+    let prefixed: Vec<String> = RESERVED
+        .iter()
+        .map(|(_, prefix, _)| format!("{prefix}{any}+"))
         .collect();
-    // A name whose first `i` characters spell the word's and whose next one does not.
-    let diverging: Vec<String> = PRIVATE_WORD
-        .chars()
-        .enumerate()
-        .map(|(i, w)| {
-            let other = regex_class(|c| is_channel_char(c) && !c.eq_ignore_ascii_case(&w));
-            format!("{}{other}", letters[..i].concat())
-        })
-        .collect();
-    // A name that is the word's first `i` characters, 1 <= i < its length: `[pP](?:[rR](?:…)?)?`.
-    let proper_prefix =
-        letters[..letters.len() - 1]
-            .iter()
-            .rev()
-            .fold(String::new(), |inner, letter| {
-                if inner.is_empty() {
-                    letter.clone()
-                } else {
-                    format!("{letter}(?:{inner})?")
-                }
-            });
-    format!(
-        "^(?:{}{any}+|(?:{}){any}*|{proper_prefix})$",
-        PRIVATE_PREFIX,
-        diverging.join("|")
-    )
+    let words: Vec<&str> = RESERVED.iter().map(|(word, _, _)| *word).collect();
+    format!("^(?:{}|{})$", prefixed.join("|"), avoiding(&words, 0, &any))
 }
 
-/// The names of private channels (what a channel token can be signed for) as a regular
-/// expression, like [`channel_name_pattern`].
+/// The pattern of what may follow the `depth` characters that `words` (lowercase, none a
+/// prefix of another) share, in a name that must not start with any of them: a character that
+/// continues none of them and then anything, or a character that continues some of them and
+/// then the same rule one level down; after the first level, also nothing (the name is a
+/// proper prefix of a word).
+fn avoiding(words: &[&str], depth: usize, any: &str) -> String {
+    let mut letters: Vec<char> = words.iter().filter_map(|w| w.chars().nth(depth)).collect();
+    letters.sort_unstable();
+    letters.dedup();
+    let other =
+        regex_class(|c| is_channel_char(c) && !letters.iter().any(|l| c.eq_ignore_ascii_case(l)));
+    let mut alternatives = vec![format!("{other}{any}*")];
+    for letter in &letters {
+        let continuing: Vec<&str> = words
+            .iter()
+            .copied()
+            .filter(|w| w.chars().nth(depth) == Some(*letter) && w.len() > depth + 1)
+            .collect();
+        // A word that ends with this letter allows nothing after it.
+        if !continuing.is_empty() {
+            alternatives.push(format!(
+                "[{}{}]{}",
+                letter.to_ascii_uppercase(),
+                letter,
+                avoiding(&continuing, depth + 1, any)
+            ));
+        }
+    }
+    let body = alternatives.join("|");
+    if depth == 0 {
+        format!("(?:{body})")
+    } else {
+        format!("(?:{body})?")
+    }
+}
+
+/// The names of private channels as a regular expression, like [`channel_name_pattern`].
 pub fn private_channel_name_pattern() -> String {
     format!("^{PRIVATE_PREFIX}{}+$", regex_class(is_channel_char))
+}
+
+/// The names a channel token can be signed for (private and presence channels) as a regular
+/// expression, like [`channel_name_pattern`].
+pub fn token_channel_name_pattern() -> String {
+    let any = regex_class(is_channel_char);
+    let prefixed: Vec<String> = RESERVED
+        .iter()
+        .map(|(_, prefix, _)| format!("{prefix}{any}+"))
+        .collect();
+    format!("^(?:{})$", prefixed.join("|"))
 }
 
 /// A regular-expression character class of the ASCII characters `allowed` accepts, e.g.
@@ -483,6 +551,35 @@ mod tests {
     }
 
     #[test]
+    fn ambiguous_presence_names() {
+        for bad in [
+            "presence",
+            "presencex",
+            "presence_x",
+            "Presence-x",
+            "PRESENCE-x",
+            "presence-",
+            "presencE",
+        ] {
+            assert_eq!(
+                ChannelName::parse(bad).map_err(|e| e.code()),
+                Err(ErrorCode::AmbiguousChannelName),
+                "{bad}"
+            );
+        }
+        let presence = ChannelName::parse("presence-room").expect("valid");
+        assert_eq!(presence.kind(), ChannelKind::Presence);
+        assert!(presence.needs_token() && !presence.is_private());
+        for public in ["presenc", "pres", "x-presence-x", "prefix"] {
+            assert_eq!(
+                ChannelName::parse(public).map(|c| c.kind()),
+                Ok(ChannelKind::Public),
+                "{public}"
+            );
+        }
+    }
+
+    #[test]
     fn rooms() {
         let p = ProjectId::parse("acme").expect("valid");
         let c = ChannelName::parse("orders").expect("valid");
@@ -517,12 +614,12 @@ mod tests {
             private_channel_name_pattern(),
             "^private-[,\\-.0-9;=@A-Z_a-z]+$"
         );
-        let channel = channel_name_pattern();
-        assert!(channel.starts_with("^(?:private-[,\\-.0-9;=@A-Z_a-z]+|(?:[,\\-.0-9;=@A-OQ-Z_a-oq-z]|[Pp][,\\-.0-9;=@A-QS-Z_a-qs-z]|"), "{channel}");
-        assert!(
-            channel.ends_with("|[Pp](?:[Rr](?:[Ii](?:[Vv](?:[Aa](?:[Tt])?)?)?)?)?)$"),
-            "{channel}"
+        assert_eq!(
+            token_channel_name_pattern(),
+            "^(?:private-[,\\-.0-9;=@A-Z_a-z]+|presence-[,\\-.0-9;=@A-Z_a-z]+)$"
         );
+        let channel = channel_name_pattern();
+        assert!(channel.starts_with("^(?:private-[,\\-.0-9;=@A-Z_a-z]+|presence-[,\\-.0-9;=@A-Z_a-z]+|(?:[,\\-.0-9;=@A-OQ-Z_a-oq-z][,\\-.0-9;=@A-Z_a-z]*|[Pp](?:[,\\-.0-9;=@A-QS-Z_a-qs-z]"), "{channel}");
     }
 
     #[test]
@@ -547,6 +644,18 @@ mod tests {
             "privat-e",
             "privat3",
             "prxvate",
+            "presence",
+            "Presence-x",
+            "presence-",
+            "presence-a",
+            "presencex",
+            "presenc",
+            "presenc3",
+            "PRESENCE_x",
+            "pre",
+            "pres",
+            "prex",
+            "prv",
             "x-private-x",
             "orders",
             "a b",
@@ -577,14 +686,19 @@ mod tests {
         /// The channel name pattern and length bound accept exactly what the parser accepts
         /// (the strings lean towards the "private" edge, where the rule is subtle).
         #[test]
-        fn channel_pattern_is_the_parser(s in "([pP][rR][iI][vV][aA][tT][eE]?[-_xX]?)?[A-Za-z0-9_=@,.;: é\n-]{0,8}|[a-z]{160,170}") {
+        fn channel_pattern_is_the_parser(s in "([pP][rR][iI][vV][aA][tT][eE]?[-_xX]?)?[A-Za-z0-9_=@,.;: é\n-]{0,8}|([pP][rR][eE][sS][eE][nN][cC][eE]?[-_xX]?)?[A-Za-z0-9_=@,.;: é\n-]{0,8}|[a-z]{160,170}") {
             let re = matcher(&channel_name_pattern());
             let private = matcher(&private_channel_name_pattern());
             let parsed = ChannelName::parse(&s);
             prop_assert_eq!(schema_accepts(&re, MAX_CHANNEL_NAME_BYTES, &s), parsed.is_ok());
             prop_assert_eq!(
                 schema_accepts(&private, MAX_CHANNEL_NAME_BYTES, &s),
-                parsed.is_ok_and(|c| c.is_private())
+                parsed.clone().is_ok_and(|c| c.is_private())
+            );
+            let token = matcher(&token_channel_name_pattern());
+            prop_assert_eq!(
+                schema_accepts(&token, MAX_CHANNEL_NAME_BYTES, &s),
+                parsed.is_ok_and(|c| c.needs_token())
             );
         }
 
@@ -599,17 +713,21 @@ mod tests {
         }
 
         /// Every string over the allowed alphabet within the length bound is accepted unless it
-        /// reads as "private" without being a proper `private-` name.
+        /// reads as "private" or "presence" without being a proper `private-` / `presence-`
+        /// name.
         #[test]
-        fn allowed_alphabet_is_accepted(s in "[A-Za-z0-9_=@,.;-]{1,164}") {
+        fn allowed_alphabet_is_accepted(s in "([pP][rR][eE][sS][eE][nN][cC][eE][-_]?)?[A-Za-z0-9_=@,.;-]{1,150}") {
             let looks_private = s.len() >= 7 && s[..7].eq_ignore_ascii_case("private");
             let proper_private = s.starts_with("private-") && s.len() > 8;
+            let looks_presence = s.len() >= 8 && s[..8].eq_ignore_ascii_case("presence");
+            let proper_presence = s.starts_with("presence-") && s.len() > 9;
             let parsed = ChannelName::parse(&s);
-            if looks_private && !proper_private {
+            if (looks_private && !proper_private) || (looks_presence && !proper_presence) {
                 prop_assert_eq!(parsed.map_err(|e| e.code()), Err(ErrorCode::AmbiguousChannelName));
             } else {
                 let name = parsed.expect("valid by construction");
                 prop_assert_eq!(name.is_private(), proper_private);
+                prop_assert_eq!(name.is_presence(), proper_presence);
                 prop_assert_eq!(name.as_str(), s.as_str());
             }
         }

@@ -8,20 +8,21 @@ use std::borrow::Cow;
 
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{
-    ArrayBuilder, KnownFormat, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type,
+    ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, SchemaType, Type,
 };
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::api::{
     API_KEY_ID_HEX_LEN, API_KEY_PREFIX, API_KEY_SECRET_HEX_LEN, ApiKeyId, ApiKeyScope,
-    DISPLAY_NAME_PATTERN, RFC3339_PATTERN, is_lower_hex_char,
+    DISPLAY_NAME_PATTERN, RFC3339_PATTERN, SignRequest, is_lower_hex_char,
 };
 use crate::error::ErrorCode;
 use crate::limits::MAX_DISPLAY_NAME_CHARS;
 use crate::names::{
-    ChannelName, MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, ProjectId, channel_name_pattern,
-    private_channel_name_pattern, project_id_pattern, regex_class,
+    ChannelName, MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, PRESENCE_PREFIX, PRIVATE_PREFIX,
+    ProjectId, channel_name_pattern, is_channel_char, project_id_pattern, regex_class,
 };
+use crate::presence::{MAX_MEMBER_INFO_BYTES, MAX_USER_ID_BYTES, is_user_id_char};
 
 fn string(description: &str, pattern: String, min: usize, max: usize) -> ObjectBuilder {
     ObjectBuilder::new()
@@ -117,17 +118,72 @@ impl ToSchema for ApiKeyId {
     }
 }
 
-/// The channel of `POST /v1/publishers/sign`: a private [`ChannelName`].
-pub fn private_channel_name() -> Schema {
+/// The user id of a member, as [`UserId::parse`](crate::presence::UserId::parse) accepts it.
+pub fn user_id() -> ObjectBuilder {
     string(
-        "The private channel the token opens: a channel name starting with `private-`.",
-        private_channel_name_pattern(),
+        "The member's user id: printable ASCII. Two sockets with the same user id are one \
+         member of a presence channel.",
+        format!("^{}+$", regex_class(is_user_id_char)),
         1,
-        MAX_CHANNEL_NAME_BYTES,
+        MAX_USER_ID_BYTES,
     )
-    .examples(["private-user-42"])
-    .build()
-    .into()
+    .examples(["u-42"])
+}
+
+fn user_info() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .description(Some(format!(
+            "What the other members of a presence channel see of this one: a JSON object of at \
+             most {MAX_MEMBER_INFO_BYTES} bytes as compact JSON (`presence_info_too_large` \
+             beyond)."
+        )))
+}
+
+fn sign_body(prefix: &str, user_id_required: bool) -> ObjectBuilder {
+    let channel = string(
+        &format!("The channel the token opens: a name starting with `{prefix}`."),
+        format!("^{prefix}{}+$", regex_class(is_channel_char)),
+        prefix.len() + 1,
+        MAX_CHANNEL_NAME_BYTES,
+    );
+    let user = if user_id_required {
+        user_id()
+    } else {
+        user_id().schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+    };
+    let body = ObjectBuilder::new()
+        .property("channelName", channel)
+        .required("channelName")
+        .property("userId", user)
+        .property("userInfo", user_info());
+    if user_id_required {
+        body.required("userId")
+    } else {
+        body
+    }
+}
+
+impl PartialSchema for SignRequest {
+    /// One of two shapes, told apart by the channel's prefix: a private channel (the member is
+    /// optional and carried in the token without being used) or a presence channel (the
+    /// member's `userId` is required).
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .description(Some(
+                "A channel token request: the channel, and the member the token names (claims \
+                 `sub` and `info`), required on presence channels.",
+            ))
+            .item(sign_body(PRIVATE_PREFIX, false))
+            .item(sign_body(PRESENCE_PREFIX, true))
+            .into()
+    }
+}
+
+impl ToSchema for SignRequest {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("SignRequest")
+    }
 }
 
 /// A display name, as [`parse_display_name`](crate::api::parse_display_name) accepts it.

@@ -538,7 +538,7 @@ impl HeraldClient {
     /// throws, `Refused` with a `token_*` code when Herald refuses the token, `NotConnected`.
     pub async fn listen_private(&self, channel_name: String) -> Result<(), HeraldError> {
         let channel = ChannelName::parse(&channel_name)?;
-        if !channel.is_private() {
+        if !channel.needs_token() {
             return Err(HeraldError::invalid(
                 ErrorCode::ChannelNotPrivate,
                 format!(

@@ -148,10 +148,7 @@ pub enum Error {
 }
 
 fn kind_name(kind: ChannelKind) -> &'static str {
-    match kind {
-        ChannelKind::Public => "public",
-        ChannelKind::Private => "private",
-    }
+    kind.as_str()
 }
 
 impl Error {

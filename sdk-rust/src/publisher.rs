@@ -239,6 +239,8 @@ impl Publisher {
     async fn sign(&self, channel: &ChannelName) -> Result<ChannelToken, Error> {
         let body = serde_json::to_vec(&SignRequest {
             channel_name: channel.clone(),
+            user_id: None,
+            user_info: None,
         })
         .map_err(|e| Error::Encode(Arc::new(e)))?;
         let response: SignResponse = self.post(&self.inner.sign_url, body, true).await?;

@@ -47,6 +47,11 @@ export type ServerErrorCode =
   | 'token_key_revoked'
   | 'token_key_expired'
   | 'token_key_scope'
+  | 'not_presence_channel'
+  | 'invalid_user_id'
+  | 'presence_info_too_large'
+  | 'presence_user_missing'
+  | 'presence_full'
   | 'unavailable'
   | 'internal';
 

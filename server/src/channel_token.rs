@@ -1,4 +1,4 @@
-//! Private-channel tokens: signing (`POST /v1/publishers/sign`) and the checks a `listen`
+//! Channel tokens (private and presence channels): signing (`POST /v1/publishers/sign`) and the checks a `listen`
 //! must pass before a socket joins a private room.
 //!
 //! Checks run in a fixed order and each refusal has its own [`ErrorCode`]:
@@ -15,7 +15,8 @@
 //! 8. `channelName` claim equals the requested channel (`token_channel_mismatch`);
 //! 9. `projectId` claim equals the socket's project (`token_project_mismatch`);
 //! 10. the signing API key still exists (`token_key_revoked`), has not expired
-//!     (`token_key_expired`) and still has `sign_token` (`token_key_scope`).
+//!     (`token_key_expired`) and still has `sign_token` (`token_key_scope`);
+//! 11. a presence channel's token names the member in `sub` (`presence_user_missing`).
 //!
 //! The algorithm is checked before the signature: the header is read only to refuse anything
 //! but HS256 (`none`, RS/HS confusion); the algorithm used to verify is always Herald's own,
@@ -34,6 +35,7 @@ use std::time::Duration;
 use base64::Engine;
 use herald_protocol::claims::{CHANNEL_TOKEN_ALGORITHM, CHANNEL_TOKEN_ISSUER, ChannelTokenClaims};
 use herald_protocol::limits::CHANNEL_TOKEN_LEEWAY_SECS;
+use herald_protocol::presence::Member;
 use herald_protocol::{ApiKeyId, ApiKeyScope, ChannelName, ErrorCode, ProjectId, Refusal};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use time::OffsetDateTime;
@@ -51,6 +53,9 @@ pub struct Grant {
     pub secret: SecretId,
     /// The token's `exp` (Unix seconds): a recovered session does not outlive it.
     pub token_exp: u64,
+    /// Presence channels: the member the token names (claims `sub` and `info`); `None` on
+    /// private channels.
+    pub member: Option<Member>,
 }
 
 /// Signs and verifies channel tokens with the server's audience, lifetime and lifetime cap.
@@ -165,12 +170,14 @@ impl ChannelTokens {
         self.max_ttl
     }
 
-    /// Signs a token for `channel` of `project`, on behalf of `key`.
+    /// Signs a token for `channel` of `project`, on behalf of `key`; `member` (presence
+    /// channels) becomes the claims `sub` and `info`.
     pub fn sign(
         &self,
         project: &ProjectRecord,
         key: &ApiKeyId,
         channel: &ChannelName,
+        member: Option<&Member>,
         now: OffsetDateTime,
     ) -> Result<(String, OffsetDateTime), SignError> {
         let iat = unix(now);
@@ -184,6 +191,8 @@ impl ChannelTokens {
             channel_name: channel.clone(),
             project_id: project.id.clone(),
             api_key_id: key.clone(),
+            sub: member.map(|m| m.user_id.clone()),
+            info: member.and_then(|m| m.info.clone()),
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -322,10 +331,27 @@ impl ChannelTokens {
             .map_err(store_refusal)?
             .filter(|k| &k.project_id == project);
         check_signing_key(key.as_ref(), now)?;
+        let member = if channel.is_presence() {
+            let user_id = claims.sub.ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::PresenceUserMissing,
+                    format!(
+                        "channel {channel} is a presence channel: its token must name the member (sign it with userId)"
+                    ),
+                )
+            })?;
+            Some(Member {
+                user_id,
+                info: claims.info,
+            })
+        } else {
+            None
+        };
         Ok(Grant {
             api_key_id: claims.api_key_id,
             secret: record.signing_secret.id(),
             token_exp: claims.exp,
+            member,
         })
     }
 }
@@ -420,11 +446,20 @@ mod tests {
         sha2::Sha256::digest([opad.as_slice(), &inner[..]].concat()).to_vec()
     }
 
-    #[tokio::test]
-    async fn every_refusal_has_its_code_in_order() {
+    /// An embedded store holding project `id` and a key of it, and a token service (10 min
+    /// lifetime, 1 h cap). Keep the directory alive as long as the store.
+    async fn setup(
+        id: &str,
+    ) -> (
+        tempfile::TempDir,
+        EmbeddedStore,
+        ProjectRecord,
+        ApiKeyRecord,
+        ChannelTokens,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = EmbeddedStore::open(dir.path()).expect("open");
-        let (project, key) = sample("tok");
+        let (project, key) = sample(id);
         store.create_project(&project).await.expect("project");
         store.create_api_key(&key).await.expect("key");
         let tokens = ChannelTokens::new(
@@ -433,12 +468,63 @@ mod tests {
             Duration::from_secs(3600),
         )
         .expect("ttl under the cap");
+        (dir, store, project, key, tokens)
+    }
+
+    #[tokio::test]
+    async fn presence_tokens_carry_the_member_and_refuse_without_one() {
+        let (_dir, store, project, key, tokens) = setup("pres").await;
+        let now = OffsetDateTime::now_utc();
+        let channel = ChannelName::parse("presence-room").expect("valid");
+        let member = Member {
+            user_id: herald_protocol::presence::UserId::parse("u-42").expect("valid"),
+            info: Some(
+                herald_protocol::presence::MemberInfo::from_json(r#"{"name":"Ada"}"#)
+                    .expect("object"),
+            ),
+        };
+
+        let (with_member, _) = tokens
+            .sign(&project, &key.id, &channel, Some(&member), now)
+            .expect("sign");
+        let grant = tokens
+            .authorize_listen(&store, &project.id, &channel, Some(&with_member), now)
+            .await
+            .expect("a presence token with sub opens the channel");
+        assert_eq!(grant.member, Some(member.clone()));
+
+        let (without, _) = tokens
+            .sign(&project, &key.id, &channel, None, now)
+            .expect("sign");
+        let refused = tokens
+            .authorize_listen(&store, &project.id, &channel, Some(&without), now)
+            .await
+            .expect_err("a presence token without sub is refused");
+        assert_eq!(refused.code, ErrorCode::PresenceUserMissing);
+
+        // A private channel's grant never names a member, even if the token had one.
+        let private = ChannelName::parse("private-room").expect("valid");
+        let (token, _) = tokens
+            .sign(&project, &key.id, &private, Some(&member), now)
+            .expect("sign");
+        let grant = tokens
+            .authorize_listen(&store, &project.id, &private, Some(&token), now)
+            .await
+            .expect("private token");
+        assert_eq!(grant.member, None);
+    }
+
+    #[tokio::test]
+    async fn every_refusal_has_its_code_in_order() {
+        let (_dir, store, project, key, tokens) = setup("tok").await;
         let now = OffsetDateTime::now_utc();
         let channel = ChannelName::parse("private-u1").expect("valid");
         let other_project = ProjectId::parse("p-other").expect("valid");
         let code = |r: Result<ApiKeyId, Refusal>| r.err().map(|e| e.code);
 
-        let (good, _) = tokens.sign(&project, &key.id, &channel, now).expect("sign");
+        let (good, _) = tokens
+            .sign(&project, &key.id, &channel, None, now)
+            .expect("sign");
         let check = |t: Option<String>, ch: &ChannelName, p: &ProjectId, at: OffsetDateTime| {
             let tokens = tokens.clone();
             let (ch, p) = (ch.clone(), p.clone());
@@ -602,7 +688,7 @@ mod tests {
         let (p2, k2) = sample("tok2");
         store.create_project(&p2).await.expect("project 2");
         store.create_api_key(&k2).await.expect("key 2");
-        let (foreign, _) = tokens.sign(&p2, &k2.id, &channel, now).expect("sign");
+        let (foreign, _) = tokens.sign(&p2, &k2.id, &channel, None, now).expect("sign");
         assert_eq!(
             code(check(Some(foreign), &channel, &project.id, now).await),
             Some(ErrorCode::TokenProjectMismatch)
@@ -659,17 +745,7 @@ mod tests {
     /// text (`Json(Error(..`, `Base64(InvalidByte(..`, `missing field`) nor the token itself.
     #[tokio::test]
     async fn every_bad_token_class_has_a_clean_message() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(dir.path()).expect("open");
-        let (project, key) = sample("msg");
-        store.create_project(&project).await.expect("project");
-        store.create_api_key(&key).await.expect("key");
-        let tokens = ChannelTokens::new(
-            "herald-channel",
-            Duration::from_secs(600),
-            Duration::from_secs(3600),
-        )
-        .expect("ttl under the cap");
+        let (_dir, store, project, key, tokens) = setup("msg").await;
         let now = OffsetDateTime::now_utc();
         let t = unix(now);
         let channel = ChannelName::parse("private-u1").expect("valid");

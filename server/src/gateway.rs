@@ -792,7 +792,7 @@ async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> Outcome {
 
     let grant = match channel.kind() {
         ChannelKind::Public => None,
-        ChannelKind::Private => Some(
+        ChannelKind::Private | ChannelKind::Presence => Some(
             gw.tokens
                 .authorize_listen(
                     gw.store.as_ref(),
@@ -895,11 +895,7 @@ fn leave<P: Peer + ?Sized>(s: &P, session: &Session, channel: &ChannelName, room
 }
 
 fn subscription_gauge(kind: ChannelKind) -> metrics::Gauge {
-    let kind = match kind {
-        ChannelKind::Public => "public",
-        ChannelKind::Private => "private",
-    };
-    metrics::gauge!(m::SUBSCRIPTIONS, "kind" => kind)
+    metrics::gauge!(m::SUBSCRIPTIONS, "kind" => kind.as_str())
 }
 
 async fn on_remove<A: Adapter>(
@@ -919,7 +915,7 @@ pub async fn remove<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
     let channel = req.channel_name;
     let room = RoomName::channel(&session.project, &channel);
     leave(s, &session, &channel, &room);
-    if channel.is_private()
+    if channel.needs_token()
         && let Err(e) = gw.tracker.remove(&s.sid().to_string(), &room).await
         && let Some(p) = backend_faults().check(&"remove_tracking")
     {
@@ -948,7 +944,7 @@ pub async fn client_event<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> 
     let ev = ClientEvent::parse(&body.unwrap_or(Value::Null)).map_err(|r| (r, None))?;
     let channel = ev.channel_name;
     let fail = |r: Refusal| (r, Some(channel.clone()));
-    if !channel.is_private() {
+    if !channel.needs_token() {
         return Err(fail(Refusal::new(
             ErrorCode::ClientEventNotAllowed,
             "clients may send events only to private channels they joined",
@@ -1072,6 +1068,7 @@ fn session_record(
                 api_key_id: g.api_key_id.to_string(),
                 secret: g.secret.to_bits(),
                 token_exp: g.token_exp,
+                member: g.member.clone(),
             }),
             sub: subs
                 .get(&RoomName::channel(&session.project, channel))
@@ -1226,6 +1223,7 @@ pub async fn prepare_resume<P: Peer>(
                     api_key_id: key,
                     secret,
                     token_exp: g.token_exp,
+                    member: g.member.clone(),
                 })
             }
         };

@@ -28,6 +28,7 @@ pub mod listen;
 pub mod log_throttle;
 pub mod metrics;
 pub mod openapi;
+pub mod presence;
 pub mod redis;
 pub mod rest;
 pub mod revocation;

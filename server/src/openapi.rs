@@ -446,8 +446,8 @@ mod tests {
     #[test]
     fn schemas_carry_the_protocol_rules() {
         use herald_protocol::names::{
-            MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, channel_name_pattern,
-            private_channel_name_pattern, project_id_pattern,
+            MAX_CHANNEL_NAME_BYTES, MAX_PROJECT_ID_BYTES, channel_name_pattern, project_id_pattern,
+            token_channel_name_pattern,
         };
         let json = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
         let schemas = &json["components"]["schemas"];
@@ -457,9 +457,27 @@ mod tests {
         assert_eq!(schemas["ChannelName"]["maxLength"], MAX_CHANNEL_NAME_BYTES);
         assert_eq!(schemas["ProjectId"]["pattern"], project_id_pattern());
         assert_eq!(schemas["ProjectId"]["maxLength"], MAX_PROJECT_ID_BYTES);
+        // The sign body is one of a private and a presence shape; together their channel
+        // patterns accept exactly the names a token is for.
+        let shapes = schemas["SignRequest"]["oneOf"]
+            .as_array()
+            .expect("SignRequest is a oneOf");
+        let patterns: Vec<String> = shapes
+            .iter()
+            .map(|s| {
+                let p = s["properties"]["channelName"]["pattern"]
+                    .as_str()
+                    .expect("pattern");
+                p.trim_start_matches('^').trim_end_matches('$').to_owned()
+            })
+            .collect();
         assert_eq!(
-            schemas["SignRequest"]["properties"]["channelName"]["pattern"],
-            private_channel_name_pattern()
+            format!("^(?:{})$", patterns.join("|")),
+            token_channel_name_pattern()
+        );
+        assert_eq!(
+            shapes[1]["required"],
+            serde_json::json!(["channelName", "userId"])
         );
         for body in ["CreateApiKeyRequest", "UpdateApiKeyRequest"] {
             assert_eq!(

@@ -300,7 +300,7 @@ describe('history (embedded mode)', () => {
     // A key created without scopes gets every one, read_history included.
     const created = await admin(h, 'POST', `/v1/admin/projects/${id}/api-keys`, { name: 'default' });
     assert.equal(created.status, 201);
-    assert.deepEqual(created.body.scopes, ['publish_event', 'sign_token', 'read_history']);
+    assert.deepEqual(created.body.scopes, ['publish_event', 'sign_token', 'read_history', 'read_presence']);
   });
 });
 

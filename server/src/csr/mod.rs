@@ -103,7 +103,7 @@ impl SubCell {
     }
 }
 
-/// A private channel's grant, as the record keeps it.
+/// A private or presence channel's grant, as the record keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantRecord {
     /// The key that signed the token.
@@ -112,6 +112,9 @@ pub struct GrantRecord {
     pub secret: u64,
     /// The token's `exp` (Unix seconds): the window never extends it.
     pub token_exp: u64,
+    /// Presence channels: the member the token named (a resumed socket joins as it again).
+    #[serde(default)]
+    pub member: Option<herald_protocol::presence::Member>,
 }
 
 /// One channel of a saved session.

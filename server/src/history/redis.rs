@@ -32,7 +32,7 @@ use herald_protocol::RoomName;
 use herald_protocol::history::{ChannelOffset, Epoch, HistorySettings};
 
 use super::{History, HistoryError, Position, Slice, StoredEvent, new_epoch};
-use crate::store::redis::{LuaScript, array, is_unavailable, opt_string};
+use crate::store::redis::{LuaScript, array, classify, opt_string};
 
 /// Seconds the meta hash (epoch, latest offset) outlives a channel's last event, at least.
 pub const META_TTL_SECS: u64 = 3600;
@@ -159,11 +159,7 @@ impl RedisHistory {
 }
 
 fn history_error(e: RedisError) -> HistoryError {
-    if is_unavailable(&e) {
-        HistoryError::Unavailable(e.to_string())
-    } else {
-        HistoryError::Backend(e.to_string())
-    }
+    classify(e, HistoryError::Unavailable, HistoryError::Backend)
 }
 
 fn integer(v: &Value) -> Result<u64, HistoryError> {

@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use herald_protocol::api::{PublishRequest, PublishResponse, SignRequest, SignResponse};
 use herald_protocol::history::{HistoryEvent, HistoryPage, MAX_HISTORY_PAGE, MAX_OFFSET};
 use herald_protocol::messages::event_names::EVENT;
+use herald_protocol::presence::Member;
 use herald_protocol::{
     ApiKeyScope, ApiKeyToken, ChannelEvent, ChannelName, ChannelOffset, ErrorBody, ErrorCode,
     Refusal, RoomName,
@@ -42,6 +43,7 @@ pub async fn authenticate(
                 ApiKeyScope::PublishEvent => "publish",
                 ApiKeyScope::SignToken => "sign",
                 ApiKeyScope::ReadHistory => "history",
+                ApiKeyScope::ReadPresence => "presence",
             };
             metrics::counter!(m::API_KEY_REQUESTS, "api_key_id" => key.id.to_string(), "operation" => operation)
                 .increment(1);
@@ -353,7 +355,7 @@ pub async fn history(
 #[utoipa::path(post, path = "/v1/publishers/sign", tag = "publisher", request_body = SignRequest, security(("api_key" = []), ("api_key_header" = [])),
     responses(
         (status = 200, description = "A channel token", body = SignResponse),
-        (status = 400, description = "`invalid_body`, `invalid_channel_name`, `ambiguous_channel_name`, `channel_not_private`", body = ErrorBody),
+        (status = 400, description = "`invalid_body`, `invalid_channel_name`, `ambiguous_channel_name`, `channel_not_private`, `invalid_user_id`, `presence_info_too_large`, `presence_user_missing` (a presence channel without `userId`)", body = ErrorBody),
         (status = 401, description = "`missing_api_key`, `unknown_api_key`, `expired_api_key`", body = ErrorBody),
         (status = 403, description = "`missing_scope`: the key lacks the scope", body = ErrorBody)))]
 pub async fn sign(
@@ -364,15 +366,19 @@ pub async fn sign(
     let key = authenticate(&state, &headers, ApiKeyScope::SignToken).await?;
     let body = body_bytes(body)?;
     let req = SignRequest::parse(&body)?;
-    if !req.channel_name.is_private() {
+    if !req.channel_name.needs_token() {
         return Err(ApiError::new(
             ErrorCode::ChannelNotPrivate,
             format!(
-                "{} is a public channel; tokens are for channels starting with \"private-\"",
+                "{} is a public channel; tokens are for channels starting with \"private-\" or \"presence-\"",
                 req.channel_name
             ),
         ));
     }
+    let member = req.user_id.map(|user_id| Member {
+        user_id,
+        info: req.user_info,
+    });
     let project = state
         .store()
         .project(&key.project_id)
@@ -385,6 +391,7 @@ pub async fn sign(
             &project,
             &key.id,
             &req.channel_name,
+            member.as_ref(),
             OffsetDateTime::now_utc(),
         )
         .map_err(|e| {

@@ -27,7 +27,7 @@ use herald_protocol::ApiKeyId;
 use time::OffsetDateTime;
 
 use super::{Claimed, DeadLetter, QueueError, RevocationJob, RevocationQueue};
-use crate::store::redis::{LuaScript, array, is_unavailable, opt_string};
+use crate::store::redis::{LuaScript, array, classify, opt_string};
 
 /// KEYS: revoked hash, stream. ARGV: key id, only_if_new (0/1), job JSON, now (RFC 3339).
 static ENQUEUE: LuaScript = LuaScript::new(
@@ -108,11 +108,7 @@ pub struct RedisQueue {
 }
 
 fn queue_error(e: RedisError) -> QueueError {
-    if is_unavailable(&e) {
-        QueueError::Unavailable(e.to_string())
-    } else {
-        QueueError::Backend(e.to_string())
-    }
+    classify(e, QueueError::Unavailable, QueueError::Backend)
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> QueueError {

@@ -459,14 +459,24 @@ fn unexpected_value(op: &str, what: impl std::fmt::Display) -> StoreError {
 }
 
 fn store_error(e: RedisError) -> StoreError {
-    if is_unavailable(&e) {
-        StoreError::Unavailable(e.to_string())
-    } else {
-        StoreError::Backend(e.to_string())
-    }
+    classify(e, StoreError::Unavailable, StoreError::Backend)
 }
 
-// ---- Helpers shared with `tracking::redis`. ----
+// ---- Helpers shared with the other Redis implementations. ----
+
+/// Sorts a fred error into a backend's two error variants: `unavailable` when
+/// [`is_unavailable`] (the caller may retry), `backend` otherwise.
+pub(crate) fn classify<E>(
+    e: RedisError,
+    unavailable: impl FnOnce(String) -> E,
+    backend: impl FnOnce(String) -> E,
+) -> E {
+    if is_unavailable(&e) {
+        unavailable(e.to_string())
+    } else {
+        backend(e.to_string())
+    }
+}
 
 /// Whether a fred error means "Redis cannot be reached right now" (the caller may retry)
 /// rather than "Redis answered something wrong".

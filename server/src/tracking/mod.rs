@@ -67,7 +67,8 @@ pub(crate) mod contract {
     use super::*;
     use herald_protocol::{ChannelName, ProjectId};
 
-    fn room(c: &str) -> RoomName {
+    /// The room of channel `c` in project `acme` (shared with the other contracts).
+    pub(crate) fn room(c: &str) -> RoomName {
         RoomName::channel(
             &ProjectId::parse("acme").expect("valid"),
             &ChannelName::parse(c).expect("valid"),

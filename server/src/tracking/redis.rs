@@ -51,7 +51,7 @@ use fred::types::Value;
 use herald_protocol::{ApiKeyId, ProjectId, RoomName};
 
 use super::{Association, ConnectionTracker, TrackerError};
-use crate::store::redis::{LuaScript, array, is_unavailable, opt_string};
+use crate::store::redis::{LuaScript, array, classify, opt_string};
 
 /// How many sockets of a dead instance one sweep script handles, so a large instance does
 /// not block Redis for long.
@@ -543,11 +543,7 @@ fn int(v: Value) -> Result<i64, TrackerError> {
 }
 
 fn tracker_error(e: RedisError) -> TrackerError {
-    if is_unavailable(&e) {
-        TrackerError::Unavailable(e.to_string())
-    } else {
-        TrackerError::Backend(e.to_string())
-    }
+    classify(e, TrackerError::Unavailable, TrackerError::Backend)
 }
 
 #[cfg(test)]

@@ -157,6 +157,47 @@ async fn publisher_and_admin_errors_have_status_and_code() -> anyhow::Result<()>
         .await?;
     assert_eq!((a.status, a.code()), (400, "channel_not_private"));
 
+    // Presence channels: the token names the member; each mistake has its own code.
+    let info_over = json!({ "pad": "x".repeat(1100) });
+    let long_user = "u".repeat(129);
+    for (req, want) in [
+        (
+            json!({"channelName": "presence-room"}),
+            (400, "presence_user_missing"),
+        ),
+        (
+            json!({"channelName": "presence-room", "userId": long_user}),
+            (400, "invalid_user_id"),
+        ),
+        (
+            json!({"channelName": "presence-room", "userId": "u1", "userInfo": info_over}),
+            (400, "presence_info_too_large"),
+        ),
+        (
+            json!({"channelName": "presence-room", "userId": "caf\u{e9}"}),
+            (400, "invalid_user_id"),
+        ),
+        (
+            json!({"channelName": "Presence-room", "userId": "u1"}),
+            (400, "ambiguous_channel_name"),
+        ),
+    ] {
+        let a = h
+            .request(Method::POST, SIGN, Some(&key), body(req.clone()), &[])
+            .await?;
+        assert_eq!((a.status, a.code()), want, "{req}");
+    }
+    let a = h
+        .request(
+            Method::POST,
+            SIGN,
+            Some(&key),
+            body(json!({"channelName": "presence-room", "userId": "u1", "userInfo": {"name": "Ada"}})),
+            &[],
+        )
+        .await?;
+    assert_eq!(a.status, 200, "{a:?}");
+
     // Payload limit: 1024 bytes of payload pass, 1025 do not; a body far over the limit is
     // cut off by the body limit with the same code.
     let at_limit = "x".repeat(1022); // plus two quotes = 1024 bytes of JSON
