@@ -130,6 +130,11 @@ pub fn user_id() -> ObjectBuilder {
     .examples(["u-42"])
 }
 
+/// [`user_id`] as a schema (a member's `userId`).
+pub fn user_id_schema() -> Schema {
+    user_id().build().into()
+}
+
 fn user_info() -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))

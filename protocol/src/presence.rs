@@ -148,11 +148,14 @@ impl<'de> Deserialize<'de> for MemberInfo {
 /// none).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Member {
     /// The user.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::user_id_schema))]
     pub user_id: UserId,
     /// What the backend said about the user when it signed the token.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub info: Option<MemberInfo>,
 }
 
@@ -271,6 +274,7 @@ impl PresenceRequest {
 /// `GET /v1/publishers/channels/{channelName}/presence`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceMembers {
     /// The channel.
     pub channel_name: ChannelName,
@@ -281,6 +285,7 @@ pub struct PresenceMembers {
 /// `GET /v1/publishers/channels/{channelName}/presence/count`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceCount {
     /// The channel.
     pub channel_name: ChannelName,

@@ -126,6 +126,10 @@ impl AppState {
     pub fn histories(&self) -> &crate::history::Histories {
         &self.0.gateway.histories
     }
+    /// Presence channels' members.
+    pub fn presence(&self) -> &crate::presence::Presences {
+        &self.0.gateway.presence
+    }
     /// Room broadcasts.
     pub fn fanout(&self) -> &Fanout {
         &self.0.gateway.fanout
@@ -156,13 +160,21 @@ pub struct Backends {
     pub history: Arc<dyn crate::history::History>,
     /// Disconnected sessions awaiting their socket.io-client (connection state recovery).
     pub sessions: Arc<dyn crate::csr::SessionStore>,
+    /// Members of presence channels.
+    pub presence: Arc<dyn crate::presence::PresenceManager>,
 }
 
 /// The shared part of every request handler, both transports.
 /// Fails on a configuration Herald refuses to run with (see [`ServeConfig::channel_tokens`]).
 pub fn gateway(config: &ServeConfig, backends: Backends) -> anyhow::Result<Gateway> {
+    let fanout = Arc::new(Fanout::new(Arc::new(DirectRooms::new())));
     Ok(Gateway::new(GatewayInner {
-        fanout: Arc::new(Fanout::new(Arc::new(DirectRooms::new()))),
+        presence: Arc::new(crate::presence::Presences::new(
+            backends.presence,
+            fanout.clone(),
+            config.max_presence_members.max(1),
+        )),
+        fanout,
         store: backends.store,
         tracker: backends.tracker,
         tokens: config.channel_tokens()?,
@@ -242,6 +254,14 @@ pub fn router<A: Adapter>(
         .route(
             "/v1/publishers/channels/{channelName}/history",
             get(publisher::history),
+        )
+        .route(
+            "/v1/publishers/channels/{channelName}/presence",
+            get(publisher::presence),
+        )
+        .route(
+            "/v1/publishers/channels/{channelName}/presence/count",
+            get(publisher::presence_count),
         )
         .route(
             "/v1/admin/projects",

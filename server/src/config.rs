@@ -76,6 +76,11 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_MAX_CHANNELS_PER_SOCKET", default_value_t = limits::DEFAULT_MAX_CHANNELS_PER_SOCKET)]
     pub max_channels_per_socket: usize,
 
+    /// How many members (users, not sockets) one presence channel may have; another user's
+    /// `listen` is then refused with `presence_full`. At least 1.
+    #[arg(long, env = "HERALD_MAX_PRESENCE_MEMBERS", default_value_t = herald_protocol::presence::DEFAULT_MAX_PRESENCE_MEMBERS)]
+    pub max_presence_members: usize,
+
     /// Seconds a connection may stay without joining the namespace before it is closed.
     #[arg(long, env = "HERALD_CONNECT_TIMEOUT_SECS", default_value_t = limits::DEFAULT_CONNECT_TIMEOUT_SECS)]
     pub connect_timeout_secs: u64,

@@ -308,6 +308,10 @@ pub enum BusKind {
     /// Disconnect the room's sockets.
     #[serde(rename = "x")]
     Disconnect,
+    /// Emit the `presence` event `data` (a [`herald_protocol::presence::PresenceEvent`]) to
+    /// the room.
+    #[serde(rename = "pr")]
+    Presence,
 }
 
 /// The link to the other instances (Redis pub/sub in Redis mode).
@@ -551,6 +555,38 @@ impl Fanout {
             bus.publish(encoded).await?;
         }
         Ok(())
+    }
+
+    /// Sends the `presence` event `data` to the sockets of `room` on every instance, except
+    /// `except` (the socket whose join it announces). Presence events carry no history
+    /// position: the room's presence version orders them ([`crate::presence`]).
+    pub async fn emit_presence(
+        &self,
+        room: &RoomName,
+        data: &RawValue,
+        except: Option<Sid>,
+    ) -> Result<EmitReport, FanoutError> {
+        let report = self
+            .emit_local(
+                room,
+                herald_protocol::messages::event_names::PRESENCE,
+                data,
+                except,
+            )
+            .await?;
+        if let Some(bus) = self.bus.get() {
+            let message = BusMessage {
+                room: room.as_str(),
+                kind: BusKind::Presence,
+                data: Some(data),
+                offset: None,
+                epoch: None,
+            };
+            let encoded =
+                serde_json::to_vec(&message).map_err(|e| FanoutError::Encode(e.to_string()))?;
+            bus.publish(encoded).await?;
+        }
+        Ok(report)
     }
 
     /// Emits to this instance's sockets in `room` only; counts the deliveries and closes the
@@ -970,7 +1006,15 @@ impl Fanout {
                     tracing::warn!(error = %e, "bus event not delivered locally");
                 }
             }
-            (BusKind::Event, None) => tracing::warn!("bus event without data ignored"),
+            (BusKind::Presence, Some(data)) => {
+                let presence = herald_protocol::messages::event_names::PRESENCE;
+                if let Err(e) = self.emit_local(&room, presence, data, None).await {
+                    tracing::warn!(error = %e, "bus presence event not delivered locally");
+                }
+            }
+            (BusKind::Event | BusKind::Presence, None) => {
+                tracing::warn!("bus event without data ignored")
+            }
             (BusKind::Disconnect, _) => self.disconnect_local(&room).await,
         }
     }
@@ -1044,11 +1088,9 @@ mod tests {
             .expect("emit");
         assert_eq!(report, EmitReport::default());
         io.disconnect_local(&room).await;
-        let local = crate::gateway::GatewaySockets::new(
-            io,
-            &Fanout::new(Arc::new(DirectRooms::new())),
-            Arc::new(crate::tracking::memory::MemoryTracker::new()),
-        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local =
+            crate::gateway::GatewaySockets::new(io, &crate::gateway::test_gateway(dir.path()));
         assert!(local.keys_in_use().is_empty());
         let key = herald_protocol::ApiKeyId::parse("00000000000000a1").expect("valid");
         assert_eq!(

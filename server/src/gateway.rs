@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use herald_protocol::history::{ListenAck, ListenAnswer};
-use herald_protocol::messages::event_names::{EVENT, LISTEN, REMOVE, SYSTEM_MESSAGE};
+use herald_protocol::messages::event_names::{EVENT, LISTEN, PRESENCE, REMOVE, SYSTEM_MESSAGE};
 use herald_protocol::{
     Ack, ApiKeyId, ChannelEvent, ChannelKind, ChannelName, ChannelOffset, ClientEvent, Epoch,
     ErrorCode, HandshakeAuth, HistorySettings, ListenRequest, ProjectId, Recovery, RecoveryFailure,
@@ -39,9 +39,11 @@ use crate::direct::DirectRooms;
 use crate::fanout::Fanout;
 use crate::log_throttle::{LogThrottle, backend_faults};
 use crate::metrics as m;
+use crate::presence::Presences;
 use crate::revocation::{LocalSockets, RevocationQueue, RevocationReason};
 use crate::store::{SecretId, Store};
 use crate::tracking::ConnectionTracker;
+use herald_protocol::presence::{Member, PresenceRequest, PresenceSnapshot, not_presence_channel};
 
 /// What the gateway handlers share.
 #[derive(Clone)]
@@ -67,6 +69,8 @@ pub struct GatewayInner {
     pub histories: Arc<crate::history::Histories>,
     /// Connection state recovery for socket.io-client (`None`: disabled).
     pub recovery: Option<Arc<crate::csr::Recovery>>,
+    /// Presence channels' members and their announcements.
+    pub presence: Arc<Presences>,
 }
 
 impl GatewayInner {
@@ -400,6 +404,7 @@ async fn admit<A: Adapter>(
     s.on(LISTEN, on_listen::<A>);
     s.on(REMOVE, on_remove::<A>);
     s.on(EVENT, on_client_event::<A>);
+    s.on(PRESENCE, on_presence::<A>);
     s.on_fallback(on_unknown_event::<A>);
     s.on_disconnect(on_disconnect::<A>);
     gw.fanout.sio_socket_joined();
@@ -458,7 +463,7 @@ fn session<A: Adapter>(s: &SocketRef<A>) -> Option<Arc<Session>> {
 pub type Outcome = Result<SystemMessage, (Refusal, Option<ChannelName>)>;
 
 /// An ack body: a plain [`Ack`], or the ack of a successful `listen` on a channel with
-/// history ([`ListenAck`]).
+/// history ([`ListenAck`]) or a presence channel ([`PresenceListenAck`]).
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(untagged)]
 pub enum AckBody {
@@ -466,19 +471,73 @@ pub enum AckBody {
     Plain(Ack),
     /// `{ "ok": true, "recovered": …, … }` or `{ "ok": true, "epoch", "offset" }`.
     Listen(ListenAck),
+    /// `{ "ok": true, "members", "presenceVersion", … }`.
+    Presence(PresenceListenAck),
+}
+
+/// The ack of a successful `listen` on a presence channel: the members (the
+/// [`PresenceSnapshot`]) and, when the project keeps history, the recovery or position.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PresenceListenAck {
+    /// Always `true`.
+    pub ok: bool,
+    /// The recovery or the channel's position, as in [`ListenAck`].
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<ListenAnswer>,
+    /// The members and their version.
+    #[serde(flatten)]
+    pub presence: PresenceSnapshot,
+}
+
+/// What a successful `listen` adds to its ack besides `ok`.
+#[derive(Debug, Clone, Default)]
+pub struct ListenExtras {
+    /// The recovery (a listen with `since`) or the channel's position (history on).
+    pub answer: Option<ListenAnswer>,
+    /// A presence channel's members.
+    pub presence: Option<PresenceSnapshot>,
+}
+
+impl From<Option<ListenAnswer>> for ListenExtras {
+    fn from(answer: Option<ListenAnswer>) -> Self {
+        Self {
+            answer,
+            presence: None,
+        }
+    }
 }
 
 /// Splits an outcome into the ack body and the `system_message`.
 pub fn answer(result: Outcome) -> (AckBody, SystemMessage) {
-    answer_with(result, None)
+    answer_with(result, ListenExtras::default())
 }
 
-/// Like [`answer`], with what a successful `listen` found (its recovery, or the channel's
-/// position).
-pub fn answer_with(result: Outcome, answer: Option<ListenAnswer>) -> (AckBody, SystemMessage) {
-    match (result, answer) {
-        (Ok(message), Some(answer)) => (AckBody::Listen(ListenAck { ok: true, answer }), message),
-        (Ok(message), None) => (AckBody::Plain(Ack::Ok), message),
+/// Like [`answer`], with what a successful `listen` found (its recovery or the channel's
+/// position, a presence channel's members).
+pub fn answer_with(result: Outcome, extras: ListenExtras) -> (AckBody, SystemMessage) {
+    match (result, extras) {
+        (
+            Ok(message),
+            ListenExtras {
+                answer,
+                presence: Some(presence),
+            },
+        ) => (
+            AckBody::Presence(PresenceListenAck {
+                ok: true,
+                answer,
+                presence,
+            }),
+            message,
+        ),
+        (
+            Ok(message),
+            ListenExtras {
+                answer: Some(answer),
+                presence: None,
+            },
+        ) => (AckBody::Listen(ListenAck { ok: true, answer }), message),
+        (Ok(message), _) => (AckBody::Plain(Ack::Ok), message),
         (Err((refusal, channel)), _) => {
             let message = SystemMessage::error(&refusal, channel.as_ref());
             (AckBody::Plain(Ack::Refused(refusal)), message)
@@ -488,16 +547,16 @@ pub fn answer_with(result: Outcome, answer: Option<ListenAnswer>) -> (AckBody, S
 
 /// Answers a request through the ack (if asked) and a `system_message`.
 fn reply<A: Adapter>(s: &SocketRef<A>, ack: AckSender<A>, result: Outcome) {
-    reply_with(s, ack, result, None)
+    reply_with(s, ack, result, ListenExtras::default())
 }
 
 fn reply_with<A: Adapter>(
     s: &SocketRef<A>,
     ack: AckSender<A>,
     result: Outcome,
-    answer: Option<ListenAnswer>,
+    extras: ListenExtras,
 ) {
-    let (ack_body, message) = answer_with(result, answer);
+    let (ack_body, message) = answer_with(result, extras);
     if let Err(e) = ack.send(&ack_body) {
         tracing::debug!(socket_id = %s.id, error = %e, "ack not delivered");
     }
@@ -521,9 +580,9 @@ async fn on_listen<A: Adapter>(
     ack: AckSender<A>,
     State(gw): State<Gateway>,
 ) {
-    let (result, recovery) = listen(&s, &gw, body.ok()).await;
+    let (result, extras) = listen(&s, &gw, body.ok()).await;
     count_listen(&result);
-    reply_with(&s, ack, result, recovery);
+    reply_with(&s, ack, result, extras);
 }
 
 /// `listen {channelName, authToken?, since?}`: the outcome, and, when it succeeded on a
@@ -535,11 +594,30 @@ async fn on_listen<A: Adapter>(
 /// is replayed before they passed): every event of the channel published on this instance
 /// meanwhile is then either replayed (or at most the answered offset) or delivered live
 /// after, never both, never neither.
-pub async fn listen<P: Peer>(
+///
+/// A presence channel's ack adds its members: read after the socket became one, so every
+/// transition after their version reaches the socket as a `presence` event.
+pub async fn listen<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> (Outcome, ListenExtras) {
+    let (outcome, answer) = listen_any(s, gw, body).await;
+    match outcome {
+        Ok(Listened { message, presence }) => (Ok(message), ListenExtras { answer, presence }),
+        Err(refusal) => (Err(refusal), ListenExtras::default()),
+    }
+}
+
+/// A successful `listen`: its `Success`, and a presence channel's members.
+struct Listened {
+    message: SystemMessage,
+    presence: Option<PresenceSnapshot>,
+}
+
+type ListenOutcome = Result<Listened, (Refusal, Option<ChannelName>)>;
+
+async fn listen_any<P: Peer>(
     s: &P,
     gw: &Gateway,
     body: Option<Value>,
-) -> (Outcome, Option<ListenAnswer>) {
+) -> (ListenOutcome, Option<ListenAnswer>) {
     let body = body.unwrap_or(Value::Null);
     let since = match ListenRequest::parse_since(&body) {
         Ok(since) => since,
@@ -605,7 +683,7 @@ async fn listen_plain<P: Peer>(
     s: &P,
     gw: &Gateway,
     body: Value,
-) -> (Outcome, Option<ListenAnswer>) {
+) -> (ListenOutcome, Option<ListenAnswer>) {
     let Some((_, session, room)) = listen_target(s, &body) else {
         return (listen_checked(s, gw, body).await, None);
     };
@@ -651,7 +729,7 @@ async fn listen_tracked<P: Peer>(
     s: &P,
     gw: &Gateway,
     body: &Value,
-) -> Option<(Outcome, Option<ListenAnswer>)> {
+) -> Option<(ListenOutcome, Option<ListenAnswer>)> {
     gw.recovery.as_ref()?;
     let (channel, session, room) = listen_target(s, body)?;
     session.csr.as_ref()?;
@@ -782,7 +860,7 @@ async fn replay_since<P: Peer>(
 }
 
 /// `listen {channelName, authToken?}` without the recovery part.
-async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> Outcome {
+async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> ListenOutcome {
     let sid = s.sid();
     let session = s.session().ok_or_else(|| (not_connected(), None))?;
     let req = ListenRequest::parse(&body).map_err(|r| (r, None))?;
@@ -816,7 +894,7 @@ async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> Outcome {
         return Err(fail(revoked_refusal()));
     }
 
-    {
+    let newly_joined = {
         let mut channels = session.channels.lock();
         if !channels.contains_key(&channel) && channels.len() >= gw.max_channels_per_socket {
             return Err(fail(Refusal::new(
@@ -827,11 +905,13 @@ async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> Outcome {
                 ),
             )));
         }
-        if channels.insert(channel.clone(), grant.clone()).is_none() {
+        let newly = channels.insert(channel.clone(), grant.clone()).is_none();
+        if newly {
             subscription_gauge(channel.kind()).increment(1.0);
             s.join(&room);
         }
-    }
+        newly
+    };
 
     if let Some(grant) = &grant {
         let key = &grant.api_key_id;
@@ -871,11 +951,64 @@ async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> Outcome {
             )));
         }
     }
+    let presence = match grant.as_ref().and_then(|g| g.member.as_ref()) {
+        Some(member) => Some(
+            presence_join(s, gw, &session, &channel, &room, member, newly_joined)
+                .await
+                .map_err(fail)?,
+        ),
+        None => None,
+    };
     tracing::debug!(socket_id = %sid, project_id = %session.project, channel = %channel, "listening");
-    Ok(SystemMessage::success(
-        format!("listening to {channel}"),
-        &channel,
-    ))
+    Ok(Listened {
+        message: SystemMessage::success(format!("listening to {channel}"), &channel),
+        presence,
+    })
+}
+
+/// The presence part of a checked `listen`: a socket that just joined becomes a member (the
+/// whole listen is undone when it cannot: a full channel, the backend down); the ack's
+/// members. A socket listening again is a member already: only the members are read.
+async fn presence_join<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    session: &Session,
+    channel: &ChannelName,
+    room: &RoomName,
+    member: &Member,
+    newly_joined: bool,
+) -> Result<PresenceSnapshot, Refusal> {
+    let members = if newly_joined {
+        match gw.presence.join(room, channel, s.sid(), member).await {
+            Ok(members) => Ok(members),
+            Err(refusal) => {
+                if refusal.code != ErrorCode::PresenceFull {
+                    // The join may have happened before the members read failed.
+                    gw.presence.leave(room, channel, s.sid()).await;
+                }
+                leave(s, session, channel, room);
+                let _ = gw.tracker.remove(&s.sid().to_string(), room).await;
+                Err(refusal)
+            }
+        }
+    } else {
+        gw.presence.manager.members(room).await.map_err(|e| {
+            tracing::debug!(error = %e, "presence members unavailable");
+            Refusal::new(
+                ErrorCode::Unavailable,
+                "presence is unavailable, try again shortly",
+            )
+        })
+    }?;
+    if newly_joined && !s.is_connected() {
+        // The socket went away meanwhile; its disconnect clean-up may have run before the
+        // membership existed.
+        gw.presence.leave(room, channel, s.sid()).await;
+    }
+    Ok(PresenceSnapshot {
+        members: members.members,
+        presence_version: members.version,
+    })
 }
 
 /// "private listen refused": one line per socket per interval (a client may retry a bad
@@ -886,12 +1019,20 @@ fn refused_listen_log() -> &'static LogThrottle<Sid> {
     &T
 }
 
-fn leave<P: Peer + ?Sized>(s: &P, session: &Session, channel: &ChannelName, room: &RoomName) {
-    if session.channels.lock().remove(channel).is_some() {
+/// Takes the socket out of a channel's room and its session; whether it was in the session.
+fn leave<P: Peer + ?Sized>(
+    s: &P,
+    session: &Session,
+    channel: &ChannelName,
+    room: &RoomName,
+) -> bool {
+    let was_in = session.channels.lock().remove(channel).is_some();
+    if was_in {
         subscription_gauge(channel.kind()).decrement(1.0);
     }
     s.leave(room);
     session.drop_sub(room);
+    was_in
 }
 
 fn subscription_gauge(kind: ChannelKind) -> metrics::Gauge {
@@ -914,7 +1055,9 @@ pub async fn remove<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
     let req = RemoveRequest::parse(&body.unwrap_or(Value::Null)).map_err(|r| (r, None))?;
     let channel = req.channel_name;
     let room = RoomName::channel(&session.project, &channel);
-    leave(s, &session, &channel, &room);
+    if leave(s, &session, &channel, &room) && channel.is_presence() {
+        gw.presence.leave(&room, &channel, s.sid()).await;
+    }
     if channel.needs_token()
         && let Err(e) = gw.tracker.remove(&s.sid().to_string(), &room).await
         && let Some(p) = backend_faults().check(&"remove_tracking")
@@ -986,6 +1129,65 @@ pub async fn client_event<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> 
     ))
 }
 
+async fn on_presence<A: Adapter>(
+    s: SocketRef<A>,
+    TryData(body): TryData<Value>,
+    ack: AckSender<A>,
+    State(gw): State<Gateway>,
+) {
+    let (result, extras) = presence_query(&s, &gw, body.ok()).await;
+    reply_with(&s, ack, result, extras);
+}
+
+/// A client `presence {channelName}`: the members of a presence channel this socket listens
+/// to, in the ack as in a `listen`'s (`members`, `presenceVersion`).
+pub async fn presence_query<P: Peer>(
+    s: &P,
+    gw: &Gateway,
+    body: Option<Value>,
+) -> (Outcome, ListenExtras) {
+    let asked = async {
+        let session = s.session().ok_or_else(|| (not_connected(), None))?;
+        let req = PresenceRequest::parse(&body.unwrap_or(Value::Null)).map_err(|r| (r, None))?;
+        let channel = req.channel_name;
+        let fail = |r: Refusal| (r, Some(channel.clone()));
+        if !channel.is_presence() {
+            return Err(fail(not_presence_channel(&channel)));
+        }
+        if !session.channels.lock().contains_key(&channel) {
+            return Err(fail(Refusal::new(
+                ErrorCode::NotJoined,
+                format!("this socket does not listen to {channel}"),
+            )));
+        }
+        let room = RoomName::channel(&session.project, &channel);
+        let members = gw.presence.manager.members(&room).await.map_err(|e| {
+            tracing::debug!(error = %e, "presence members unavailable");
+            fail(Refusal::new(
+                ErrorCode::Unavailable,
+                "presence is unavailable, try again shortly",
+            ))
+        })?;
+        Ok((channel, members))
+    };
+    match asked.await {
+        Ok((channel, members)) => (
+            Ok(SystemMessage::success(
+                format!("members of {channel}"),
+                &channel,
+            )),
+            ListenExtras {
+                answer: None,
+                presence: Some(PresenceSnapshot {
+                    members: members.members,
+                    presence_version: members.version,
+                }),
+            },
+        ),
+        Err(refusal) => (Err(refusal), ListenExtras::default()),
+    }
+}
+
 async fn on_unknown_event<A: Adapter>(s: SocketRef<A>, Event(event): Event, ack: AckSender<A>) {
     reply(&s, ack, unknown_event(&event));
 }
@@ -996,7 +1198,7 @@ pub fn unknown_event(event: &str) -> Outcome {
         Refusal::new(
             ErrorCode::UnknownEvent,
             format!(
-                "unknown event {:?}; clients send listen, remove or event",
+                "unknown event {:?}; clients send listen, remove, event or presence",
                 event.chars().take(64).collect::<String>()
             ),
         ),
@@ -1015,6 +1217,7 @@ async fn on_disconnect<A: Adapter>(
 
 /// Clean-up after a socket that passed the handshake went away: gauges and tracking entries.
 pub async fn disconnected(gw: &Gateway, sid: Sid, session: Option<Arc<Session>>, reason: &str) {
+    let sid_ref = sid;
     let sid = sid.to_string();
     metrics::gauge!(m::SOCKETS_CONNECTED).decrement(1.0);
     if let (Some(session), Some(recovery)) = (&session, &gw.recovery) {
@@ -1036,8 +1239,13 @@ pub async fn disconnected(gw: &Gateway, sid: Sid, session: Option<Arc<Session>>,
         }
     }
     if let Some(session) = session {
-        for channel in session.channels.lock().drain() {
-            subscription_gauge(channel.0.kind()).decrement(1.0);
+        let channels: Vec<ChannelName> = session.channels.lock().drain().map(|(c, _)| c).collect();
+        for channel in channels {
+            subscription_gauge(channel.kind()).decrement(1.0);
+            if channel.is_presence() {
+                let room = RoomName::channel(&session.project, &channel);
+                gw.presence.leave(&room, &channel, sid_ref).await;
+            }
         }
     }
     match gw.tracker.remove_socket(&sid).await {
@@ -1313,6 +1521,17 @@ pub async fn apply_resume<P: Peer>(
         {
             return Err((F::Revoked, true));
         }
+        // A presence channel's membership was given up at the disconnect: join again (the
+        // transitions meanwhile are not replayed; the client asks for the members).
+        if let Some(member) = grant.as_ref().and_then(|g| g.member.as_ref())
+            && gw
+                .presence
+                .join(&room, &c.channel, s.sid(), member)
+                .await
+                .is_err()
+        {
+            return Err((F::Unavailable, true));
+        }
         if let Some(since) = since {
             let recovery = recover(s, gw, &room, &c.channel, plan.settings, since).await;
             if !recovery.recovered {
@@ -1386,16 +1605,19 @@ pub struct GatewaySockets<A: Adapter> {
     direct: Arc<DirectRooms>,
     sse: Arc<crate::sse::SseRooms>,
     tracker: Arc<dyn ConnectionTracker>,
+    presence: Arc<Presences>,
 }
 
 impl<A: Adapter> GatewaySockets<A> {
-    /// Wraps the Socket.IO handle and the fan-out's direct sockets and SSE streams.
-    pub fn new(io: SocketIo<A>, fanout: &Fanout, tracker: Arc<dyn ConnectionTracker>) -> Self {
+    /// Wraps the Socket.IO handle and the gateway's direct sockets, SSE streams, tracking and
+    /// presence.
+    pub fn new(io: SocketIo<A>, gw: &Gateway) -> Self {
         Self {
             io,
-            direct: fanout.direct().clone(),
-            sse: fanout.sse().clone(),
-            tracker,
+            direct: gw.fanout.direct().clone(),
+            sse: gw.fanout.sse().clone(),
+            tracker: gw.tracker.clone(),
+            presence: gw.presence.clone(),
         }
     }
 
@@ -1427,7 +1649,7 @@ impl<A: Adapter> GatewaySockets<A> {
                 .collect();
             for c in &gone {
                 channels.remove(c);
-                subscription_gauge(ChannelKind::Private).decrement(1.0);
+                subscription_gauge(c.kind()).decrement(1.0);
                 let room = RoomName::channel(&session.project, c);
                 s.leave(&room);
                 session.drop_sub(&room);
@@ -1445,6 +1667,9 @@ impl<A: Adapter> GatewaySockets<A> {
         let sid = s.sid().to_string();
         for c in &removed {
             let room = RoomName::channel(&session.project, c);
+            if c.is_presence() {
+                self.presence.leave(&room, c, s.sid()).await;
+            }
             if let Err(e) = self.tracker.remove(&sid, &room).await {
                 tracing::warn!(socket_id = %sid, error = %e, "tracking clean-up after revocation failed");
             }
@@ -1539,6 +1764,40 @@ impl<A: Adapter> LocalSockets for GatewaySockets<A> {
         }
         secrets
     }
+}
+
+/// A gateway over embedded backends in `dir` (unit tests): in-memory tracking, presence and
+/// history, ten channels per socket, 1 KiB payloads, no recovery.
+#[cfg(test)]
+pub(crate) fn test_gateway(dir: &std::path::Path) -> Gateway {
+    use crate::revocation::embedded::EmbeddedQueue;
+    use crate::store::embedded::EmbeddedStore;
+    let store = Arc::new(EmbeddedStore::open(dir).expect("store"));
+    let queue = Arc::new(EmbeddedQueue::open(store.database()).expect("queue"));
+    let fanout = Arc::new(Fanout::new(Arc::new(DirectRooms::new())));
+    Gateway::new(GatewayInner {
+        presence: Arc::new(Presences::new(
+            Arc::new(crate::presence::memory::MemoryPresence::new()),
+            fanout.clone(),
+            1000,
+        )),
+        store,
+        tracker: Arc::new(crate::tracking::memory::MemoryTracker::new()),
+        tokens: ChannelTokens::new(
+            "herald",
+            std::time::Duration::from_secs(600),
+            std::time::Duration::from_secs(3600),
+        )
+        .expect("ttl within the cap"),
+        max_channels_per_socket: 10,
+        max_payload_bytes: 1024,
+        revocations: queue,
+        fanout,
+        histories: Arc::new(crate::history::Histories::new(Arc::new(
+            crate::history::memory::MemoryHistory::new(1 << 20),
+        ))),
+        recovery: None,
+    })
 }
 
 fn not_connected() -> Refusal {

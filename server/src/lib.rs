@@ -82,16 +82,14 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
             config.history_max_bytes,
         )),
         sessions: Arc::new(csr::MemorySessions::default()),
+        presence: Arc::new(presence::memory::MemoryPresence::new()),
     };
     let gateway = app::gateway(config, backends)?;
     let (io_layer, io) = app::socket_io(config, &gateway).build_layer();
     gateway::register(&io);
     gateway.fanout.attach_sio(io.clone());
-    let local: Arc<dyn revocation::LocalSockets> = Arc::new(gateway::GatewaySockets::new(
-        io,
-        &gateway.fanout,
-        tracker.clone(),
-    ));
+    let local: Arc<dyn revocation::LocalSockets> =
+        Arc::new(gateway::GatewaySockets::new(io, &gateway));
     let health = Arc::new(app::Health::new(true));
     let revocation = revocation::start(
         queue,

@@ -7,7 +7,9 @@
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `herald_sockets_connected` | gauge | |
-//! | `herald_subscriptions` | gauge | `kind` = public / private |
+//! | `herald_subscriptions` | gauge | `kind` = public / private / presence |
+//! | `herald_presence_sockets` | gauge | (this instance's sockets counted as members of presence channels) |
+//! | `herald_presence_transitions_total` | counter | `action` = member_added / member_removed (announced by this instance) |
 //! | `herald_connect_refusals_total` | counter | `code` |
 //! | `herald_listen_refusals_total` | counter | `code` |
 //! | `herald_auth_failures_total` | counter | `reason` (error code: API key, admin token, channel token) |
@@ -65,6 +67,12 @@ pub const DELIVERIES: &str = "herald_deliveries_total";
 pub const SLOW_CONSUMERS: &str = "herald_slow_consumers_total";
 /// Counter: authenticated publisher calls per API key id and operation.
 pub const API_KEY_REQUESTS: &str = "herald_api_key_requests_total";
+/// Gauge: this instance's sockets that are members of a presence channel (one per socket and
+/// channel).
+pub const PRESENCE_SOCKETS: &str = "herald_presence_sockets";
+/// Counter: presence transitions this instance announced (each transition is announced by
+/// exactly one instance).
+pub const PRESENCE_TRANSITIONS: &str = "herald_presence_transitions_total";
 /// Counter: client-to-client events relayed.
 pub const CLIENT_EVENTS: &str = "herald_client_events_total";
 /// Counter: revocation job lifecycle events.

@@ -143,16 +143,16 @@ export async function startLinkProxy(redisPort) {
  * every instance has seen every other's bus subscription (docs/PROTOCOL.md: an instance not
  * yet subscribed), and a publish answered 503 may still have taken an offset, so the warm-up
  * publishes on a project and channel of its own until every instance answers 200.
- * `stop()` stops them all.
+ * `persistent` keeps Redis's data across `redis.restart()`. `stop()` stops them all.
  */
-export async function startInstances(count, { extraArgs = [] } = {}) {
-  const redis = await startRedis();
+export async function startInstances(count, { extraArgs = [], persistent = false } = {}) {
+  const redis = await startRedis({ persistent });
   const nodes = await Promise.all(
     Array.from({ length: count }, () => startHerald({ extraArgs: ['--redis-url', redis.url, ...extraArgs] })),
   );
   const stop = async () => {
     await Promise.all(nodes.map((n) => n.stop().catch(() => n.kill())));
-    await redis.stop();
+    await redis.close();
   };
   try {
     for (const n of nodes) {

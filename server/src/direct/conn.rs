@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_protocol::messages::event_names::{EVENT, LISTEN, REMOVE};
+use herald_protocol::messages::event_names::{EVENT, LISTEN, PRESENCE, REMOVE};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
@@ -390,17 +390,21 @@ impl Reader {
     async fn on_event(&mut self, ack: Option<u64>, name: &str, data: Option<Value>) {
         let gw = &self.transport.gateway;
         let conn = self.conn.as_ref();
-        let (result, recovery): (Outcome, _) = match name {
+        let (result, extras): (Outcome, _) = match name {
             LISTEN => {
-                let (r, recovery) = gateway::listen(conn, gw, data).await;
+                let (r, extras) = gateway::listen(conn, gw, data).await;
                 gateway::count_listen(&r);
-                (r, recovery)
+                (r, extras)
             }
-            REMOVE => (gateway::remove(conn, gw, data).await, None),
-            EVENT => (gateway::client_event(conn, gw, data).await, None),
-            other => (gateway::unknown_event(other), None),
+            REMOVE => (gateway::remove(conn, gw, data).await, Default::default()),
+            EVENT => (
+                gateway::client_event(conn, gw, data).await,
+                Default::default(),
+            ),
+            PRESENCE => gateway::presence_query(conn, gw, data).await,
+            other => (gateway::unknown_event(other), Default::default()),
         };
-        let (ack_body, message) = gateway::answer_with(result, recovery);
+        let (ack_body, message) = gateway::answer_with(result, extras);
         // The ack and the system_message leave in one write, so a client sees both at once.
         let mut reply = Vec::new();
         if let Some(id) = ack {
@@ -461,7 +465,13 @@ mod tests {
         let store = Arc::new(EmbeddedStore::open(dir.path()).expect("store"));
         let queue = Arc::new(EmbeddedQueue::open(store.database()).expect("queue"));
         let tracker = Arc::new(MemoryTracker::new());
+        let fanout = Arc::new(Fanout::new(Arc::new(DirectRooms::new())));
         let gateway = Gateway::new(GatewayInner {
+            presence: Arc::new(crate::presence::Presences::new(
+                Arc::new(crate::presence::memory::MemoryPresence::new()),
+                fanout.clone(),
+                1000,
+            )),
             store,
             tracker: tracker.clone(),
             tokens: ChannelTokens::new(
@@ -473,7 +483,7 @@ mod tests {
             max_channels_per_socket: 10,
             max_payload_bytes: 1024,
             revocations: queue,
-            fanout: Arc::new(Fanout::new(Arc::new(DirectRooms::new()))),
+            fanout,
             histories: Arc::new(crate::history::Histories::new(Arc::new(
                 crate::history::memory::MemoryHistory::new(1 << 20),
             ))),

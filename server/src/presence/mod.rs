@@ -8,13 +8,24 @@
 //! Two implementations: [`memory`] (embedded mode: one process) and `redis` (Redis mode: every
 //! instance's members in one place, transitions decided by scripts so each is announced once,
 //! members of a dead instance reaped by the heartbeat sweep within the instance TTL).
+//!
+//! [`Presences`] is what the gateway, the revocation pass and the REST API use: a manager, the
+//! channel limit, and the announcement of each transition it reports (the `presence` event,
+//! to the room on every instance through [`Fanout::emit_presence`]).
 
 pub mod memory;
 pub mod redis;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use herald_protocol::RoomName;
-use herald_protocol::presence::Member;
+use herald_protocol::presence::{Member, PresenceAction, PresenceEvent};
+use herald_protocol::{ChannelName, ErrorCode, Refusal, RoomName};
+use socketioxide::socket::Sid;
+
+use crate::fanout::Fanout;
+use crate::log_throttle::backend_faults;
+use crate::metrics as m;
 
 /// A transition to announce: who, and the room's version after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +94,145 @@ pub trait PresenceManager: Send + Sync + 'static {
 
     /// How many members (users) the room has.
     async fn count(&self, room: &RoomName) -> Result<u64, PresenceError>;
+}
+
+/// Presence as the rest of the server uses it: membership changes with their announcements.
+pub struct Presences {
+    /// Where the members are kept.
+    pub manager: Arc<dyn PresenceManager>,
+    /// Where announcements go.
+    fanout: Arc<Fanout>,
+    /// `--max-presence-members`: users per presence channel.
+    pub max_members: usize,
+}
+
+impl Presences {
+    /// Presence over `manager`, announcing through `fanout`.
+    pub fn new(manager: Arc<dyn PresenceManager>, fanout: Arc<Fanout>, max_members: usize) -> Self {
+        Self {
+            manager,
+            fanout,
+            max_members,
+        }
+    }
+
+    /// Makes socket `sid` a member of `channel`'s `room` as `member`, announcing
+    /// `member_added` to the room's other sockets when it is the user's first, then answers the
+    /// members (read after the join: the joiner is among them, and every transition after
+    /// their version reaches the socket, which is in the room already). Refusals:
+    /// `presence_full`, `unavailable`; on a refusal after the join (the read failed) the
+    /// socket is a member still and the caller undoes it with [`Presences::leave`].
+    pub async fn join(
+        &self,
+        room: &RoomName,
+        channel: &ChannelName,
+        sid: Sid,
+        member: &Member,
+    ) -> Result<Members, Refusal> {
+        let joined = self
+            .manager
+            .join(room, sid.as_str(), member, self.max_members)
+            .await
+            .map_err(|e| unavailable("presence_join", &e))?;
+        match joined {
+            Joined::Full => {
+                return Err(Refusal::new(
+                    ErrorCode::PresenceFull,
+                    format!(
+                        "{channel} has {} members, the most a presence channel may have",
+                        self.max_members
+                    ),
+                ));
+            }
+            Joined::Added(t) => {
+                metrics::gauge!(m::PRESENCE_SOCKETS).increment(1.0);
+                self.announce(room, channel, PresenceAction::MemberAdded, t, Some(sid))
+                    .await;
+            }
+            Joined::AlreadyPresent => metrics::gauge!(m::PRESENCE_SOCKETS).increment(1.0),
+        }
+        self.manager
+            .members(room)
+            .await
+            .map_err(|e| unavailable("presence_members", &e))
+    }
+
+    /// Removes socket `sid` from `channel`'s `room`, announcing `member_removed` when it was
+    /// the user's last socket there. A backend failure is logged: the entry is then left to
+    /// the instance's death (Redis mode reaps it) or the next leave.
+    pub async fn leave(&self, room: &RoomName, channel: &ChannelName, sid: Sid) {
+        match self.manager.leave(room, sid.as_str()).await {
+            Ok(gone) => {
+                metrics::gauge!(m::PRESENCE_SOCKETS).decrement(1.0);
+                if let Some(t) = gone {
+                    self.announce(room, channel, PresenceAction::MemberRemoved, t, None)
+                        .await;
+                }
+            }
+            Err(e) => {
+                if let Some(p) = backend_faults().check(&"presence_leave") {
+                    tracing::warn!(socket_id = %sid, error = %e, suppressed = p.suppressed, "presence leave failed");
+                }
+            }
+        }
+    }
+
+    /// Announces the removal of members another instance left behind (Redis mode's reap of a
+    /// dead instance): `member_removed` to each room, on every instance.
+    pub async fn announce_reaped(&self, reaped: Vec<(RoomName, Transition)>) {
+        for (room, t) in reaped {
+            let Ok((_, channel)) = RoomName::parse_channel(room.as_str()) else {
+                continue;
+            };
+            self.announce(&room, &channel, PresenceAction::MemberRemoved, t, None)
+                .await;
+        }
+    }
+
+    /// Sends the `presence` event of one transition to `room` (all instances; not to
+    /// `except`).
+    async fn announce(
+        &self,
+        room: &RoomName,
+        channel: &ChannelName,
+        action: PresenceAction,
+        t: Transition,
+        except: Option<Sid>,
+    ) {
+        metrics::counter!(m::PRESENCE_TRANSITIONS, "action" => action.as_str()).increment(1);
+        let event = PresenceEvent {
+            channel_name: channel.clone(),
+            action,
+            member: t.member,
+            version: t.version,
+        };
+        let sent = match serde_json::value::to_raw_value(&event) {
+            Ok(raw) => self
+                .fanout
+                .emit_presence(room, &raw, except)
+                .await
+                .map(|_| ()),
+            Err(e) => {
+                tracing::error!(error = %e, "presence event not encodable");
+                return;
+            }
+        };
+        if let Err(e) = sent
+            && let Some(p) = backend_faults().check(&"presence_announce")
+        {
+            tracing::warn!(room = %room, error = %e, suppressed = p.suppressed, "presence event not delivered everywhere");
+        }
+    }
+}
+
+fn unavailable(site: &'static str, e: &PresenceError) -> Refusal {
+    if let Some(p) = backend_faults().check(&site) {
+        tracing::warn!(error = %e, suppressed = p.suppressed, "presence store failed");
+    }
+    Refusal::new(
+        ErrorCode::Unavailable,
+        "presence is unavailable, try again shortly",
+    )
 }
 
 #[cfg(test)]

@@ -33,6 +33,8 @@ use crate::app::{self, AppState, Backends, Health};
 use crate::config::ServeConfig;
 use crate::gateway;
 use crate::keys::AdminToken;
+use crate::presence::Presences;
+use crate::presence::redis::RedisPresence;
 use crate::revocation::redis::RedisQueue;
 use crate::revocation::{self, LocalSockets, Revocation, RevocationReason, RevokeNotifier};
 use crate::store::redis::RedisStore;
@@ -175,6 +177,11 @@ pub fn start(
         prefix,
         instance_id.clone(),
     ));
+    let presence = Arc::new(RedisPresence::new(
+        client.clone(),
+        prefix,
+        instance_id.clone(),
+    ));
     let queue = Arc::new(RedisQueue::new(
         client.clone(),
         prefix,
@@ -191,6 +198,7 @@ pub fn start(
                 prefix,
             )),
             sessions: Arc::new(crate::csr::RedisSessions::new(client.clone(), prefix)),
+            presence: presence.clone(),
         },
     )?;
 
@@ -246,9 +254,11 @@ pub fn start(
         tasks.spawn("probe", move || probe.clone().run());
     }
     {
-        let tracker = tracker.clone();
+        let (tracker, presences) = (tracker.clone(), gateway.presence.clone());
         let ttl = Duration::from_secs(config.instance_ttl_secs.max(1));
-        tasks.spawn("heartbeat", move || heartbeat(tracker.clone(), ttl));
+        tasks.spawn("heartbeat", move || {
+            heartbeat(tracker.clone(), presence.clone(), presences.clone(), ttl)
+        });
     }
 
     // Revocation: notices travel on `{prefix}:revoke` through the subscriber connection; the
@@ -277,11 +287,7 @@ pub fn start(
             catch_up_on_resubscribe(driver.clone(), fanout.clone())
         });
     }
-    let local: Arc<dyn LocalSockets> = Arc::new(gateway::GatewaySockets::new(
-        io,
-        &gateway.fanout,
-        tracker.clone(),
-    ));
+    let local: Arc<dyn LocalSockets> = Arc::new(gateway::GatewaySockets::new(io, &gateway));
     let notifier = Arc::new(RedisNotifier {
         client: client.clone(),
         channel: format!("{prefix}:revoke"),
@@ -346,8 +352,14 @@ async fn register_namespace(io: SocketIo<HeraldAdapter>, ready: Arc<AtomicBool>)
     }
 }
 
-/// Keeps this instance's heartbeat key alive and sweeps dead instances' tracking entries.
-async fn heartbeat(tracker: Arc<RedisTracker>, ttl: Duration) {
+/// Keeps this instance's heartbeat key alive and sweeps dead instances' tracking entries and
+/// presence members (announcing each member removed).
+async fn heartbeat(
+    tracker: Arc<RedisTracker>,
+    presence: Arc<RedisPresence>,
+    presences: Arc<Presences>,
+    ttl: Duration,
+) {
     let (beat_every, sweep_every) = heartbeat_timing(ttl);
     let mut beat = tokio::time::interval(beat_every);
     let mut sweep = tokio::time::interval(sweep_every);
@@ -365,6 +377,14 @@ async fn heartbeat(tracker: Arc<RedisTracker>, ttl: Duration) {
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "sweep failed"),
+                }
+                match presence.reap_dead_instances().await {
+                    Ok(reaped) if !reaped.is_empty() => {
+                        tracing::info!(members = reaped.len(), "removed a dead instance's presence members");
+                        presences.announce_reaped(reaped).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "presence reap failed"),
                 }
             }
         }

@@ -12,6 +12,7 @@ use herald_protocol::api::{PublishRequest, PublishResponse, SignRequest, SignRes
 use herald_protocol::history::{HistoryEvent, HistoryPage, MAX_HISTORY_PAGE, MAX_OFFSET};
 use herald_protocol::messages::event_names::EVENT;
 use herald_protocol::presence::Member;
+use herald_protocol::presence::{PresenceCount, PresenceMembers, not_presence_channel};
 use herald_protocol::{
     ApiKeyScope, ApiKeyToken, ChannelEvent, ChannelName, ChannelOffset, ErrorBody, ErrorCode,
     Refusal, RoomName,
@@ -349,6 +350,89 @@ pub async fn history(
         events,
         next,
     }))
+}
+
+/// `GET /v1/publishers/channels/{channelName}/presence`: the members of a presence channel,
+/// on every instance, ordered by user id.
+#[utoipa::path(get, path = "/v1/publishers/channels/{channelName}/presence", tag = "publisher",
+    params(("channelName" = ChannelName, Path, description = "The presence channel")),
+    security(("api_key" = []), ("api_key_header" = [])),
+    responses(
+        (status = 200, description = "The channel's members", body = PresenceMembers),
+        (status = 400, description = "`invalid_channel_name`, `ambiguous_channel_name`, `not_presence_channel`", body = ErrorBody),
+        (status = 401, description = "`missing_api_key`, `unknown_api_key`, `expired_api_key`", body = ErrorBody),
+        (status = 403, description = "`missing_scope`: the key lacks `read_presence`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the presence backend (Redis) is unreachable", body = ErrorBody)))]
+pub async fn presence(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> Result<Json<PresenceMembers>, ApiError> {
+    let (channel, room) = presence_channel(&state, &headers, &channel).await?;
+    let members = state
+        .presence()
+        .manager
+        .members(&room)
+        .await
+        .map_err(presence_unavailable)?;
+    Ok(Json(PresenceMembers {
+        channel_name: channel,
+        members: members.members,
+    }))
+}
+
+/// `GET /v1/publishers/channels/{channelName}/presence/count`: how many members (users) a
+/// presence channel has.
+#[utoipa::path(get, path = "/v1/publishers/channels/{channelName}/presence/count", tag = "publisher",
+    params(("channelName" = ChannelName, Path, description = "The presence channel")),
+    security(("api_key" = []), ("api_key_header" = [])),
+    responses(
+        (status = 200, description = "How many members the channel has", body = PresenceCount),
+        (status = 400, description = "`invalid_channel_name`, `ambiguous_channel_name`, `not_presence_channel`", body = ErrorBody),
+        (status = 401, description = "`missing_api_key`, `unknown_api_key`, `expired_api_key`", body = ErrorBody),
+        (status = 403, description = "`missing_scope`: the key lacks `read_presence`", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the presence backend (Redis) is unreachable", body = ErrorBody)))]
+pub async fn presence_count(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(channel): Path<String>,
+) -> Result<Json<PresenceCount>, ApiError> {
+    let (channel, room) = presence_channel(&state, &headers, &channel).await?;
+    let count = state
+        .presence()
+        .manager
+        .count(&room)
+        .await
+        .map_err(presence_unavailable)?;
+    Ok(Json(PresenceCount {
+        channel_name: channel,
+        count,
+    }))
+}
+
+/// The presence endpoints' common part: a key with `read_presence`, a presence channel.
+async fn presence_channel(
+    state: &AppState,
+    headers: &HeaderMap,
+    channel: &str,
+) -> Result<(ChannelName, RoomName), ApiError> {
+    let key = authenticate(state, headers, ApiKeyScope::ReadPresence).await?;
+    let channel = ChannelName::parse(channel).map_err(Refusal::from)?;
+    if !channel.is_presence() {
+        return Err(not_presence_channel(&channel).into());
+    }
+    let room = RoomName::channel(&key.project_id, &channel);
+    Ok((channel, room))
+}
+
+fn presence_unavailable(e: crate::presence::PresenceError) -> ApiError {
+    if let Some(p) = crate::log_throttle::backend_faults().check(&"presence_read") {
+        tracing::warn!(error = %e, suppressed = p.suppressed, "presence read failed");
+    }
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "presence backend unavailable, try again shortly",
+    )
 }
 
 /// `POST /v1/publishers/sign`.

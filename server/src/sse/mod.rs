@@ -148,7 +148,8 @@ async fn open(t: &SseTransport, asked: Asked) -> Result<Response, Refusal> {
             // Dropping the registration undoes what the earlier channels did.
             Err((refusal, _)) => return Err(refusal),
         };
-        conn.send_system(&with_answer(message, channel, answer.as_ref(), &conn));
+        let message = with_answer(message, channel, answer.answer.as_ref(), &conn);
+        conn.send_system(&with_presence(message, answer.presence));
     }
     let first = conn.finish_setup();
     tracing::debug!(stream_id = %conn.id(), project_id = %project, channels = wanted.len(), "SSE stream opened");
@@ -164,6 +165,20 @@ async fn open(t: &SseTransport, asked: Asked) -> Result<Response, Refusal> {
     // Proxies that buffer responses (nginx) would hold the events back.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// The `Success` of a presence channel's listen with its members (`members`,
+/// `presenceVersion`), as a socket's ack has them.
+fn with_presence(
+    mut message: SystemMessage,
+    presence: Option<herald_protocol::presence::PresenceSnapshot>,
+) -> SystemMessage {
+    if let (Some(presence), Some(Value::Object(data))) = (presence, message.data.as_mut())
+        && let Ok(Value::Object(fields)) = serde_json::to_value(presence)
+    {
+        data.extend(fields);
+    }
+    message
 }
 
 /// The `Success` of a channel's listen with what the socket's ack would add (`recovered`,
