@@ -118,6 +118,29 @@ impl ToSchema for ApiKeyId {
     }
 }
 
+/// The schema of a presence channel's name (a path parameter of the REST presence calls): a
+/// [`ChannelName`] starting with `presence-`.
+pub struct PresenceChannelName;
+
+impl PartialSchema for PresenceChannelName {
+    fn schema() -> RefOr<Schema> {
+        string(
+            "A presence channel: a channel name starting with `presence-`.",
+            format!("^{PRESENCE_PREFIX}{}+$", regex_class(is_channel_char)),
+            PRESENCE_PREFIX.len() + 1,
+            MAX_CHANNEL_NAME_BYTES,
+        )
+        .examples(["presence-room-7"])
+        .into()
+    }
+}
+
+impl ToSchema for PresenceChannelName {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("PresenceChannelName")
+    }
+}
+
 /// The user id of a member, as [`UserId::parse`](crate::presence::UserId::parse) accepts it.
 pub fn user_id() -> ObjectBuilder {
     string(

@@ -1707,6 +1707,52 @@ impl<A: Adapter> GatewaySockets<A> {
         affected
     }
 
+    /// Every local presence membership (socket, room, channel, member), both transports.
+    fn presence_memberships(&self) -> Vec<(Sid, RoomName, ChannelName, Member)> {
+        fn of(
+            sid: Sid,
+            session: Option<Arc<Session>>,
+        ) -> Vec<(Sid, RoomName, ChannelName, Member)> {
+            let Some(session) = session else {
+                return Vec::new();
+            };
+            let channels = session.channels.lock();
+            channels
+                .iter()
+                .filter_map(|(c, g)| {
+                    let member = g.as_ref()?.member.clone()?;
+                    Some((
+                        sid,
+                        RoomName::channel(&session.project, c),
+                        c.clone(),
+                        member,
+                    ))
+                })
+                .collect()
+        }
+        let mut out = Vec::new();
+        for s in self.sio_sockets() {
+            out.extend(of(s.id, session(&s)));
+        }
+        for c in self.direct.connections() {
+            out.extend(of(c.sid(), c.session()));
+        }
+        for c in self.sse.connections() {
+            out.extend(of(c.sid(), c.session()));
+        }
+        out
+    }
+
+    /// Re-asserts every local presence membership in the backend
+    /// ([`Presences::reassert`]); how many there are. Stops at the first backend failure.
+    pub async fn reassert_presence(&self) -> Result<usize, crate::presence::PresenceError> {
+        let memberships = self.presence_memberships();
+        for (sid, room, channel, member) in &memberships {
+            self.presence.reassert(room, channel, *sid, member).await?;
+        }
+        Ok(memberships.len())
+    }
+
     fn sessions(&self) -> Vec<Arc<Session>> {
         let direct = self.direct.connections();
         let sse = self.sse.connections();

@@ -330,7 +330,7 @@ impl<T: ToSchema> SchemaRef for T {
         RevocationAccepted, HealthStatus, Index, IndexLinks, UpdateProjectBody, UpdateHistoryBody,
         herald_protocol::history::HistoryPage, herald_protocol::history::HistoryEvent,
         herald_protocol::presence::PresenceMembers, herald_protocol::presence::PresenceCount,
-        herald_protocol::presence::Member,
+        herald_protocol::presence::Member, herald_protocol::openapi::PresenceChannelName,
         herald_protocol::HistorySettings, herald_protocol::ChannelOffset, herald_protocol::Epoch,
     )),
     modifiers(&Common),
@@ -419,7 +419,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 18);
+        assert_eq!(checked, 20);
     }
 
     /// The history endpoint's query bounds are the protocol's (`since` up to

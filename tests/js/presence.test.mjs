@@ -256,6 +256,44 @@ describe('presence, Redis mode: three instances', () => {
     witness.disconnect();
   });
 
+  it('members Redis lost come back once the link reconnects, with versions that only grow', T, async () => {
+    const channel = `presence-${uid('lost')}`;
+    const [witness, member] = await Promise.all([connect(nodes[0], project), connect(nodes[1], project)]);
+    const held = (await join(nodes[0], witness, signer, channel, 'witness')).presenceVersion;
+    const added = nextEvent(witness, 'presence');
+    assert.equal((await join(nodes[1], member, signer, channel, 'member')).ok, true);
+    const heldAfter = (await added).version;
+    assert.ok(heldAfter > held);
+
+    // What a Redis restart without persistence does to presence: its keys are gone, and every
+    // connection is cut.
+    const keys = cluster.redis.cli('--scan', '--pattern', '*:presence:*').split('\n').filter(Boolean);
+    assert.ok(keys.length > 0, 'presence keys exist');
+    cluster.redis.cli('DEL', ...keys);
+    assert.deepEqual(await restMembers(nodes[2], signer, channel), []);
+    const events = collectEvents(witness, 'presence');
+    cluster.redis.cli('CLIENT', 'KILL', 'TYPE', 'normal');
+    await waitFor(
+      async () => {
+        const res = await request(nodes[2], 'GET', `/v1/publishers/channels/${channel}/presence`, {
+          headers: { authorization: `Bearer ${signer}` },
+        });
+        return res.status === 200 && ids(res.body.members).join() === 'member,witness';
+      },
+      20_000,
+      'both members re-asserted',
+    );
+    // The witness hears of the member again, at a version above the one it holds (a version
+    // that restarted from 1 would look stale and be ignored by a client).
+    await waitFor(() => events.some((e) => e.member.userId === 'member'), 10_000, 'member_added again');
+    const again = events.find((e) => e.member.userId === 'member');
+    assert.equal(again.action, 'member_added');
+    assert.ok(again.version > heldAfter, `${again.version} > ${heldAfter}`);
+    assert.ok(!events.some((e) => e.member.userId === 'witness'), 'no event about itself');
+    witness.disconnect();
+    member.disconnect();
+  });
+
   it('no ghost after a Redis restart: an instance killed while Redis was down is reaped after', T, async () => {
     const channel = `presence-${uid('rr')}`;
     const doomedNode = await startNode();

@@ -18,6 +18,18 @@ struct Room {
     version: u64,
 }
 
+/// The version after `v`; a room's first is the clock in microseconds, so a room that
+/// empties and starts again never answers a version a client already holds (as in Redis).
+fn next_version(v: u64) -> u64 {
+    if v > 0 {
+        return v + 1;
+    }
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+        .max(1)
+}
+
 /// Presence in this process.
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
@@ -60,7 +72,7 @@ impl PresenceManager for MemoryPresence {
         r.sockets
             .insert(socket_id.to_owned(), member.user_id.clone());
         r.users.insert(member.user_id.clone(), (member.clone(), 1));
-        r.version += 1;
+        r.version = next_version(r.version);
         Ok(Joined::Added(Transition {
             member: member.clone(),
             version: r.version,
@@ -88,7 +100,7 @@ impl PresenceManager for MemoryPresence {
             None => None,
         };
         let out = last.map(|member| {
-            r.version += 1;
+            r.version = next_version(r.version);
             Transition {
                 member,
                 version: r.version,

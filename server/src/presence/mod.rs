@@ -177,6 +177,34 @@ impl Presences {
         }
     }
 
+    /// Makes sure socket `sid`, a member of `room` on this instance, is one in the backend too
+    /// (after the Redis link came back: a Redis restarted without persistence lost every
+    /// member). Idempotent; a socket the backend had lost is added again and announced, as
+    /// a join, to the room's other sockets.
+    pub async fn reassert(
+        &self,
+        room: &RoomName,
+        channel: &ChannelName,
+        sid: Sid,
+        member: &Member,
+    ) -> Result<(), PresenceError> {
+        match self
+            .manager
+            .join(room, sid.as_str(), member, self.max_members)
+            .await?
+        {
+            Joined::Added(t) => {
+                self.announce(room, channel, PresenceAction::MemberAdded, t, Some(sid))
+                    .await
+            }
+            Joined::AlreadyPresent => {}
+            Joined::Full => {
+                tracing::warn!(socket_id = %sid, room = %room, "presence channel filled up while its members were lost; this socket is not counted");
+            }
+        }
+        Ok(())
+    }
+
     /// Announces the removal of members another instance left behind (Redis mode's reap of a
     /// dead instance): `member_removed` to each room, on every instance.
     pub async fn announce_reaped(&self, reaped: Vec<(RoomName, Transition)>) {
@@ -304,7 +332,19 @@ pub(crate) mod contract {
         assert_eq!(p.count(&room("presence-other")).await.expect("count"), 0);
 
         p.leave(&r, "s3").await.expect("leave");
-        p.leave(&r, "s5").await.expect("leave");
+        let last = p
+            .leave(&r, "s5")
+            .await
+            .expect("leave")
+            .expect("the last member");
         assert_eq!(p.members(&r).await.expect("members").members, vec![]);
+
+        // A room that emptied and starts again never goes back to a version a client of its
+        // earlier life may hold.
+        let Joined::Added(again) = p.join(&r, "s6", &ada, 3).await.expect("join") else {
+            panic!("a new first member is added");
+        };
+        assert!(again.version > last.version, "{again:?} after {last:?}");
+        p.leave(&r, "s6").await.expect("leave");
     }
 }

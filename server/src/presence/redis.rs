@@ -6,7 +6,7 @@
 //! | `{prefix}:presence:{room}:sockets` | hash | socket id → user id |
 //! | `{prefix}:presence:{room}:users` | hash | user id → info JSON (`""`: none) |
 //! | `{prefix}:presence:{room}:counts` | hash | user id → how many of its sockets are in the room |
-//! | `{prefix}:presence:{room}:version` | string | the room's version, `INCR`ed per transition; deleted with the room's last socket |
+//! | `{prefix}:presence:{room}:version` | string | the room's version: started at Redis's clock in microseconds, `INCR`ed per transition; deleted with the room's last socket |
 //! | `{prefix}:presence:instance:{instanceId}` | set | `{socketId}|{room}` of that instance's present sockets |
 //! | `{prefix}:presence:instances` | set | ids of instances with (or once with) present sockets |
 //!
@@ -34,29 +34,32 @@ use crate::store::redis::{LuaScript, array, classify, opt_string};
 /// How many entries of a dead instance one reap script handles.
 const REAP_BATCH: usize = 500;
 
-/// KEYS: sockets, users, counts, version, this instance's set, instances.
-/// ARGV: socket id, user id, info ("" none), max members, room, instance id.
-/// Returns `{0}` already present, `{1, version}` added, `{2}` full.
-static JOIN: LuaScript = LuaScript::new(
-    r#"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return { 0 } end
-local n = redis.call('HGET', KEYS[3], ARGV[2])
-if not n and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return { 2 } end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
-redis.call('SADD', KEYS[5], ARGV[1] .. '|' .. ARGV[5])
-redis.call('SADD', KEYS[6], ARGV[6])
-if n then return { 0 } end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return { 1, redis.call('INCR', KEYS[4]) }
+/// Prepends the Lua `bump(key)` to a script body: the next version of a room. A room's first
+/// version is Redis's clock in microseconds, so a room that started again (emptied, or its keys
+/// lost with a Redis restart without persistence) never answers a version a client already
+/// holds.
+macro_rules! concat_bump {
+    ($body:expr) => {
+        concat!(
+            r#"
+local function bump(key)
+  if redis.call('EXISTS', key) == 1 then return redis.call('INCR', key) end
+  local t = redis.call('TIME')
+  local v = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('SET', key, v)
+  return tonumber(v)
+end
 "#,
-);
+            $body
+        )
+    };
+}
 
 /// Prepends the Lua `leave(base, sid)` (one socket's leave: nil, or `{version, uid, info}` when
 /// it was the user's last socket) to a script body, so LEAVE and REAP share it.
 macro_rules! concat_leave {
     ($body:literal) => {
-        concat!(
+        concat_bump!(concat!(
             r#"
 local function leave(base, sid)
   local sockets = base .. ':sockets'
@@ -71,7 +74,7 @@ local function leave(base, sid)
     local users = base .. ':users'
     local info = redis.call('HGET', users, uid) or ''
     redis.call('HDEL', users, uid)
-    out = { redis.call('INCR', base .. ':version'), uid, info }
+    out = { bump(base .. ':version'), uid, info }
   end
   if redis.call('EXISTS', sockets) == 0 then
     redis.call('DEL', base .. ':version', counts, base .. ':users')
@@ -80,9 +83,27 @@ local function leave(base, sid)
 end
 "#,
             $body
-        )
+        ))
     };
 }
+
+/// KEYS: sockets, users, counts, version, this instance's set, instances.
+/// ARGV: socket id, user id, info ("" none), max members, room, instance id.
+/// Returns `{0}` already present, `{1, version}` added, `{2}` full.
+static JOIN: LuaScript = LuaScript::new(concat_bump!(
+    r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return { 0 } end
+local n = redis.call('HGET', KEYS[3], ARGV[2])
+if not n and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then return { 2 } end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+redis.call('SADD', KEYS[5], ARGV[1] .. '|' .. ARGV[5])
+redis.call('SADD', KEYS[6], ARGV[6])
+if n then return { 0 } end
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return { 1, bump(KEYS[4]) }
+"#
+));
 
 /// KEYS: this instance's set. ARGV: room key base, socket id, room.
 /// Returns `{0}` or `{1, version, uid, info}`.

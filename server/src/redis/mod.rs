@@ -287,7 +287,14 @@ pub fn start(
             catch_up_on_resubscribe(driver.clone(), fanout.clone())
         });
     }
-    let local: Arc<dyn LocalSockets> = Arc::new(gateway::GatewaySockets::new(io, &gateway));
+    let sockets = Arc::new(gateway::GatewaySockets::new(io, &gateway));
+    {
+        let (client, sockets) = (client.clone(), sockets.clone());
+        tasks.spawn("presence_reassert", move || {
+            reassert_presence_on_reconnect(client.clone(), sockets.clone())
+        });
+    }
+    let local: Arc<dyn LocalSockets> = sockets;
     let notifier = Arc::new(RedisNotifier {
         client: client.clone(),
         channel: format!("{prefix}:revoke"),
@@ -397,6 +404,40 @@ async fn catch_up_on_resubscribe(driver: HeraldDriver, fanout: Arc<crate::fanout
     let mut resubscribed = driver.resubscriptions();
     while resubscribed.changed().await.is_ok() {
         fanout.catch_up().await;
+    }
+}
+
+/// After every reconnect of the command connection, re-asserts this instance's presence
+/// members (a Redis restarted without persistence forgot them); retried while Redis is still
+/// loading or away.
+async fn reassert_presence_on_reconnect(
+    client: fred::clients::Client,
+    sockets: Arc<gateway::GatewaySockets<HeraldAdapter>>,
+) {
+    let mut reconnects = client.reconnect_rx();
+    loop {
+        match reconnects.recv().await {
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                let mut delay = Duration::from_millis(200);
+                loop {
+                    match sockets.reassert_presence().await {
+                        Ok(n) => {
+                            tracing::debug!(
+                                memberships = n,
+                                "presence re-asserted after a reconnect"
+                            );
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "presence re-assert failed; retrying");
+                            tokio::time::sleep(delay).await;
+                            delay = (delay * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

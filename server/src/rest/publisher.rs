@@ -355,7 +355,7 @@ pub async fn history(
 /// `GET /v1/publishers/channels/{channelName}/presence`: the members of a presence channel,
 /// on every instance, ordered by user id.
 #[utoipa::path(get, path = "/v1/publishers/channels/{channelName}/presence", tag = "publisher",
-    params(("channelName" = ChannelName, Path, description = "The presence channel")),
+    params(("channelName" = herald_protocol::openapi::PresenceChannelName, Path, description = "The presence channel")),
     security(("api_key" = []), ("api_key_header" = [])),
     responses(
         (status = 200, description = "The channel's members", body = PresenceMembers),
@@ -384,7 +384,7 @@ pub async fn presence(
 /// `GET /v1/publishers/channels/{channelName}/presence/count`: how many members (users) a
 /// presence channel has.
 #[utoipa::path(get, path = "/v1/publishers/channels/{channelName}/presence/count", tag = "publisher",
-    params(("channelName" = ChannelName, Path, description = "The presence channel")),
+    params(("channelName" = herald_protocol::openapi::PresenceChannelName, Path, description = "The presence channel")),
     security(("api_key" = []), ("api_key_header" = [])),
     responses(
         (status = 200, description = "How many members the channel has", body = PresenceCount),
