@@ -236,6 +236,8 @@ impl Task {
                     self.emit("relisten_failed", &failure, &JsValue::UNDEFINED);
                 }
                 Output::State(state) => self.state(state),
+                // Presence reaches JavaScript in a later step.
+                Output::Presence(_) | Output::PresenceSynced { .. } => {}
                 Output::FetchToken { fetch, channel } => self.fetch_token(fetch, channel),
                 Output::Complete { request, result } => {
                     if let Some(reply) = self.replies.remove(&request) {

@@ -219,6 +219,8 @@ impl Task {
                         .await;
                 }
                 Output::State(state) => self.state(state).await,
+                // Presence reaches the subscriber in a later step.
+                Output::Presence(_) | Output::PresenceSynced { .. } => {}
                 Output::FetchToken { fetch, channel } => self.fetch_token(fetch, channel),
                 Output::Complete { request, result } => {
                     let result = result.map_err(into_error);
