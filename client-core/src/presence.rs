@@ -16,10 +16,8 @@
 //! version and applied in version order. A lost connection drops the version: the transitions
 //! during the disconnection are never replayed, so the re-listen's snapshot replaces the list.
 
-use std::collections::BTreeMap;
-
 use herald_protocol::ChannelName;
-use herald_protocol::presence::{Member, PresenceAction, PresenceEvent, PresenceSnapshot, UserId};
+use herald_protocol::presence::{Member, PresenceAction, PresenceEvent, PresenceSnapshot};
 
 /// A member joined or left a presence channel: a `presence` event the ordering rule applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,11 +51,16 @@ pub(crate) enum Query {
 }
 
 /// The members of one presence channel, and the version they are at.
+///
+/// Plain sorted `Vec`s with binary search, not a `BTreeMap` and a sort: the browser client's
+/// wasm has a size budget, and these add no new collection or sort algorithm to it.
 #[derive(Debug, Clone)]
 pub(crate) struct Roster {
-    members: BTreeMap<UserId, Member>,
+    /// Ordered by user id, one entry per user.
+    members: Vec<Member>,
     /// The version held; `None` until a snapshot came (events are buffered meanwhile).
     version: Option<u64>,
+    /// Ordered by version.
     buffered: Vec<PresenceEvent>,
     pub(crate) query: Query,
 }
@@ -66,7 +69,7 @@ impl Roster {
     /// A roster waiting for its first snapshot.
     pub(crate) fn new() -> Self {
         Self {
-            members: BTreeMap::new(),
+            members: Vec::new(),
             version: None,
             buffered: Vec::new(),
             query: Query::Idle,
@@ -75,7 +78,18 @@ impl Roster {
 
     /// The members, ordered by user id.
     pub(crate) fn members(&self) -> Vec<Member> {
-        self.members.values().cloned().collect()
+        self.members.clone()
+    }
+
+    /// Adds `member`, or replaces the user's entry.
+    fn upsert(&mut self, member: Member) {
+        match self
+            .members
+            .binary_search_by(|m| m.user_id.cmp(&member.user_id))
+        {
+            Ok(i) => self.members[i] = member,
+            Err(i) => self.members.insert(i, member),
+        }
     }
 
     /// Whether a snapshot is held.
@@ -94,7 +108,10 @@ impl Roster {
     /// Applies (or buffers) one event by the ordering rule.
     pub(crate) fn event(&mut self, event: PresenceEvent) -> Applied {
         let Some(held) = self.version else {
-            self.buffered.push(event);
+            let at = self
+                .buffered
+                .partition_point(|e| e.version <= event.version);
+            self.buffered.insert(at, event);
             return Applied::No;
         };
         if event.version <= held {
@@ -103,12 +120,12 @@ impl Roster {
         let gap = event.version > held.saturating_add(1);
         self.version = Some(event.version);
         match event.action {
-            PresenceAction::MemberAdded => {
-                self.members
-                    .insert(event.member.user_id.clone(), event.member);
-            }
+            PresenceAction::MemberAdded => self.upsert(event.member),
             PresenceAction::MemberRemoved => {
-                self.members.remove(&event.member.user_id);
+                let id = &event.member.user_id;
+                if let Ok(i) = self.members.binary_search_by(|m| m.user_id.cmp(id)) {
+                    self.members.remove(i);
+                }
             }
         }
         if gap { Applied::Gap } else { Applied::Yes }
@@ -124,15 +141,57 @@ impl Roster {
         {
             return (false, Vec::new());
         }
-        self.members = snapshot
-            .members
-            .into_iter()
-            .map(|m| (m.user_id.clone(), m))
-            .collect();
+        self.members.clear();
+        for member in snapshot.members {
+            self.upsert(member); // sorted by user id, whatever order the server sent
+        }
         self.version = Some(snapshot.presence_version);
-        let mut buffered = std::mem::take(&mut self.buffered);
-        // Unstable (one sort algorithm in the wasm): equal versions are the same transition.
-        buffered.sort_unstable_by_key(|e| e.version);
-        (true, buffered)
+        (true, std::mem::take(&mut self.buffered))
+    }
+}
+
+/// The rosters of the presence channels, by channel: a `Vec` searched in order (a client
+/// listens to few presence channels; a map would add a hash table's code to the wasm).
+#[derive(Debug, Default)]
+pub(crate) struct Rosters(Vec<(ChannelName, Roster)>);
+
+impl Rosters {
+    pub(crate) fn get(&self, channel: &ChannelName) -> Option<&Roster> {
+        self.0.iter().find(|(c, _)| c == channel).map(|(_, r)| r)
+    }
+
+    pub(crate) fn get_mut(&mut self, channel: &ChannelName) -> Option<&mut Roster> {
+        self.0
+            .iter_mut()
+            .find(|(c, _)| c == channel)
+            .map(|(_, r)| r)
+    }
+
+    pub(crate) fn contains_key(&self, channel: &ChannelName) -> bool {
+        self.get(channel).is_some()
+    }
+
+    /// The roster of `channel`, a new one (waiting for its snapshot) if there was none.
+    pub(crate) fn get_or_new(&mut self, channel: &ChannelName) -> &mut Roster {
+        let at = match self.0.iter().position(|(c, _)| c == channel) {
+            Some(at) => at,
+            None => {
+                self.0.push((channel.clone(), Roster::new()));
+                self.0.len() - 1
+            }
+        };
+        &mut self.0[at].1
+    }
+
+    pub(crate) fn remove(&mut self, channel: &ChannelName) {
+        self.0.retain(|(c, _)| c != channel);
+    }
+
+    pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Roster> {
+        self.0.iter_mut().map(|(_, r)| r)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
     }
 }

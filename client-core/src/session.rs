@@ -51,7 +51,7 @@ use herald_protocol::{
 
 use crate::backoff::Backoff;
 use crate::error::SessionError;
-use crate::presence::{Applied, PresenceChange, Query, Roster};
+use crate::presence::{Applied, PresenceChange, Query, Roster, Rosters};
 use crate::time::Instant;
 
 /// First wait for an acknowledgement before a request is sent again; it doubles up to
@@ -272,7 +272,7 @@ pub struct Session<D> {
     /// The last position known per channel (see the module docs).
     positions: HashMap<ChannelName, StreamPosition>,
     /// The members of each presence channel listened to (or being listened to).
-    presence: HashMap<ChannelName, Roster>,
+    presence: Rosters,
     requests: BTreeMap<RequestId, UserRequest>,
     /// Requests waiting for a connection, in call order.
     deferred: VecDeque<RequestId>,
@@ -380,7 +380,7 @@ impl<D: Clone> Session<D> {
             phase: Phase::Idle,
             channels: BTreeMap::new(),
             positions: HashMap::new(),
-            presence: HashMap::new(),
+            presence: Rosters::default(),
             requests: BTreeMap::new(),
             deferred: VecDeque::new(),
             connect_waiters: Vec::new(),
@@ -1150,7 +1150,7 @@ impl<D: Clone> Session<D> {
             if !channel.is_presence() || !self.listen_pending(&channel) {
                 return;
             }
-            self.presence.insert(channel.clone(), Roster::new());
+            self.presence.get_or_new(&channel);
         }
         self.apply_presence(now, &channel, event);
     }
@@ -1185,10 +1185,7 @@ impl<D: Clone> Session<D> {
         let Some(snapshot) = snapshot else {
             return; // not a presence channel (or a server without presence)
         };
-        let roster = self
-            .presence
-            .entry(channel.clone())
-            .or_insert_with(Roster::new);
+        let roster = self.presence.get_or_new(channel);
         let (taken, buffered) = roster.snapshot(snapshot);
         if !taken {
             return;
