@@ -7,7 +7,10 @@
 //! request table and acknowledgement matching, resending and timing out requests, heartbeats,
 //! reconnection with jittered backoff, re-listening every channel after a reconnection (asking
 //! for fresh tokens for private ones, and recovering the missed events from the position it
-//! remembers per channel, reported as [`Output::Recovery`]), `RemovedFromChannel` and `slow_consumer`.
+//! remembers per channel, reported as [`Output::Recovery`]), `RemovedFromChannel` and `slow_consumer`,
+//! and the members of presence channels ([`Session::members`], [`Output::Presence`],
+//! [`Output::PresenceSynced`]) with the ordering rule of their versions (re-synced after a gap
+//! and after every reconnection).
 //!
 //! A driver only moves bytes and time:
 //!
@@ -25,12 +28,14 @@
 
 mod backoff;
 mod error;
+mod presence;
 mod session;
 mod time;
 mod url;
 
 pub use backoff::Backoff;
 pub use error::SessionError;
+pub use presence::PresenceChange;
 pub use session::{
     ChannelRecovery, Config, ConnId, FetchId, Output, RecoveryReason, RequestId, Session, State,
     TransportEnd,

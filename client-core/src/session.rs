@@ -30,12 +30,20 @@
 //! plain listen's answered offset may be ahead of events still on their way from another
 //! instance). While a channel's (re-)listen is unanswered no gap is reported: its answer says
 //! what happened.
+//!
+//! Presence: each presence channel's members ([`Session::members`]) come from its listen
+//! ack's snapshot ([`Output::PresenceSynced`]) and its `presence` events
+//! ([`Output::Presence`]), by the version rule of [`crate::presence`]: stale events are
+//! ignored, events before the ack are buffered, a gap is applied and then re-synced with a
+//! `presence` query (its answer is one more `PresenceSynced`). After a reconnection every
+//! presence channel is re-synced by its re-listen's ack.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use herald_protocol::codec::{self, ConnectError, DISCONNECT, Decoder, Incoming, Open};
-use herald_protocol::messages::event_names::{LISTEN, REMOVE};
+use herald_protocol::messages::event_names::{LISTEN, PRESENCE, REMOVE};
+use herald_protocol::presence::{Member, PresenceEvent, PresenceSnapshot};
 use herald_protocol::{
     Ack, ChannelEvent, ChannelName, ErrorCode, HandshakeAuth, ListenAnswer, ListenRequest,
     RecoveryFailure, RemoveRequest, StreamPosition, SystemMessage, SystemMessageCode,
@@ -43,6 +51,7 @@ use herald_protocol::{
 
 use crate::backoff::Backoff;
 use crate::error::SessionError;
+use crate::presence::{Applied, PresenceChange, Query, Roster, Rosters};
 use crate::time::Instant;
 
 /// First wait for an acknowledgement before a request is sent again; it doubles up to
@@ -216,6 +225,17 @@ pub enum Output<D> {
     /// A channel's recovery outcome: after each re-listen of a reconnection, and when a gap
     /// in its offsets was seen (see the module docs).
     Recovery(ChannelRecovery),
+    /// A member joined or left a presence channel ([`Session::members`] has it already).
+    Presence(PresenceChange),
+    /// A presence channel's whole member list, from a snapshot: its listen ack, its re-listen
+    /// after a reconnection, or the re-sync after a gap in its versions. Transitions not
+    /// reported as [`Output::Presence`] (during a disconnection, or lost in a gap) are in it.
+    PresenceSynced {
+        /// The presence channel.
+        channel: ChannelName,
+        /// Its members, ordered by user id.
+        members: Vec<Member>,
+    },
     /// The state changed.
     State(State<D>),
     /// After a reconnection, `channel` could not be listened to again; it has left the set
@@ -251,6 +271,8 @@ pub struct Session<D> {
     channels: BTreeMap<ChannelName, Option<String>>,
     /// The last position known per channel (see the module docs).
     positions: HashMap<ChannelName, StreamPosition>,
+    /// The members of each presence channel listened to (or being listened to).
+    presence: Rosters,
     requests: BTreeMap<RequestId, UserRequest>,
     /// Requests waiting for a connection, in call order.
     deferred: VecDeque<RequestId>,
@@ -309,6 +331,11 @@ enum Purpose {
     },
     /// A `remove` nobody waits for (undoing a re-listen of a channel removed meanwhile).
     Quiet,
+    /// A `presence` query re-syncing a presence channel after a gap in its versions.
+    Presence {
+        channel: ChannelName,
+        deadline: Instant,
+    },
 }
 
 struct UserRequest {
@@ -353,6 +380,7 @@ impl<D: Clone> Session<D> {
             phase: Phase::Idle,
             channels: BTreeMap::new(),
             positions: HashMap::new(),
+            presence: Rosters::default(),
             requests: BTreeMap::new(),
             deferred: VecDeque::new(),
             connect_waiters: Vec::new(),
@@ -385,7 +413,9 @@ impl<D: Clone> Session<D> {
                 let acks = live.acks.values().flat_map(|sent| match &sent.purpose {
                     Purpose::Quiet => [None, None],
                     Purpose::User(_) => [Some(sent.resend_at), None],
-                    Purpose::Relisten { deadline, .. } => [Some(sent.resend_at), Some(*deadline)],
+                    Purpose::Relisten { deadline, .. } | Purpose::Presence { deadline, .. } => {
+                        [Some(sent.resend_at), Some(*deadline)]
+                    }
                 });
                 acks.flatten()
                     .chain([live.last_seen + live.silence_limit])
@@ -399,6 +429,16 @@ impl<D: Clone> Session<D> {
     /// The channels listened to (and re-listened after a reconnection), in name order.
     pub fn channels(&self) -> impl Iterator<Item = &ChannelName> {
         self.channels.keys()
+    }
+
+    /// The members of presence channel `channel`, ordered by user id: the last snapshot with
+    /// the events applied since (empty when the channel is not listened to). While the
+    /// connection is down it is the list as it was; the re-listen's snapshot replaces it.
+    pub fn members(&self, channel: &ChannelName) -> Vec<Member> {
+        self.presence
+            .get(channel)
+            .map(Roster::members)
+            .unwrap_or_default()
     }
 
     /// Whether the session is closed for good.
@@ -478,6 +518,7 @@ impl<D: Clone> Session<D> {
         }
         self.channels.remove(&channel);
         self.positions.remove(&channel);
+        self.presence.remove(&channel);
         if !matches!(self.phase, Phase::Live(_)) {
             self.complete(id, Ok(()));
             return id;
@@ -742,6 +783,10 @@ impl<D: Clone> Session<D> {
         }
         self.fetches
             .retain(|_, fetch| matches!(fetch, Fetch::ForRequest(_)));
+        // Transitions during the disconnection are not replayed: every re-listen re-syncs.
+        for roster in self.presence.values_mut() {
+            roster.unsync();
+        }
         self.attempt = 0;
         self.schedule_retry(now, error);
     }
@@ -766,6 +811,7 @@ impl<D: Clone> Session<D> {
         }
         self.deferred.clear();
         self.fetches.clear();
+        self.presence.clear();
         self.push(Output::State(State::Closed { cause }));
     }
 
@@ -894,6 +940,7 @@ impl<D: Clone> Session<D> {
                         self.relisten_failed(channel, error);
                         self.relisten_done();
                     }
+                    Purpose::Presence { channel, .. } => self.presence_query_dropped(&channel),
                     Purpose::Quiet => {}
                 }
             }
@@ -912,8 +959,12 @@ impl<D: Clone> Session<D> {
             ),
             Incoming::Event(event) => self.event(event),
             Incoming::System(message) => self.system_message(now, message),
-            Incoming::Ack(ack, answer, listen) => self.ack(now, ack, answer, listen),
-            Incoming::Open(_)
+            Incoming::Ack(ack, answer, listen, presence) => {
+                self.ack(now, ack, answer, listen, presence)
+            }
+            Incoming::Presence(Some(event)) => self.presence_event(now, event),
+            Incoming::Presence(None)
+            | Incoming::Open(_)
             | Incoming::Connected
             | Incoming::ConnectError(_)
             | Incoming::Ignored => {}
@@ -927,6 +978,7 @@ impl<D: Clone> Session<D> {
             for channel in removed_channels(&message) {
                 self.channels.remove(&channel);
                 self.positions.remove(&channel);
+                self.presence.remove(&channel);
             }
         }
         let text = message.message.clone();
@@ -1017,11 +1069,18 @@ impl<D: Clone> Session<D> {
                 self.requests.get(id).map(|r| &r.op),
                 Some(Op::Listen { channel: c, .. }) if c == channel
             ),
-            Purpose::Quiet => false,
+            Purpose::Quiet | Purpose::Presence { .. } => false,
         })
     }
 
-    fn ack(&mut self, now: Instant, ack: i64, answer: Ack, listen: Option<ListenAnswer>) {
+    fn ack(
+        &mut self,
+        now: Instant,
+        ack: i64,
+        answer: Ack,
+        listen: Option<ListenAnswer>,
+        presence: Option<PresenceSnapshot>,
+    ) {
         let Phase::Live(live) = &mut self.phase else {
             return;
         };
@@ -1030,6 +1089,9 @@ impl<D: Clone> Session<D> {
         };
         match sent.purpose {
             Purpose::Quiet => {}
+            Purpose::Presence { channel, .. } => {
+                self.presence_answer(now, channel, answer, presence)
+            }
             Purpose::User(id) => {
                 let Some(request) = self.requests.remove(&id) else {
                     return;
@@ -1038,6 +1100,7 @@ impl<D: Clone> Session<D> {
                     Ack::Ok => {
                         if let Op::Listen { channel, token } = request.op {
                             self.ack_position(&channel, &listen);
+                            self.presence_snapshot(now, &channel, presence);
                             self.channels.insert(channel, token);
                         }
                         Ok(())
@@ -1047,6 +1110,7 @@ impl<D: Clone> Session<D> {
                             && !self.channels.contains_key(channel)
                         {
                             self.positions.remove(channel);
+                            self.presence.remove(channel);
                         }
                         Err(SessionError::refused(r))
                     }
@@ -1063,10 +1127,11 @@ impl<D: Clone> Session<D> {
                         let outcome = relisten_outcome(since, &listen);
                         self.ack_position(&channel, &listen);
                         self.push(Output::Recovery(ChannelRecovery {
-                            channel,
+                            channel: channel.clone(),
                             recovered: outcome.is_none(),
                             reason: outcome,
                         }));
+                        self.presence_snapshot(now, &channel, presence);
                     }
                     Ack::Refused(r) => self.relisten_failed(channel, SessionError::refused(r)),
                 }
@@ -1075,9 +1140,124 @@ impl<D: Clone> Session<D> {
         }
     }
 
+    // --- presence ---------------------------------------------------------------------
+
+    /// A `presence` event: applied by the version rule, buffered while the channel's listen
+    /// is unanswered, ignored for a channel not listened to.
+    fn presence_event(&mut self, now: Instant, event: PresenceEvent) {
+        let channel = event.channel_name.clone();
+        if !self.presence.contains_key(&channel) {
+            if !channel.is_presence() || !self.listen_pending(&channel) {
+                return;
+            }
+            self.presence.get_or_new(&channel);
+        }
+        self.apply_presence(now, &channel, event);
+    }
+
+    fn apply_presence(&mut self, now: Instant, channel: &ChannelName, event: PresenceEvent) {
+        let Some(roster) = self.presence.get_mut(channel) else {
+            return;
+        };
+        let change = PresenceChange {
+            channel: channel.clone(),
+            action: event.action,
+            member: event.member.clone(),
+        };
+        match roster.event(event) {
+            Applied::No => {}
+            Applied::Yes => self.push(Output::Presence(change)),
+            Applied::Gap => {
+                self.push(Output::Presence(change));
+                self.resync_presence(now, channel);
+            }
+        }
+    }
+
+    /// A listen ack's snapshot (or a query's): the whole list, then the events buffered
+    /// before it that are newer.
+    fn presence_snapshot(
+        &mut self,
+        now: Instant,
+        channel: &ChannelName,
+        snapshot: Option<PresenceSnapshot>,
+    ) {
+        let Some(snapshot) = snapshot else {
+            return; // not a presence channel (or a server without presence)
+        };
+        let roster = self.presence.get_or_new(channel);
+        let (taken, buffered) = roster.snapshot(snapshot);
+        if !taken {
+            return;
+        }
+        let members = roster.members();
+        self.push(Output::PresenceSynced {
+            channel: channel.clone(),
+            members,
+        });
+        for event in buffered {
+            self.apply_presence(now, channel, event);
+        }
+    }
+
+    /// Asks for a fresh snapshot of `channel` (once at a time; a gap seen while one is on its
+    /// way asks again after it).
+    fn resync_presence(&mut self, now: Instant, channel: &ChannelName) {
+        let Some(roster) = self.presence.get_mut(channel) else {
+            return;
+        };
+        match roster.query {
+            Query::Pending | Query::PendingAgain => {
+                roster.query = Query::PendingAgain;
+                return;
+            }
+            Query::Idle => roster.query = Query::Pending,
+        }
+        let body = serde_json::json!({ "channelName": channel.as_str() });
+        let deadline = now + self.config.request_timeout;
+        let purpose = Purpose::Presence {
+            channel: channel.clone(),
+            deadline,
+        };
+        self.send_request(now, purpose, PRESENCE, body);
+    }
+
+    /// The answer to a `presence` query.
+    fn presence_answer(
+        &mut self,
+        now: Instant,
+        channel: ChannelName,
+        answer: Ack,
+        snapshot: Option<PresenceSnapshot>,
+    ) {
+        let Some(roster) = self.presence.get_mut(&channel) else {
+            return; // removed meanwhile
+        };
+        let again = roster.query == Query::PendingAgain;
+        roster.query = Query::Idle;
+        if !roster.synced() {
+            return; // the connection was lost meanwhile: the re-listen re-syncs
+        }
+        // A refusal (`not_joined`, `unavailable`) leaves the list as the events made it.
+        if answer == Ack::Ok {
+            self.presence_snapshot(now, &channel, snapshot);
+        }
+        if again {
+            self.resync_presence(now, &channel);
+        }
+    }
+
+    /// A query that failed or timed out: the next gap asks again.
+    fn presence_query_dropped(&mut self, channel: &ChannelName) {
+        if let Some(roster) = self.presence.get_mut(channel) {
+            roster.query = Query::Idle;
+        }
+    }
+
     fn relisten_failed(&mut self, channel: ChannelName, error: SessionError<D>) {
         self.channels.remove(&channel);
         self.positions.remove(&channel);
+        self.presence.remove(&channel);
         self.push(Output::RelistenFailed { channel, error });
     }
 
@@ -1113,6 +1293,11 @@ impl<D: Clone> Session<D> {
             if let Phase::Live(live) = &mut self.phase {
                 live.acks
                     .retain(|_, sent| !matches!(sent.purpose, Purpose::User(r) if r == id));
+            }
+            if let Op::Listen { channel, .. } = &request.op
+                && !self.channels.contains_key(channel)
+            {
+                self.presence.remove(channel); // events buffered for it
             }
             let error =
                 SessionError::timeout_after(self.config.request_timeout, request.op.describe());
@@ -1168,6 +1353,24 @@ impl<D: Clone> Session<D> {
                 failed.push(channel);
             }
         }
+        let queries: Vec<i64> = live
+            .acks
+            .iter()
+            .filter(
+                |(_, s)| matches!(s.purpose, Purpose::Presence { deadline, .. } if deadline <= now),
+            )
+            .map(|(ack, _)| *ack)
+            .collect();
+        let mut dropped = Vec::new();
+        for ack in queries {
+            if let Some(Sent {
+                purpose: Purpose::Presence { channel, .. },
+                ..
+            }) = live.acks.remove(&ack)
+            {
+                dropped.push(channel);
+            }
+        }
         let mut overdue: Vec<i64> = live
             .acks
             .iter()
@@ -1185,6 +1388,9 @@ impl<D: Clone> Session<D> {
         }
         for sent in again {
             self.send_sent(sent);
+        }
+        for channel in dropped {
+            self.presence_query_dropped(&channel);
         }
         for channel in failed {
             let error = SessionError::timeout_after(

@@ -37,8 +37,9 @@ use socketioxide_parser_common::CommonParser;
 
 use crate::error::{ErrorCode, Refusal};
 use crate::history::ListenAnswer;
-use crate::messages::event_names::{EVENT, SYSTEM_MESSAGE};
+use crate::messages::event_names::{EVENT, PRESENCE, SYSTEM_MESSAGE};
 use crate::messages::{Ack, ChannelEvent, HandshakeAuth, SystemMessage};
+use crate::presence::{PresenceEvent, PresenceSnapshot};
 
 /// The Socket.IO namespace Herald serves.
 pub const NAMESPACE: &str = "/";
@@ -111,9 +112,13 @@ pub enum Incoming {
     Event(ChannelEvent),
     /// A `system_message`.
     System(SystemMessage),
-    /// The answer to a request sent with an ack id, and what a successful `listen` adds to it
-    /// (its recovery, or the channel's position), when anything.
-    Ack(i64, Ack, Option<ListenAnswer>),
+    /// The answer to a request sent with an ack id, what a successful `listen` adds to it
+    /// (its recovery, or the channel's position), when anything, and the members a presence
+    /// channel's `listen` ack or `presence` query ack carries.
+    Ack(i64, Ack, Option<ListenAnswer>, Option<PresenceSnapshot>),
+    /// A `presence` event (a member joined or left a presence channel); `None` when its body
+    /// could not be read.
+    Presence(Option<PresenceEvent>),
     /// Something Herald's clients have no use for (noop, pong, an unknown event name, another
     /// namespace, binary packets).
     Ignored,
@@ -197,14 +202,18 @@ impl Decoder {
                     SYSTEM_MESSAGE => {
                         decode_data(&mut value, true, "system_message").map(Incoming::System)
                     }
+                    // Read by hand (no derived deserializer in the browser client's wasm).
+                    PRESENCE => decode_data::<serde_json::Value>(&mut value, true, "presence")
+                        .map(|body| Incoming::Presence(PresenceEvent::from_value(&body))),
                     _ => Ok(Incoming::Ignored),
                 }
             }
             PacketData::EventAck(mut value, id) => {
                 let body: serde_json::Value = decode_data(&mut value, false, "ack")?;
                 let listen = ListenAnswer::from_ack(&body);
+                let presence = PresenceSnapshot::from_ack(&body);
                 serde_json::from_value::<Ack>(body)
-                    .map(|ack| Incoming::Ack(id, ack, listen))
+                    .map(|ack| Incoming::Ack(id, ack, listen, presence))
                     .map_err(|e| error(&format!("bad ack body ({e})"), packet_text(&value)))
             }
             PacketData::BinaryEvent(..) | PacketData::BinaryAck(..) => Ok(Incoming::Ignored),
@@ -384,17 +393,17 @@ mod tests {
         );
         assert!(matches!(
             decode(r#"4312[{"ok":true}]"#),
-            Incoming::Ack(12, Ack::Ok, None)
+            Incoming::Ack(12, Ack::Ok, None, None)
         ));
         match decode(r#"433[{"ok":true,"epoch":"e","offset":4}]"#) {
-            Incoming::Ack(3, Ack::Ok, Some(ListenAnswer::Position(p))) => {
+            Incoming::Ack(3, Ack::Ok, Some(ListenAnswer::Position(p)), None) => {
                 assert_eq!((p.epoch.as_str(), p.offset.get()), ("e", 4));
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
             decode(r#"434[{"ok":true,"recovered":false,"reason":"epoch_changed","epoch":"f","offset":0}]"#),
-            Incoming::Ack(4, Ack::Ok, Some(ListenAnswer::Recovery(r))) if !r.recovered
+            Incoming::Ack(4, Ack::Ok, Some(ListenAnswer::Recovery(r)), None) if !r.recovered
         ));
         let refused = decode(r#"430[{"ok":false,"code":"token_expired","message":"old"}]"#);
         assert!(matches!(
@@ -405,8 +414,37 @@ mod tests {
                     code: ErrorCode::TokenExpired,
                     ..
                 }),
+                None,
                 None
             )
+        ));
+        // Presence: a listen ack with members, and the `presence` event.
+        match decode(
+            r#"435[{"ok":true,"members":[{"userId":"ann","info":{"n":1}},{"userId":"bob","info":null}],"presenceVersion":7}]"#,
+        ) {
+            Incoming::Ack(5, Ack::Ok, None, Some(snapshot)) => {
+                assert_eq!(snapshot.presence_version, 7);
+                let ids: Vec<&str> = snapshot
+                    .members
+                    .iter()
+                    .map(|m| m.user_id.as_str())
+                    .collect();
+                assert_eq!(ids, ["ann", "bob"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match decode(
+            r#"42["presence",{"channelName":"presence-r","action":"member_removed","member":{"userId":"ann","info":null},"version":8}]"#,
+        ) {
+            Incoming::Presence(Some(e)) => {
+                assert_eq!(e.action, crate::presence::PresenceAction::MemberRemoved);
+                assert_eq!((e.member.user_id.as_str(), e.version), ("ann", 8));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            decode(r#"42["presence",{"channelName":"presence-r","action":"joined"}]"#),
+            Incoming::Presence(None)
         ));
         // A trailing extra argument (Socket.IO's recovery offset, for socket.io-client) is
         // not part of Herald's event: ignored.

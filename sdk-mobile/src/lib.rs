@@ -7,7 +7,9 @@
 //! * [`HeraldClient`]: `connect`, `listen`, `listen_private`, `remove`, `close` (all async:
 //!   Kotlin `suspend` functions, Swift `async` functions).
 //! * [`HeraldListener`]: implemented by the app; receives events (with their offset and
-//!   epoch), system messages, connection states and recovery outcomes ([`RecoveryReason`]).
+//!   epoch), system messages, connection states, recovery outcomes ([`RecoveryReason`]) and
+//!   the members of presence channels joining and leaving ([`PresenceMember`]);
+//!   [`HeraldClient::members`] reads a presence channel's list.
 //! * [`TokenProvider`]: implemented by the app; fetches private-channel tokens from its
 //!   backend.
 //! * [`HeraldError`]: every failure, with Herald's error code where there is one.
@@ -338,6 +340,64 @@ pub trait HeraldListener: Send + Sync {
         recovered: bool,
         reason: Option<RecoveryReason>,
     ) -> Result<(), HeraldError>;
+
+    /// A member joined (`MemberAdded`: the user's first client) or left (`MemberRemoved`: its
+    /// last) the presence channel `channel_name`. Applied in the order of the channel's
+    /// presence version (a stale one is dropped; after a missed one the client re-syncs by
+    /// itself, then calls `on_presence_synced`). [`HeraldClient::members`] already has it.
+    fn on_presence(
+        &self,
+        channel_name: String,
+        action: PresenceAction,
+        member: PresenceMember,
+    ) -> Result<(), HeraldError>;
+
+    /// The whole member list of the presence channel `channel_name` (this client's own member
+    /// included), ordered by user id: from the server's answer to `listen_private`, after
+    /// every reconnection (joins and leaves while the client was away are never replayed),
+    /// and after a re-sync. Replace what you show with it.
+    fn on_presence_synced(
+        &self,
+        channel_name: String,
+        members: Vec<PresenceMember>,
+    ) -> Result<(), HeraldError>;
+}
+
+/// A member of a presence channel: a user (one member however many clients it has), and
+/// what the backend said of it when signing its token (`userInfo`, as JSON text).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PresenceMember {
+    /// The user id the token named.
+    pub user_id: String,
+    /// The `userInfo` JSON object, as text; `None` when the token had none.
+    pub info_json: Option<String>,
+}
+
+impl From<herald_sdk::Member> for PresenceMember {
+    fn from(member: herald_sdk::Member) -> Self {
+        PresenceMember {
+            user_id: member.user_id.to_string(),
+            info_json: member.info.map(|info| info.as_json().to_owned()),
+        }
+    }
+}
+
+/// What happened to a presence channel's member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PresenceAction {
+    /// The user's first client joined.
+    MemberAdded,
+    /// The user's last client left.
+    MemberRemoved,
+}
+
+impl From<herald_sdk::PresenceAction> for PresenceAction {
+    fn from(action: herald_sdk::PresenceAction) -> Self {
+        match action {
+            herald_sdk::PresenceAction::MemberAdded => PresenceAction::MemberAdded,
+            herald_sdk::PresenceAction::MemberRemoved => PresenceAction::MemberRemoved,
+        }
+    }
 }
 
 /// Fetches private-channel tokens. Implemented by the app: typically an authenticated call to
@@ -551,6 +611,21 @@ impl HeraldClient {
             .await
     }
 
+    /// The members of the presence channel `channel_name`, ordered by user id (this client's
+    /// own included): the server's list at `listen_private` with every `on_presence` since.
+    /// Empty for a channel that is not a presence channel listened to, and before `connect`.
+    /// While reconnecting it is the list from before the loss, until `on_presence_synced`.
+    pub fn members(&self, channel_name: String) -> Vec<PresenceMember> {
+        match self.shared.subscriber() {
+            Ok(subscriber) => subscriber
+                .members(&channel_name)
+                .into_iter()
+                .map(Into::into)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Stops listening to `channel_name` (also after reconnections). Removing a channel that
     /// is not listened to succeeds.
     pub async fn remove(&self, channel_name: String) -> Result<(), HeraldError> {
@@ -694,6 +769,15 @@ fn deliver(listener: &dyn HeraldListener, event: SubscriberEvent) {
         SubscriberEvent::RelistenFailed { channel, error } => {
             listener.on_relisten_failed(channel.to_string(), error.into())
         }
+        SubscriberEvent::Presence(change) => listener.on_presence(
+            change.channel.to_string(),
+            change.action.into(),
+            change.member.into(),
+        ),
+        SubscriberEvent::PresenceSynced { channel, members } => listener.on_presence_synced(
+            channel.to_string(),
+            members.into_iter().map(Into::into).collect(),
+        ),
         // An event kind added to herald-sdk later: the listener has no method for it yet.
         _ => Ok(()),
     });
@@ -730,6 +814,17 @@ mod tests {
             Ok(())
         }
         fn on_relisten_failed(&self, _: String, _: HeraldError) -> Result<(), HeraldError> {
+            Ok(())
+        }
+        fn on_presence(
+            &self,
+            _: String,
+            _: PresenceAction,
+            _: PresenceMember,
+        ) -> Result<(), HeraldError> {
+            Ok(())
+        }
+        fn on_presence_synced(&self, _: String, _: Vec<PresenceMember>) -> Result<(), HeraldError> {
             Ok(())
         }
         fn on_recovery(

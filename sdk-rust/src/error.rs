@@ -54,6 +54,19 @@ pub enum Error {
         expected: ChannelKind,
     },
 
+    /// A presence member's `userId` or `userInfo` breaks its rule
+    /// ([`invalid_user_id`](ErrorCode::InvalidUserId),
+    /// [`presence_info_too_large`](ErrorCode::PresenceInfoTooLarge), or
+    /// [`invalid_body`](ErrorCode::InvalidBody) for info that is not a JSON object). Raised
+    /// before the request is sent, with the rules the server applies.
+    #[error("{message}")]
+    InvalidMember {
+        /// The code the server would answer.
+        code: ErrorCode,
+        /// What is wrong.
+        message: String,
+    },
+
     /// The payload's JSON is larger than the limit configured with
     /// [`PublisherBuilder::max_payload_bytes`](crate::PublisherBuilder::max_payload_bytes).
     /// Raised before the request is sent.
@@ -171,6 +184,11 @@ impl Error {
                 expected: ChannelKind::Private,
                 ..
             } => Some(ErrorCode::ChannelNotPrivate),
+            Error::WrongChannelKind {
+                expected: ChannelKind::Presence,
+                ..
+            } => Some(ErrorCode::NotPresenceChannel),
+            Error::InvalidMember { code, .. } => Some(*code),
             Error::PayloadTooLarge { .. } => Some(ErrorCode::PayloadTooLarge),
             Error::Api { code, .. } | Error::Refused { code, .. } => Some(*code),
             Error::NoTokenProvider(_) => Some(ErrorCode::TokenMissing),

@@ -1,4 +1,5 @@
-//! The REST side: [`Publisher`], [`Channel`], [`PrivateChannel`] and [`ChannelToken`].
+//! The REST side: [`Publisher`], [`Channel`], [`PrivateChannel`], [`PresenceChannel`] and
+//! [`ChannelToken`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use herald_protocol::api::{PublishRequest, PublishResponse, SignRequest, SignResponse};
 use herald_protocol::limits::DEFAULT_MAX_PAYLOAD_BYTES;
+use herald_protocol::presence::{MemberInfo, UserId};
 use herald_protocol::{ApiKeyId, ApiKeyToken, ChannelKind, ChannelName, ErrorBody};
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -201,6 +203,23 @@ impl Publisher {
         })
     }
 
+    /// A handle on the presence channel `name` (starting with `presence-`): a private channel
+    /// whose listeners are known to each other. Any other name is [`Error::WrongChannelKind`].
+    ///
+    /// ```
+    /// # let key = format!("hk_0123456789abcdef_{}", "ab".repeat(32));
+    /// # let publisher = herald_sdk::Publisher::builder("http://127.0.0.1:8080", key).build()?;
+    /// let room = publisher.build_presence_channel("presence-room-7")?;
+    /// assert!(publisher.build_presence_channel("private-room-7").is_err());
+    /// # Ok::<(), herald_sdk::Error>(())
+    /// ```
+    pub fn build_presence_channel(&self, name: impl AsRef<str>) -> Result<PresenceChannel, Error> {
+        Ok(PresenceChannel {
+            publisher: self.clone(),
+            name: channel_of_kind(name.as_ref(), ChannelKind::Presence)?,
+        })
+    }
+
     /// The public id of the API key (safe to log).
     ///
     /// ```no_run
@@ -236,11 +255,16 @@ impl Publisher {
         Ok(response.id)
     }
 
-    async fn sign(&self, channel: &ChannelName) -> Result<ChannelToken, Error> {
+    async fn sign(
+        &self,
+        channel: &ChannelName,
+        member: Option<(UserId, Option<MemberInfo>)>,
+    ) -> Result<ChannelToken, Error> {
+        let (user_id, user_info) = member.map_or((None, None), |(id, info)| (Some(id), info));
         let body = serde_json::to_vec(&SignRequest {
             channel_name: channel.clone(),
-            user_id: None,
-            user_info: None,
+            user_id,
+            user_info,
         })
         .map_err(|e| Error::Encode(Arc::new(e)))?;
         let response: SignResponse = self.post(&self.inner.sign_url, body, true).await?;
@@ -662,7 +686,86 @@ impl PrivateChannel {
     /// # Ok(()) }
     /// ```
     pub async fn get_client_auth_token(&self) -> Result<ChannelToken, Error> {
-        self.publisher.sign(&self.name).await
+        self.publisher.sign(&self.name, None).await
+    }
+}
+
+/// A presence channel (`presence-…`): publish to it, and sign tokens that let one member
+/// listen; made by [`Publisher::build_presence_channel`]. Every listener sees who else
+/// listens: the `user_id` and `user_info` its token was signed with (two clients with one
+/// user id are one member).
+///
+/// ```no_run
+/// # async fn run(publisher: herald_sdk::Publisher) -> Result<(), herald_sdk::Error> {
+/// let room = publisher.build_presence_channel("presence-room-7")?;
+/// let info = serde_json::json!({"name": "Ann"});
+/// let token = room.get_client_auth_token("user-42", Some(&info)).await?;
+/// // hand token.token to user 42's client, which listens to presence-room-7 with it
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PresenceChannel {
+    publisher: Publisher,
+    name: ChannelName,
+}
+
+impl PresenceChannel {
+    /// The channel's name.
+    ///
+    /// ```
+    /// # let key = format!("hk_0123456789abcdef_{}", "ab".repeat(32));
+    /// # let publisher = herald_sdk::Publisher::builder("http://127.0.0.1:8080", key).build()?;
+    /// let room = publisher.build_presence_channel("presence-room-7")?;
+    /// assert!(room.name().is_presence());
+    /// # Ok::<(), herald_sdk::Error>(())
+    /// ```
+    pub fn name(&self) -> &ChannelName {
+        &self.name
+    }
+
+    /// Publishes `payload` to the channel's listeners; see [`Channel::publish_message`].
+    ///
+    /// ```no_run
+    /// # async fn run(room: herald_sdk::PresenceChannel) -> Result<(), herald_sdk::Error> {
+    /// room.publish_message(&serde_json::json!({"text": "hello, room"})).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_message<P: Serialize + ?Sized>(
+        &self,
+        payload: &P,
+    ) -> Result<String, Error> {
+        self.publisher.publish(&self.name, payload).await
+    }
+
+    /// Signs a token that lets the member `user_id` listen to this channel
+    /// (`POST /v1/publishers/sign` with `userId` and `userInfo`; needs the `sign_token`
+    /// scope). `user_info`, when given, is what the other members see of this one: a JSON
+    /// object of at most 1 KiB. Both are checked before sending ([`Error::InvalidMember`]).
+    ///
+    /// Retried on connection errors, 429 and 5xx (signing twice is harmless).
+    ///
+    /// ```no_run
+    /// # async fn run(room: herald_sdk::PresenceChannel) -> Result<(), herald_sdk::Error> {
+    /// let token = room.get_client_auth_token("user-42", None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_client_auth_token(
+        &self,
+        user_id: &str,
+        user_info: Option<&serde_json::Value>,
+    ) -> Result<ChannelToken, Error> {
+        let invalid = |r: herald_protocol::Refusal| Error::InvalidMember {
+            code: r.code,
+            message: r.message,
+        };
+        let user_id = UserId::parse(user_id).map_err(invalid)?;
+        let user_info = user_info
+            .map(MemberInfo::from_value)
+            .transpose()
+            .map_err(invalid)?;
+        self.publisher
+            .sign(&self.name, Some((user_id, user_info)))
+            .await
     }
 }
 
@@ -775,6 +878,37 @@ mod tests {
         assert_eq!(
             p.build_channel("privateer").err().and_then(|e| e.code()),
             Some(herald_protocol::ErrorCode::AmbiguousChannelName)
+        );
+        assert!(p.build_presence_channel("presence-x").is_ok());
+        assert_eq!(
+            p.build_presence_channel("private-x")
+                .err()
+                .and_then(|e| e.code()),
+            Some(herald_protocol::ErrorCode::NotPresenceChannel)
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn presence_members_are_checked_before_sending() -> Result<(), Error> {
+        // Nothing listens on port 9: a request that went out would be a transport error.
+        let p = Publisher::builder("http://127.0.0.1:9", key()).build()?;
+        let room = p.build_presence_channel("presence-x")?;
+        let code = |r: Result<ChannelToken, Error>| r.err().and_then(|e| e.code());
+        use herald_protocol::ErrorCode::{InvalidBody, InvalidUserId, PresenceInfoTooLarge};
+        assert_eq!(
+            code(room.get_client_auth_token("", None).await),
+            Some(InvalidUserId)
+        );
+        let list = serde_json::json!([1]);
+        assert_eq!(
+            code(room.get_client_auth_token("u1", Some(&list)).await),
+            Some(InvalidBody)
+        );
+        let big = serde_json::json!({ "n": "x".repeat(2000) });
+        assert_eq!(
+            code(room.get_client_auth_token("u1", Some(&big)).await),
+            Some(PresenceInfoTooLarge)
         );
         Ok(())
     }

@@ -61,7 +61,7 @@ export async function parseChannelName(name) {
   return wasmParseChannelName(String(name));
 }
 
-const EVENTS = ['event', 'system_message', 'state', 'recovery', 'relisten_failed'];
+const EVENTS = ['event', 'system_message', 'state', 'recovery', 'relisten_failed', 'presence', 'presence_synced'];
 
 export class HeraldClient {
   #listeners = new Map(EVENTS.map((name) => [name, new Set()]));
@@ -113,6 +113,15 @@ export class HeraldClient {
   /** The channels this client listens to (and re-listens to after a reconnection), sorted. */
   get channels() {
     return this.#engine?.channels ?? [];
+  }
+
+  /**
+   * The members of a presence channel this client listens to: `[{ userId, info }]` ordered by
+   * user id, its own member included (an empty array for any other channel). Already up to
+   * date when a `presence` or `presence_synced` event is dispatched.
+   */
+  members(channelName) {
+    return this.#engine?.members(String(channelName)) ?? [];
   }
 
   /** Connects; rejects with the server's code (e.g. `unknown_project`) when refused. */

@@ -191,12 +191,44 @@ export interface Recovery {
   reason?: RecoveryReason;
 }
 
+/**
+ * A member of a presence channel (`presence-…`): a user, however many clients it has; `info`
+ * is what the backend put in its token (`userInfo`), `null` without.
+ */
+export interface Member<I = Record<string, unknown>> {
+  userId: string;
+  info: I | null;
+}
+
+/**
+ * A member joined (`member_added`: the user's first client) or left (`member_removed`: its
+ * last) a presence channel. Applied in the order of the channel's presence version: a stale
+ * event is dropped, and after a missed one the client re-syncs by itself (`presence_synced`).
+ */
+export interface PresenceChange {
+  channelName: string;
+  action: 'member_added' | 'member_removed';
+  member: Member;
+}
+
+/**
+ * A presence channel's whole member list, this client's own member included: from the
+ * server's answer to `listen`, after every reconnection (joins and leaves while the client was
+ * away are never replayed), and after a re-sync. Replace what you show with it.
+ */
+export interface PresenceSynced {
+  channelName: string;
+  members: Member[];
+}
+
 export interface HeraldClientEvents {
   event: (event: ChannelEvent) => void;
   system_message: (message: SystemMessage) => void;
   state: (state: Exclude<ConnectionState, 'idle'>, detail: StateDetail | undefined) => void;
   recovery: (recovery: Recovery) => void;
   relisten_failed: (failure: RelistenFailure) => void;
+  presence: (change: PresenceChange) => void;
+  presence_synced: (synced: PresenceSynced) => void;
 }
 
 export declare class HeraldClient {
@@ -222,6 +254,12 @@ export declare class HeraldClient {
   listen(channelName: string): Promise<void>;
   /** Stops listening to a channel (idempotent). */
   remove(channelName: string): Promise<void>;
+  /**
+   * The members of a presence channel this client listens to, ordered by user id (its own
+   * included; empty for any other channel). Up to date when `presence` / `presence_synced`
+   * listeners run; a fresh array each call.
+   */
+  members(channelName: string): Member[];
   /**
    * Adds an `event` listener whose payloads you type: `client.on<Order>('event', (e) => …)` or
    * `client.on('event', (e: ChannelEvent<Order>) => …)`. Returns a function that removes it.

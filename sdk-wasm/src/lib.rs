@@ -52,14 +52,15 @@ pub struct WasmClient {
 #[wasm_bindgen]
 impl WasmClient {
     /// `url` is the server's absolute base URL; `options` the JavaScript options object;
-    /// `emit(kind, a, b)` receives `event`, `system_message`, `state`, `recovery` and
-    /// `relisten_failed`.
+    /// `emit(kind, a, b)` receives `event`, `system_message`, `state`, `recovery`,
+    /// `relisten_failed`, `presence` and `presence_synced`.
     #[wasm_bindgen(constructor)]
     pub fn new(url: &str, options: &JsValue, emit: Function) -> Result<WasmClient, JsValue> {
         let config = Rc::new(config(url, options).map_err(|e| e.to_js())?);
         let shared = Rc::new(RefCell::new(Shared {
             state: "idle",
             channels: Vec::new(),
+            members: Vec::new(),
             emit,
         }));
         let (tx, rx) = mpsc::unbounded();
@@ -132,6 +133,19 @@ impl WasmClient {
             .iter()
             .map(|c| c.as_str().to_owned())
             .collect()
+    }
+
+    /// The members of a presence channel listened to (`[{ userId, info }]`, by user id; an
+    /// empty array for any other channel). Each call returns a fresh copy: the array is the
+    /// caller's.
+    pub fn members(&self, channel_name: &str) -> JsValue {
+        let shared = self.shared.borrow();
+        let members = shared
+            .members
+            .iter()
+            .find(|(c, _)| c.as_str() == channel_name)
+            .map_or(&[][..], |(_, m)| m.as_slice());
+        task::members_to_js(members)
     }
 
     fn send(&self, command: Command) -> Result<(), JsValue> {

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use herald_client_core::{
     ConnId, FetchId, Instant, Output, RequestId, Session, SessionError, State, TransportEnd,
 };
+use herald_protocol::presence::Member;
 use herald_protocol::{ChannelName, ErrorCode};
 use js_sys::{Function, Object, Reflect};
 use wasm_bindgen::JsValue;
@@ -38,6 +39,9 @@ pub(crate) struct Shared {
     /// already yields them sorted, and collecting into a `BTreeSet` would compile a sort
     /// into the wasm for nothing.
     pub(crate) channels: Vec<ChannelName>,
+    /// The members of each presence channel listened to: set before the event that changed
+    /// them is emitted, dropped with the channel.
+    pub(crate) members: Vec<(ChannelName, Vec<Member>)>,
     /// `emit(kind, a, b)`: the JavaScript wrapper dispatches to `on(kind, …)` listeners.
     pub(crate) emit: Function,
 }
@@ -111,7 +115,13 @@ impl Task {
         while let Some(input) = self.rx.next().await {
             self.handle(input);
             self.drain();
-            self.shared.borrow_mut().channels = self.session.channels().cloned().collect();
+            let mut shared = self.shared.borrow_mut();
+            shared.channels = self.session.channels().cloned().collect();
+            let Shared {
+                channels, members, ..
+            } = &mut *shared;
+            members.retain(|(c, _)| channels.contains(c));
+            drop(shared);
             if self.session.is_closed() {
                 break;
             }
@@ -236,6 +246,23 @@ impl Task {
                     self.emit("relisten_failed", &failure, &JsValue::UNDEFINED);
                 }
                 Output::State(state) => self.state(state),
+                Output::Presence(change) => {
+                    self.share_members(&change.channel);
+                    let presence = detail(&[
+                        ("channelName", JsValue::from_str(change.channel.as_str())),
+                        ("action", JsValue::from_str(change.action.as_str())),
+                        ("member", member_to_js(&change.member)),
+                    ]);
+                    self.emit("presence", &presence, &JsValue::UNDEFINED);
+                }
+                Output::PresenceSynced { channel, members } => {
+                    let synced = detail(&[
+                        ("channelName", JsValue::from_str(channel.as_str())),
+                        ("members", members_to_js(&members)),
+                    ]);
+                    self.shared_members(&channel, members);
+                    self.emit("presence_synced", &synced, &JsValue::UNDEFINED);
+                }
                 Output::FetchToken { fetch, channel } => self.fetch_token(fetch, channel),
                 Output::Complete { request, result } => {
                     if let Some(reply) = self.replies.remove(&request) {
@@ -277,6 +304,19 @@ impl Task {
         };
         self.shared.borrow_mut().state = name;
         self.emit("state", &JsValue::from_str(name), &detail);
+    }
+
+    /// Copies the session's members of `channel` to what `members()` reads.
+    fn share_members(&self, channel: &ChannelName) {
+        self.shared_members(channel, self.session.members(channel));
+    }
+
+    fn shared_members(&self, channel: &ChannelName, members: Vec<Member>) {
+        let mut shared = self.shared.borrow_mut();
+        match shared.members.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, slot)) => *slot = members,
+            None => shared.members.push((channel.clone(), members)),
+        }
     }
 
     fn emit(&self, kind: &str, a: &JsValue, b: &JsValue) {
@@ -339,6 +379,27 @@ fn client_error(e: SessionError<ClientError>) -> ClientError {
         SessionError::Closed => ClientError::closed(),
         SessionError::Driver(e) => e,
     }
+}
+
+/// `{ userId, info }`, built by hand (no serde in the wasm for it; `info` is already JSON
+/// text).
+fn member_to_js(member: &Member) -> JsValue {
+    let info = member.info.as_ref().map_or(JsValue::NULL, |info| {
+        js_sys::JSON::parse(info.as_json()).unwrap_or(JsValue::NULL)
+    });
+    detail(&[
+        ("userId", JsValue::from_str(member.user_id.as_str())),
+        ("info", info),
+    ])
+}
+
+/// A JavaScript array of [`member_to_js`].
+pub(crate) fn members_to_js(members: &[Member]) -> JsValue {
+    members
+        .iter()
+        .map(member_to_js)
+        .collect::<js_sys::Array>()
+        .into()
 }
 
 /// A plain object from key/value pairs.

@@ -237,6 +237,32 @@ class Run {
         if (step.count !== undefined) assert.equal(offsets.length, step.count, `events on ${step.channel}`);
         return;
       }
+      case 'presence':
+        return this.waitFor(
+          `presence ${step.action} ${step.user} on ${step.channel}`,
+          (e) =>
+            e.kind === 'presence' &&
+            e.a.channelName === step.channel &&
+            e.a.action === step.action &&
+            e.a.member.userId === step.user &&
+            (step.info === undefined || isDeepEqual(e.a.member.info, step.info)),
+        );
+      case 'presence_synced':
+        return this.waitFor(
+          `presence synced on ${step.channel}: ${JSON.stringify(step.users)}`,
+          (e) =>
+            e.kind === 'presence_synced' &&
+            e.a.channelName === step.channel &&
+            isDeepEqual(e.a.members.map((m) => m.userId), step.users),
+        );
+      case 'members': {
+        const users = await page.evaluate(
+          ([id, channel]) => window.clients[id].members(channel).map((m) => m.userId),
+          [this.id, step.channel],
+        );
+        assert.deepEqual(users, step.users, `members of ${step.channel}`);
+        return;
+      }
       default:
         throw new Error(`unknown step ${JSON.stringify(step)}`);
     }

@@ -87,7 +87,7 @@ window.makeClient = (id, url, options, { authorize } = {}) => {
     };
   }
   const client = new herald.HeraldClient(url, opts);
-  for (const kind of ['event', 'system_message', 'state', 'recovery', 'relisten_failed']) {
+  for (const kind of ['event', 'system_message', 'state', 'recovery', 'relisten_failed', 'presence', 'presence_synced']) {
     client.on(kind, (a, b) => log.push({ kind, a: plain(a), b: plain(b) }));
   }
   window.clients[id] = client;

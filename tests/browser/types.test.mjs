@@ -21,8 +21,8 @@ after(() => rmSync(path.dirname(pkgDir), { recursive: true, force: true }));
 const CONSUMER = `
 import { HeraldClient, initHerald, parseChannelName } from '@herald/client';
 import type {
-  ChannelEvent, ConnectionState, HeraldError, HeraldClientOptions, Recovery, RecoveryReason,
-  StateDetail, SystemMessage,
+  ChannelEvent, ConnectionState, HeraldError, HeraldClientOptions, Member, PresenceChange,
+  PresenceSynced, Recovery, RecoveryReason, StateDetail, SystemMessage,
 } from '@herald/client';
 
 const options: HeraldClientOptions = {
@@ -64,6 +64,14 @@ async function main(): Promise<void> {
     const reason: RecoveryReason | undefined = r.reason;
     if (reason === 'epoch_changed' || reason === 'offset_gap') console.log(r.channelName, recovered);
   });
+  client.on('presence', (p: PresenceChange) => {
+    const added: boolean = p.action === 'member_added';
+    const who: string = p.member.userId;
+    console.log(p.channelName, added, who, p.member.info?.name);
+  });
+  client.on('presence_synced', ({ channelName, members }: PresenceSynced) => console.log(channelName, members.length));
+  const members: Member[] = client.members('presence-room');
+  console.log(members.map((m) => m.userId));
   const state: ConnectionState = client.state;
   const channels: string[] = client.channels;
   const parsed: { name: string; private: boolean } = await parseChannelName('private-u1');
@@ -80,6 +88,8 @@ async function main(): Promise<void> {
   client.on('event', (n: number) => n);
   // @ts-expect-error: a recovery's reason is one of four strings
   client.on('recovery', (r) => r.reason === 'gone');
+  // @ts-expect-error: a presence action is member_added or member_removed
+  client.on('presence', (p) => p.action === 'joined');
   // @ts-expect-error: state is read-only
   client.state = 'connected';
 }

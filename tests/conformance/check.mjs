@@ -24,9 +24,11 @@ if (dup.length) problems.push(`the spec names scenarios twice: ${dup.join(', ')}
 // Every step is one the README documents (and every runner interprets), with its fields.
 const KINDS = {
   do: ['connect', 'listen', 'remove', 'pause', 'resume', 'close'],
-  server: ['publish', 'tokens', 'expect_token_requests', 'delete_key', 'restart', 'flood', 'history', 'cut', 'mend', 'publish_stream', 'stop_stream'],
-  expect: ['state', 'event', 'system', 'no_event', 'recovery', 'offsets'],
+  server: ['publish', 'tokens', 'expect_token_requests', 'delete_key', 'restart', 'flood', 'history', 'cut', 'mend', 'publish_stream', 'stop_stream', 'member_join', 'member_leave'],
+  expect: ['state', 'event', 'system', 'no_event', 'recovery', 'offsets', 'presence', 'presence_synced', 'members'],
 };
+const ACTIONS = ['member_added', 'member_removed'];
+const isUserList = (users) => Array.isArray(users) && users.every((u) => typeof u === 'string');
 const REASONS = ['history_expired', 'epoch_changed', 'history_disabled', 'offset_gap'];
 for (const { name, steps } of spec.scenarios) {
   for (const [i, step] of steps.entries()) {
@@ -37,6 +39,17 @@ for (const { name, steps } of spec.scenarios) {
     } else if (step.expect === 'recovery') {
       if (typeof step.channel !== 'string' || typeof step.recovered !== 'boolean') problems.push(`${where}: needs channel and a boolean recovered`);
       if (step.reason !== undefined && !REASONS.includes(step.reason)) problems.push(`${where}: reason must be one of ${REASONS.join(', ')}`);
+    } else if (step.expect === 'presence') {
+      if (typeof step.channel !== 'string' || typeof step.user !== 'string') problems.push(`${where}: needs channel and user`);
+      if (!ACTIONS.includes(step.action)) problems.push(`${where}: action must be one of ${ACTIONS.join(', ')}`);
+    } else if (step.expect === 'presence_synced' || step.expect === 'members') {
+      if (typeof step.channel !== 'string' || !isUserList(step.users)) problems.push(`${where}: needs channel and a list of user ids`);
+    } else if (step.server === 'member_join') {
+      if (typeof step.channel !== 'string' || !step.channel.startsWith('presence-') || typeof step.user !== 'string') {
+        problems.push(`${where}: needs a presence- channel and a user`);
+      }
+    } else if (step.server === 'member_leave') {
+      if (typeof step.user !== 'string') problems.push(`${where}: needs user`);
     } else if (step.expect === 'offsets') {
       if (typeof step.channel !== 'string') problems.push(`${where}: needs channel`);
       if (step.count !== undefined && !Number.isInteger(step.count)) problems.push(`${where}: count must be an integer`);

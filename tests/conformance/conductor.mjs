@@ -8,15 +8,21 @@
 //   POST /step       runs one `server` step of scenarios.json (the step object is the body):
 //                    publish → {id}, delete_key, restart, flood → {published}, tokens,
 //                    expect_token_requests, history, cut, mend, publish_stream, stop_stream →
-//                    {published}. Answers 200 {ok: true, …} or 422 {ok: false, error}.
+//                    {published}, member_join, member_leave. Answers 200 {ok: true, …} or
+//                    422 {ok: false, error}.
 //
 // The `herald` URL handed to clients is a small TCP proxy the conductor owns in front of
 // Herald (it forwards bytes, nothing else): `cut` closes every client connection through it
 // and refuses new ones until `mend`, so a scenario can drop a client's connection without
 // restarting Herald. The conductor's own REST calls go to Herald directly.
 //   POST /token      the clients' token provider: {channel} → {token}, as an app's backend
-//                    would sign it (POST /v1/publishers/sign with the signing key), or, per
-//                    the token mode, a token for another channel or a string that is no JWT.
+//                    would sign it (POST /v1/publishers/sign with the signing key; a
+//                    `presence-…` channel's token names the member CLIENT_USER), or, per the
+//                    token mode, a token for another channel or a string that is no JWT.
+//
+// The other members of a presence channel (member_join, member_leave) are played by the
+// conductor itself: Socket.IO clients over Engine.IO long-polling (fetch only), straight to
+// Herald (not through the proxy, so `cut` drops only the client under test).
 //   POST /hold, POST /release, GET /hold
 //                    a flag a runner may use to block a client (the browser page polls it with
 //                    synchronous XHR while its event loop is blocked); GET answers "held" or
@@ -52,6 +58,9 @@ const EXPECT_TIMEOUT_MS = 10_000;
 const FLOOD_MAX_EVENTS = 20_000;
 const FLOOD_MAX_MS = 45_000;
 const FLOOD_IN_FLIGHT = 4;
+/** The user id (and info) a presence token from POST /token names: the client under test. */
+const CLIENT_USER = 'client';
+const CLIENT_INFO = { name: 'Client' };
 
 function heraldBin() {
   if (process.env.HERALD_BIN) return process.env.HERALD_BIN;
@@ -182,7 +191,8 @@ async function newScenario() {
   await expectStatus('create project', 201, admin('POST', '/v1/admin/projects', { id: project, name: project }));
   const publisher = await createKey(project, 'publisher', ['publish_event']);
   const signer = await createKey(project, 'signer', ['sign_token']);
-  scenario = { project, publisher, signer, mode: 'sign', asked: new Map() };
+  if (scenario) await Promise.all([...scenario.members.values()].flat().map((m) => m.leave()));
+  scenario = { project, publisher, signer, mode: 'sign', asked: new Map(), members: new Map() };
   proxy.cut = false;
   if (stream) {
     stream.stop = true;
@@ -197,13 +207,94 @@ function current() {
   return scenario;
 }
 
-async function sign(channelName) {
-  const body = await expectStatus(
-    `sign ${channelName}`,
-    200,
-    call('POST', '/v1/publishers/sign', current().signer.key, { channelName }),
-  );
+async function sign(channelName, userId = CLIENT_USER, userInfo = CLIENT_INFO) {
+  const request = channelName.startsWith('presence-') ? { channelName, userId, userInfo } : { channelName };
+  const body = await expectStatus(`sign ${channelName}`, 200, call('POST', '/v1/publishers/sign', current().signer.key, request));
   return body.token;
+}
+
+const RS = '\x1e'; // Engine.IO's packet separator on long-polling
+
+/**
+ * One member the conductor plays in a presence channel: a Socket.IO client over Engine.IO v4
+ * long-polling, with a token naming `userId`. A background loop polls and answers pings;
+ * `leave()` closes the Engine.IO session (Herald sees the socket go).
+ */
+async function joinAsMember(channelName, userId, userInfo) {
+  const base = `${herald.url}/socket.io/?EIO=4&transport=polling`;
+  const get = async (url) => {
+    const res = await fetch(url, { signal: AbortSignal.timeout(60_000) });
+    if (!res.ok) throw new Error(`polling GET: HTTP ${res.status}`);
+    return (await res.text()).split(RS);
+  };
+  const [open] = await get(base);
+  if (!open.startsWith('0')) throw new Error(`no Engine.IO open: ${open}`);
+  const { sid } = JSON.parse(open.slice(1));
+  const url = `${base}&sid=${encodeURIComponent(sid)}`;
+  const post = async (packet) => {
+    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'text/plain;charset=UTF-8' }, body: packet, signal: AbortSignal.timeout(10_000) });
+    if (!res.ok) throw new Error(`polling POST: HTTP ${res.status}`);
+    await res.text();
+  };
+  const member = { closed: false, waiters: [], error: null };
+  const next = (pred) =>
+    new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`member ${userId}: no answer within ${EXPECT_TIMEOUT_MS} ms`)), EXPECT_TIMEOUT_MS);
+      member.waiters.push({ pred, resolve: (p) => (clearTimeout(timer), resolve(p)) });
+    });
+  member.loop = (async () => {
+    while (!member.closed) {
+      let packets;
+      try {
+        packets = await get(url);
+      } catch (e) {
+        if (!member.closed) member.error = e;
+        return;
+      }
+      for (const p of packets) {
+        if (p === '2') await post('3').catch(() => {});
+        if (p === '1') member.closed = true;
+        const i = member.waiters.findIndex((w) => w.pred(p));
+        if (i >= 0) member.waiters.splice(i, 1)[0].resolve(p);
+      }
+    }
+  })();
+  const connected = next((p) => p.startsWith('40') || p.startsWith('44'));
+  await post(`40${JSON.stringify({ projectId: current().project })}`);
+  const answer = await connected;
+  if (!answer.startsWith('40')) throw new Error(`member ${userId}: handshake refused: ${answer}`);
+  const authToken = await sign(channelName, userId, userInfo);
+  const acked = next((p) => p.startsWith('431['));
+  await post(`421${JSON.stringify(['listen', { channelName, authToken }])}`);
+  const [ack] = JSON.parse((await acked).slice(3));
+  if (ack?.ok !== true) throw new Error(`member ${userId}: listen ${channelName} refused: ${JSON.stringify(ack)}`);
+  member.leave = async () => {
+    if (member.closed) return;
+    member.closed = true;
+    await post('1').catch(() => {});
+    await member.loop;
+  };
+  return member;
+}
+
+/** member_join: one more socket of `user` in `channel` (a user's first socket makes it a member). */
+async function memberJoin(channel, user, info) {
+  if (typeof channel !== 'string' || !channel.startsWith('presence-') || typeof user !== 'string') {
+    throw new Error('member_join wants {"channel": "presence-…", "user": "…", "info"?: {…}}');
+  }
+  const member = await joinAsMember(channel, user, info);
+  const s = current();
+  s.members.set(user, [...(s.members.get(user) ?? []), member]);
+  return {};
+}
+
+/** member_leave: closes the last socket `user` joined with (its last one makes it leave). */
+async function memberLeave(user) {
+  const sockets = current().members.get(user) ?? [];
+  const member = sockets.pop();
+  if (!member) throw new Error(`member_leave: ${user} has no socket`);
+  await member.leave();
+  return {};
 }
 
 async function token(channel) {
@@ -422,6 +513,10 @@ async function step(s) {
       return publishStream(s.channel);
     case 'stop_stream':
       return stopStream(s.payload);
+    case 'member_join':
+      return memberJoin(s.channel, s.user, s.info);
+    case 'member_leave':
+      return memberLeave(s.user);
     default:
       throw new Error(`unknown server step ${JSON.stringify(s.server)}`);
   }

@@ -988,3 +988,278 @@ fn a_removed_channel_forgets_its_position() {
     let sent = reconnect(&mut h);
     assert_eq!(sent[0].2, json!({"channelName": "orders"}));
 }
+
+// --- presence ---------------------------------------------------------------------------
+
+const ROOM: &str = "presence-room";
+
+fn member_json(user: &str) -> String {
+    format!(r#"{{"userId":"{user}","info":{{"name":"{user}"}}}}"#)
+}
+
+fn snapshot_ack(ack: i64, users: &[&str], version: u64) -> String {
+    let members: Vec<String> = users.iter().map(|u| member_json(u)).collect();
+    format!(
+        r#"43{ack}[{{"ok":true,"members":[{}],"presenceVersion":{version}}}]"#,
+        members.join(",")
+    )
+}
+
+fn presence_frame(action: &str, user: &str, version: u64) -> String {
+    format!(
+        r#"42["presence",{{"channelName":"{ROOM}","action":"{action}","member":{},"version":{version}}}]"#,
+        member_json(user)
+    )
+}
+
+fn member_ids(h: &Harness) -> Vec<String> {
+    h.s.members(&channel(ROOM))
+        .into_iter()
+        .map(|m| m.user_id.as_str().to_owned())
+        .collect()
+}
+
+/// The `(action, user)` of every `Output::Presence`, and the member lists of every
+/// `Output::PresenceSynced`.
+fn presence_outputs(out: &[Out]) -> (Vec<(&'static str, String)>, Vec<Vec<String>>) {
+    let mut changes = Vec::new();
+    let mut syncs = Vec::new();
+    for o in out {
+        match o {
+            Output::Presence(c) => {
+                changes.push((c.action.as_str(), c.member.user_id.as_str().to_owned()))
+            }
+            Output::PresenceSynced { members, .. } => syncs.push(
+                members
+                    .iter()
+                    .map(|m| m.user_id.as_str().to_owned())
+                    .collect(),
+            ),
+            _ => {}
+        }
+    }
+    (changes, syncs)
+}
+
+/// Listens to the presence room with a token; the ack is a snapshot of `users` at `version`.
+fn listen_presence(h: &mut Harness, users: &[&str], version: u64) -> Vec<Out> {
+    let id = h.s.listen(h.now, channel(ROOM), Some("t".into()));
+    let sent = requests(&h.drain());
+    h.frame(&snapshot_ack(sent[0].0, users, version));
+    let out = h.drain();
+    assert_eq!(completion(&out, id), Some(&Ok(())));
+    out
+}
+
+#[test]
+fn the_listen_ack_gives_the_members_and_events_move_them_in_order() {
+    let mut h = Harness::connected();
+    let out = listen_presence(&mut h, &["ann", "me"], 4);
+    assert_eq!(presence_outputs(&out).1, [vec!["ann", "me"]]);
+    assert_eq!(member_ids(&h), ["ann", "me"]);
+    // The synced list comes before the listen completes (the caller sees the members).
+    let synced = out
+        .iter()
+        .position(|o| matches!(o, Output::PresenceSynced { .. }));
+    let complete = out
+        .iter()
+        .position(|o| matches!(o, Output::Complete { .. }));
+    assert!(synced < complete, "{out:?}");
+
+    h.frame(&presence_frame("member_added", "bob", 5));
+    h.frame(&presence_frame("member_removed", "ann", 6));
+    let out = h.drain();
+    assert_eq!(
+        presence_outputs(&out).0,
+        [
+            ("member_added", "bob".to_owned()),
+            ("member_removed", "ann".to_owned())
+        ]
+    );
+    assert_eq!(member_ids(&h), ["bob", "me"]);
+    assert!(
+        requests(&out).is_empty(),
+        "no re-sync without a gap: {out:?}"
+    );
+    // The info travels with the member.
+    let bob = h.s.members(&channel(ROOM)).remove(0);
+    assert_eq!(bob.info.map(|i| i.to_value()), Some(json!({"name": "bob"})));
+}
+
+#[test]
+fn stale_presence_events_are_ignored() {
+    let mut h = Harness::connected();
+    listen_presence(&mut h, &["ann", "me"], 4);
+    // Already in the snapshot (version 4 and before): a late delivery changes nothing.
+    h.frame(&presence_frame("member_removed", "ann", 4));
+    h.frame(&presence_frame("member_added", "old", 2));
+    h.frame(&presence_frame("member_added", "cy", 5));
+    // 5 again (a duplicate from another instance): stale now.
+    h.frame(&presence_frame("member_removed", "cy", 5));
+    let out = h.drain();
+    assert_eq!(
+        presence_outputs(&out).0,
+        [("member_added", "cy".to_owned())]
+    );
+    assert_eq!(member_ids(&h), ["ann", "cy", "me"]);
+}
+
+#[test]
+fn a_gap_in_versions_is_applied_then_resynced_with_a_presence_query() {
+    let mut h = Harness::connected();
+    listen_presence(&mut h, &["ann", "me"], 4);
+    // Version 5 (bob joined) is missing: 6 is applied, then the channel is re-synced.
+    h.frame(&presence_frame("member_added", "cy", 6));
+    let out = h.drain();
+    assert_eq!(
+        presence_outputs(&out).0,
+        [("member_added", "cy".to_owned())]
+    );
+    let sent = requests(&out);
+    assert_eq!(sent.len(), 1, "{out:?}");
+    assert_eq!(
+        (sent[0].1.as_str(), &sent[0].2),
+        ("presence", &json!({"channelName": ROOM}))
+    );
+    assert_eq!(member_ids(&h), ["ann", "cy", "me"]);
+    // A second gap while the query is out asks nothing more yet.
+    h.frame(&presence_frame("member_added", "dee", 8));
+    assert!(requests(&h.drain()).is_empty());
+    // The answer is at version 6, older than the 8 applied since: not taken (the list would
+    // go back), and asked again since a gap was seen while it was out.
+    h.frame(&snapshot_ack(sent[0].0, &["ann", "bob", "cy", "me"], 6));
+    let out = h.drain();
+    assert_eq!(presence_outputs(&out).1, Vec::<Vec<String>>::new());
+    assert_eq!(member_ids(&h), ["ann", "cy", "dee", "me"]);
+    let again = requests(&out);
+    assert_eq!(again.len(), 1, "{out:?}");
+    assert_eq!(again[0].1, "presence");
+    // The second answer replaces the list: bob and eve, whose events never came, are in it.
+    h.frame(&snapshot_ack(
+        again[0].0,
+        &["ann", "bob", "cy", "dee", "eve", "me"],
+        9,
+    ));
+    let out = h.drain();
+    assert_eq!(
+        presence_outputs(&out).1,
+        [vec!["ann", "bob", "cy", "dee", "eve", "me"]]
+    );
+    assert!(requests(&out).is_empty(), "{out:?}");
+    assert_eq!(member_ids(&h), ["ann", "bob", "cy", "dee", "eve", "me"]);
+}
+
+#[test]
+fn events_before_the_listen_ack_are_buffered_and_filtered_by_its_version() {
+    let mut h = Harness::connected();
+    let id = h.s.listen(h.now, channel(ROOM), Some("t".into()));
+    let sent = requests(&h.drain());
+    // The server joined the socket, then transitions overtook the ack (out of order too).
+    h.frame(&presence_frame("member_added", "dee", 7));
+    h.frame(&presence_frame("member_added", "bob", 5)); // in the snapshot already
+    h.frame(&presence_frame("member_added", "cy", 6));
+    let out = h.drain();
+    assert_eq!(
+        presence_outputs(&out),
+        (vec![], vec![]),
+        "held until the ack"
+    );
+    assert!(member_ids(&h).is_empty());
+    h.frame(&snapshot_ack(sent[0].0, &["ann", "bob", "me"], 5));
+    let out = h.drain();
+    assert_eq!(completion(&out, id), Some(&Ok(())));
+    let (changes, syncs) = presence_outputs(&out);
+    assert_eq!(syncs, [vec!["ann", "bob", "me"]]);
+    assert_eq!(
+        changes,
+        [
+            ("member_added", "cy".to_owned()),
+            ("member_added", "dee".to_owned())
+        ]
+    );
+    assert!(requests(&out).is_empty(), "6 and 7 follow 5: {out:?}");
+    assert_eq!(member_ids(&h), ["ann", "bob", "cy", "dee", "me"]);
+}
+
+#[test]
+fn presence_events_of_a_channel_not_listened_to_are_ignored() {
+    let mut h = Harness::connected();
+    h.frame(&presence_frame("member_added", "bob", 1));
+    assert_eq!(presence_outputs(&h.drain()), (vec![], vec![]));
+    assert!(member_ids(&h).is_empty());
+    listen_presence(&mut h, &["me"], 1);
+    let id = h.s.remove(h.now, channel(ROOM));
+    let sent = requests(&h.drain());
+    h.frame(&ack_ok(sent[0].0));
+    assert_eq!(completion(&h.drain(), id), Some(&Ok(())));
+    assert!(
+        member_ids(&h).is_empty(),
+        "a removed channel has no members"
+    );
+    h.frame(&presence_frame("member_added", "bob", 2));
+    assert_eq!(presence_outputs(&h.drain()), (vec![], vec![]));
+}
+
+#[test]
+fn a_reconnect_resyncs_presence_from_the_relisten_ack() {
+    let mut h = Harness::connected();
+    listen_presence(&mut h, &["ann", "bob", "me"], 4);
+    h.close_transport(dropped());
+    h.drain();
+    // While down, the list is the last one known.
+    assert_eq!(member_ids(&h), ["ann", "bob", "me"]);
+    h.advance(Duration::from_secs(1));
+    let out = h.accept_handshake();
+    let wanted = fetches(&out);
+    assert_eq!(wanted.len(), 1, "a fresh token for the re-listen: {out:?}");
+    h.s.token_ready(h.now, wanted[0].0, Ok("t2".into()));
+    let sent = requests(&h.drain());
+    assert_eq!(sent[0].1, "listen");
+    // A transition after the re-join overtakes the ack: buffered.
+    h.frame(&presence_frame("member_added", "eve", 8));
+    assert_eq!(presence_outputs(&h.drain()), (vec![], vec![]));
+    // Bob left and cy joined while the client was away (versions 5 to 7, never replayed):
+    // the snapshot has it, and nothing older than it is applied.
+    h.frame(&snapshot_ack(sent[0].0, &["ann", "cy", "me"], 7));
+    let out = h.drain();
+    let (changes, syncs) = presence_outputs(&out);
+    assert_eq!(syncs, [vec!["ann", "cy", "me"]]);
+    assert_eq!(changes, [("member_added", "eve".to_owned())]);
+    assert!(has_state(&out, |s| *s == State::Connected), "{out:?}");
+    let synced = out
+        .iter()
+        .position(|o| matches!(o, Output::PresenceSynced { .. }));
+    let connected = out
+        .iter()
+        .position(|o| matches!(o, Output::State(State::Connected)));
+    assert!(synced < connected, "re-synced before Connected: {out:?}");
+    assert_eq!(member_ids(&h), ["ann", "cy", "eve", "me"]);
+    // Old versions from before the disconnection are stale against the new snapshot.
+    h.frame(&presence_frame("member_removed", "ann", 6));
+    assert_eq!(presence_outputs(&h.drain()), (vec![], vec![]));
+    assert_eq!(member_ids(&h), ["ann", "cy", "eve", "me"]);
+}
+
+#[test]
+fn a_query_lost_with_the_connection_is_not_applied_after_the_resync() {
+    let mut h = Harness::connected();
+    listen_presence(&mut h, &["me"], 1);
+    h.frame(&presence_frame("member_added", "bob", 3));
+    let query = requests(&h.drain());
+    assert_eq!(query[0].1, "presence");
+    h.close_transport(dropped());
+    h.drain();
+    h.advance(Duration::from_secs(1));
+    let out = h.accept_handshake();
+    let wanted = fetches(&out);
+    h.s.token_ready(h.now, wanted[0].0, Ok("t2".into()));
+    let sent = requests(&h.drain());
+    assert_eq!(
+        sent.iter().map(|s| s.1.as_str()).collect::<Vec<_>>(),
+        ["listen"],
+        "the query is not sent again: the re-listen re-syncs"
+    );
+    h.frame(&snapshot_ack(sent[0].0, &["me"], 4));
+    h.drain();
+    assert_eq!(member_ids(&h), ["me"]);
+}

@@ -2,6 +2,7 @@
 
 mod task;
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
@@ -11,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
+use herald_protocol::presence::Member;
 use herald_protocol::{ChannelEvent, ChannelName, HandshakeAuth, ProjectId, SystemMessage};
 use reqwest::Url;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -26,6 +28,10 @@ const EVENT_BUFFER: usize = 1024;
 
 type TokenFuture = Pin<Box<dyn Future<Output = Result<String, Cause>> + Send>>;
 type TokenProvider = Arc<dyn Fn(ChannelName) -> TokenFuture + Send + Sync>;
+
+/// The members of each presence channel, as the task last saw them (before it hands the
+/// event that changed them to the application).
+pub(crate) type MembersMap = Arc<std::sync::Mutex<HashMap<ChannelName, Vec<Member>>>>;
 
 /// Settings of a [`Subscriber`]; made by [`Subscriber::builder`].
 ///
@@ -199,14 +205,18 @@ impl SubscriberBuilder {
         let (events_tx, events_rx) = mpsc::channel(EVENT_BUFFER);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let (connected_tx, connected) = oneshot::channel();
+        let members = MembersMap::default();
         let task = Task::new(
             config,
             url,
             self.token_provider,
-            commands_rx,
-            events_tx,
-            shutdown_rx,
-            connected_tx,
+            task::Handle {
+                commands: commands_rx,
+                events: events_tx,
+                shutdown: shutdown_rx,
+                connected: connected_tx,
+                members: members.clone(),
+            },
         );
         let handle = tokio::spawn(task.run());
         connected.await.map_err(|_| Error::Closed)??;
@@ -217,6 +227,7 @@ impl SubscriberBuilder {
             task: std::sync::Mutex::new(Some(handle)),
             request_timeout: self.request_timeout,
             project,
+            members,
         })
     }
 }
@@ -283,6 +294,22 @@ pub enum SubscriberEvent {
     /// (e.g. the server restarted without its history), `HistoryDisabled` (the project keeps
     /// none), or `OffsetGap` (a gap seen live); re-sync that channel's state another way.
     Recovery(crate::ChannelRecovery),
+    /// A member joined (`MemberAdded`: the user's first client) or left (`MemberRemoved`: its
+    /// last) a presence channel this subscriber listens to. Events are applied in the order
+    /// of the channel's presence version: a stale one is dropped, and after a missed one the
+    /// subscriber re-syncs the channel by itself ([`SubscriberEvent::PresenceSynced`]).
+    /// [`Subscriber::members`] already includes the change.
+    Presence(crate::PresenceChange),
+    /// A presence channel's whole member list (this subscriber's own member included): from
+    /// the server's answer to `listen`, after every reconnection (joins and leaves while the
+    /// connection was down are never replayed: compare with the list you had), and after a
+    /// re-sync. Replace what you show with it.
+    PresenceSynced {
+        /// The presence channel.
+        channel: ChannelName,
+        /// Its members, ordered by user id.
+        members: Vec<Member>,
+    },
 }
 
 /// The state of a [`Subscriber`]'s connection.
@@ -368,6 +395,7 @@ pub struct Subscriber {
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
     request_timeout: Duration,
     project: ProjectId,
+    members: MembersMap,
 }
 
 impl fmt::Debug for Subscriber {
@@ -491,6 +519,31 @@ impl Subscriber {
             .await
         })
         .await
+    }
+
+    /// The members of the presence channel `channel`, ordered by user id: the server's list
+    /// at `listen` with every [`SubscriberEvent::Presence`] since (also those not read yet).
+    /// Empty for a channel that is not a presence channel listened to. While reconnecting it
+    /// is the list from before the loss, until the [`SubscriberEvent::PresenceSynced`] of the
+    /// re-listen.
+    ///
+    /// ```no_run
+    /// # async fn run(subscriber: herald_sdk::Subscriber, token: String) -> Result<(), herald_sdk::Error> {
+    /// subscriber.listen_with_token("presence-room-7", token).await?;
+    /// for member in subscriber.members("presence-room-7") {
+    ///     println!("{} is here", member.user_id);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn members(&self, channel: impl AsRef<str>) -> Vec<Member> {
+        let Ok(channel) = ChannelName::parse(channel.as_ref()) else {
+            return Vec::new();
+        };
+        let members = match self.members.lock() {
+            Ok(map) => map.get(&channel).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(&channel).cloned(),
+        };
+        members.unwrap_or_default()
     }
 
     /// The next event; `None` once the subscriber is closed and every buffered event has been

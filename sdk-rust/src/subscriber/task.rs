@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::{ConnectionState, SubscriberEvent, TokenProvider};
+use super::{ConnectionState, MembersMap, SubscriberEvent, TokenProvider};
 use crate::error::{Error, Message as Text};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -78,19 +78,34 @@ pub(crate) struct Task {
     tokens: mpsc::UnboundedReceiver<(FetchId, Result<String, Error>)>,
     origin: tokio::time::Instant,
     ended: bool,
+    members: MembersMap,
+}
+
+/// What the task shares with the [`Subscriber`](super::Subscriber) handle.
+pub(crate) struct Handle {
+    pub(crate) commands: mpsc::UnboundedReceiver<Command>,
+    pub(crate) events: mpsc::Sender<SubscriberEvent>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Gets the first attempt's result.
+    pub(crate) connected: oneshot::Sender<Result<(), Error>>,
+    pub(crate) members: MembersMap,
 }
 
 impl Task {
-    /// A task that starts connecting at once; `connected` gets the first attempt's result.
+    /// A task that starts connecting at once.
     pub(crate) fn new(
         config: herald_client_core::Config,
         url: Url,
         token_provider: Option<TokenProvider>,
-        commands: mpsc::UnboundedReceiver<Command>,
-        events: mpsc::Sender<SubscriberEvent>,
-        shutdown: watch::Receiver<bool>,
-        connected: oneshot::Sender<Result<(), Error>>,
+        handle: Handle,
     ) -> Self {
+        let Handle {
+            commands,
+            events,
+            shutdown,
+            connected,
+            members,
+        } = handle;
         let (tokens_tx, tokens) = mpsc::unbounded_channel();
         let origin = tokio::time::Instant::now();
         let mut session = Session::new(config);
@@ -110,6 +125,33 @@ impl Task {
             tokens,
             origin,
             ended: false,
+            members,
+        }
+    }
+
+    /// Copies the session's members of `channel` (every presence channel's when `None`) to
+    /// what [`Subscriber::members`](super::Subscriber::members) reads.
+    fn share_members(&self, channel: Option<&ChannelName>) {
+        let mut map = match self.members.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let update = |channel: &ChannelName, map: &mut HashMap<ChannelName, _>| {
+            let members = self.session.members(channel);
+            if members.is_empty() {
+                map.remove(channel);
+            } else {
+                map.insert(channel.clone(), members);
+            }
+        };
+        match channel {
+            Some(channel) => update(channel, &mut map),
+            None => {
+                let channels: Vec<ChannelName> = map.keys().cloned().collect();
+                for channel in &channels {
+                    update(channel, &mut map);
+                }
+            }
         }
     }
 
@@ -211,16 +253,30 @@ impl Task {
                     }
                 }
                 Output::Event(event) => self.emit(SubscriberEvent::Event(event)).await,
-                Output::System(message) => self.emit(SubscriberEvent::System(message)).await,
+                Output::System(message) => {
+                    self.share_members(None); // RemovedFromChannel drops channels
+                    self.emit(SubscriberEvent::System(message)).await;
+                }
                 Output::Recovery(recovery) => self.emit(SubscriberEvent::Recovery(recovery)).await,
                 Output::RelistenFailed { channel, error } => {
+                    self.share_members(Some(&channel));
                     let error = into_error(error);
                     self.emit(SubscriberEvent::RelistenFailed { channel, error })
                         .await;
                 }
                 Output::State(state) => self.state(state).await,
+                Output::Presence(change) => {
+                    self.share_members(Some(&change.channel));
+                    self.emit(SubscriberEvent::Presence(change)).await;
+                }
+                Output::PresenceSynced { channel, members } => {
+                    self.share_members(Some(&channel));
+                    self.emit(SubscriberEvent::PresenceSynced { channel, members })
+                        .await;
+                }
                 Output::FetchToken { fetch, channel } => self.fetch_token(fetch, channel),
                 Output::Complete { request, result } => {
+                    self.share_members(None); // a remove drops its channel
                     let result = result.map_err(into_error);
                     match self.connect.take() {
                         Some((id, connected)) if id == request => {

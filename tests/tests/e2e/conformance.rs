@@ -136,6 +136,15 @@ fn record(event: SubscriberEvent) -> Value {
             };
             json!({"kind": "state", "state": name, "detail": format!("{state:?}")})
         }
+        SubscriberEvent::Presence(change) => json!({
+            "kind": "presence", "channel": change.channel.as_str(),
+            "action": change.action.as_str(), "user": change.member.user_id.as_str(),
+            "info": change.member.info.map(|i| i.to_value()),
+        }),
+        SubscriberEvent::PresenceSynced { channel, members } => json!({
+            "kind": "presence_synced", "channel": channel.as_str(),
+            "users": members.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(),
+        }),
         SubscriberEvent::RelistenFailed { channel, error } => json!({
             "kind": "relisten_failed", "channel": channel.as_str(), "error": error.to_string(),
         }),
@@ -442,6 +451,56 @@ impl Run<'_> {
                 if let Some(count) = step.get("count").and_then(Value::as_u64) {
                     ensure!(n == count, "{n} events on {channel}, expected {count}");
                 }
+            }
+            "presence" => {
+                let channel = field(step, "channel")?;
+                let action = field(step, "action")?;
+                let user = field(step, "user")?;
+                let info = step.get("info");
+                let at = client
+                    .wait_for(
+                        self.cursor,
+                        &format!("presence {action} {user} on {channel}"),
+                        |h| {
+                            h["kind"] == "presence"
+                                && h["channel"] == channel
+                                && h["action"] == action
+                                && h["user"] == user
+                                && info.is_none_or(|i| &h["info"] == i)
+                        },
+                    )
+                    .await?;
+                self.cursor = at + 1;
+            }
+            "presence_synced" => {
+                let channel = field(step, "channel")?;
+                let users = &step["users"];
+                let at = client
+                    .wait_for(
+                        self.cursor,
+                        &format!("presence synced on {channel}: {users}"),
+                        |h| {
+                            h["kind"] == "presence_synced"
+                                && h["channel"] == channel
+                                && &h["users"] == users
+                        },
+                    )
+                    .await?;
+                self.cursor = at + 1;
+            }
+            "members" => {
+                let channel = field(step, "channel")?;
+                let users: Vec<String> = client
+                    .subscriber
+                    .members(channel)
+                    .into_iter()
+                    .map(|m| m.user_id.as_str().to_owned())
+                    .collect();
+                ensure!(
+                    json!(users) == step["users"],
+                    "members of {channel} are {users:?}, expected {}",
+                    step["users"]
+                );
             }
             other => bail!("unknown expect step {other:?}"),
         }

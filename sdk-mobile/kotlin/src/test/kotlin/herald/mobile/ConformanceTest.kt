@@ -101,6 +101,9 @@ class ConformanceTest {
         val offset: ULong? = null,
         val recovered: Boolean? = null,
         val reason: String? = null,
+        val action: String? = null,
+        val user: String? = null,
+        val users: List<String>? = null,
     )
 
     /**
@@ -176,6 +179,13 @@ class ConformanceTest {
 
         override fun onRelistenFailed(channelName: String, error: HeraldException) =
             record(Entry("relisten_failed", channel = channelName, dataJson = error.toString()))
+
+        override fun onPresence(channelName: String, action: PresenceAction, member: PresenceMember) =
+            // MEMBER_ADDED → "member_added": the wire's names.
+            record(Entry("presence", channel = channelName, action = action.name.lowercase(), user = member.userId, payloadJson = member.infoJson))
+
+        override fun onPresenceSynced(channelName: String, members: List<PresenceMember>) =
+            record(Entry("presence_synced", channel = channelName, users = members.map { it.userId }))
     }
 
     /** One scenario's run: the client, the cursor in what its listener heard, saved values. */
@@ -281,6 +291,29 @@ class ConformanceTest {
                     if (step.has("count") && offsets.size != step.getInt("count")) {
                         throw AssertionError("${offsets.size} events on $channel, expected ${step.getInt("count")}")
                     }
+                }
+                "presence" -> {
+                    val channel = step.getString("channel")
+                    val action = step.getString("action")
+                    val user = step.getString("user")
+                    val info = step.opt("info")
+                    cursor = recorder.waitFor(cursor, "presence $action $user on $channel") {
+                        it.kind == "presence" && it.channel == channel && it.action == action && it.user == user &&
+                            (info == null || sameJson(info, it.payloadJson))
+                    } + 1
+                }
+                "presence_synced" -> {
+                    val channel = step.getString("channel")
+                    val users = step.getJSONArray("users").let { a -> (0 until a.length()).map { a.getString(it) } }
+                    cursor = recorder.waitFor(cursor, "presence synced on $channel: $users") {
+                        it.kind == "presence_synced" && it.channel == channel && it.users == users
+                    } + 1
+                }
+                "members" -> {
+                    val channel = step.getString("channel")
+                    val users = step.getJSONArray("users").let { a -> (0 until a.length()).map { a.getString(it) } }
+                    val members = client().members(channel).map { it.userId }
+                    if (members != users) throw AssertionError("members of $channel are $members, expected $users")
                 }
                 else -> error("unknown expect step $expect")
             }

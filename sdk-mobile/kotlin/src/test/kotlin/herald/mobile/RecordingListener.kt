@@ -21,6 +21,8 @@ sealed interface Heard {
     data class State(val state: ConnectionState) : Heard
     data class RelistenFailed(val channel: String, val error: HeraldException) : Heard
     data class Recovery(val channel: String, val recovered: Boolean, val reason: RecoveryReason?) : Heard
+    data class Presence(val channel: String, val action: PresenceAction, val member: PresenceMember) : Heard
+    data class PresenceSynced(val channel: String, val members: List<PresenceMember>) : Heard
 }
 
 /**
@@ -67,6 +69,12 @@ class RecordingListener : HeraldListener {
 
     override fun onRecovery(channelName: String, recovered: Boolean, reason: RecoveryReason?) =
         record(Heard.Recovery(channelName, recovered, reason))
+
+    override fun onPresence(channelName: String, action: PresenceAction, member: PresenceMember) =
+        record(Heard.Presence(channelName, action, member))
+
+    override fun onPresenceSynced(channelName: String, members: List<PresenceMember>) =
+        record(Heard.PresenceSynced(channelName, members))
 
     /** Reads callbacks (in order, from the last one read) until [match] accepts one. */
     fun <T : Any> await(what: String, timeout: Duration = WAIT, match: (Heard) -> T?): T {

@@ -66,6 +66,8 @@ class SwiftBindingsTest {
             "func onState(state: ConnectionState) throws",
             "func onRelistenFailed(channelName: String, error: HeraldError) throws",
             "func onRecovery(channelName: String, recovered: Bool, reason: RecoveryReason?) throws",
+            "func onPresence(channelName: String, action: PresenceAction, member: PresenceMember) throws",
+            "func onPresenceSynced(channelName: String, members: [PresenceMember]) throws",
             "public protocol TokenProvider: AnyObject, Sendable",
             "func token(channelName: String) throws -> String",
         )
