@@ -19,6 +19,11 @@
 use herald_protocol::ChannelName;
 use herald_protocol::presence::{Member, PresenceAction, PresenceEvent, PresenceSnapshot};
 
+/// The most events a roster holds while it waits for its snapshot; beyond, the oldest go (the
+/// snapshot, read after they were decided, likely has them; if not, the gap before the next
+/// event the roster applies asks for a re-sync).
+pub(crate) const MAX_BUFFERED_EVENTS: usize = 1024;
+
 /// A member joined or left a presence channel: a `presence` event the ordering rule applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceChange {
@@ -112,6 +117,9 @@ impl Roster {
                 .buffered
                 .partition_point(|e| e.version <= event.version);
             self.buffered.insert(at, event);
+            if self.buffered.len() > MAX_BUFFERED_EVENTS {
+                self.buffered.remove(0);
+            }
             return Applied::No;
         };
         if event.version <= held {
@@ -193,5 +201,44 @@ impl Rosters {
 
     pub(crate) fn clear(&mut self) {
         self.0.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_protocol::presence::UserId;
+
+    fn added(user: &str, version: u64) -> PresenceEvent {
+        PresenceEvent {
+            channel_name: ChannelName::parse("presence-x").expect("valid"),
+            action: PresenceAction::MemberAdded,
+            member: Member {
+                user_id: UserId::parse(user).expect("valid"),
+                info: None,
+            },
+            version,
+        }
+    }
+
+    /// A flood of events before the snapshot holds at most the bound; the oldest are dropped,
+    /// and what is then missing is a gap that asks for a re-sync.
+    #[test]
+    fn the_buffer_before_the_snapshot_is_bounded_and_a_dropped_event_is_a_gap() {
+        let mut r = Roster::new();
+        let n = MAX_BUFFERED_EVENTS as u64 + 10;
+        for v in 1..=n {
+            assert_eq!(r.event(added(&format!("u{v}"), 10 + v)), Applied::No);
+        }
+        assert_eq!(r.buffered.len(), MAX_BUFFERED_EVENTS);
+        let (taken, pending) = r.snapshot(PresenceSnapshot {
+            members: Vec::new(),
+            presence_version: 10,
+        });
+        assert!(taken);
+        let results: Vec<Applied> = pending.into_iter().map(|e| r.event(e)).collect();
+        assert_eq!(results[0], Applied::Gap, "the dropped events leave a gap");
+        assert!(results[1..].iter().all(|a| *a == Applied::Yes));
+        assert_eq!(r.members().len(), MAX_BUFFERED_EVENTS);
     }
 }
