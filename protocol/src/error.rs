@@ -54,6 +54,11 @@ error_codes! {
     /// The payload (or the handshake `auth`) nests arrays and objects deeper than
     /// [`MAX_JSON_DEPTH`](crate::limits::MAX_JSON_DEPTH).
     PayloadTooDeep = "payload_too_deep" => 400,
+    /// A webhook `url` that is not an `http://` or `https://` URL Herald accepts
+    /// ([`WebhookUrl`](crate::webhook::WebhookUrl)).
+    InvalidWebhookUrl = "invalid_webhook_url" => 400,
+    /// A webhook `events` list that is empty or names an unknown type.
+    InvalidWebhookEvents = "invalid_webhook_events" => 400,
     /// An `expiresAt` that is not in the future.
     InvalidExpiry = "invalid_expiry" => 400,
     /// A token was requested for a public channel (tokens are for `private-` and `presence-`
@@ -94,6 +99,13 @@ error_codes! {
     ApiKeyNotFound = "api_key_not_found" => 404,
     /// No such route.
     NotFound = "not_found" => 404,
+    /// No webhook with that id in the project (also for a malformed id).
+    WebhookNotFound = "webhook_not_found" => 404,
+    /// No delivery with that id for the webhook (also for a malformed id).
+    DeliveryNotFound = "delivery_not_found" => 404,
+    /// The project has [`MAX_WEBHOOKS_PER_PROJECT`](crate::webhook::MAX_WEBHOOKS_PER_PROJECT)
+    /// webhooks already; delete one first.
+    TooManyWebhooks = "too_many_webhooks" => 409,
     /// The route exists but not for this method.
     MethodNotAllowed = "method_not_allowed" => 405,
     /// The request's `Origin` is not in the allowlist.

@@ -49,6 +49,7 @@ pub mod numbers;
 pub mod openapi;
 pub mod presence;
 pub mod sse;
+pub mod webhook;
 
 pub use api::{ApiKeyId, ApiKeyScope, ApiKeyToken};
 pub use claims::ChannelTokenClaims;

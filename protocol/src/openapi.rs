@@ -153,6 +153,22 @@ pub fn user_id() -> ObjectBuilder {
     .examples(["u-42"])
 }
 
+/// A webhook endpoint URL, as [`WebhookUrl::parse`](crate::webhook::WebhookUrl::parse)
+/// accepts it.
+pub fn webhook_url() -> Schema {
+    string(
+        "Where events are posted: an http:// or https:// URL whose host is a DNS name (its \
+         last label starting with a letter) or an IPv4 address, an optional port, no user \
+         info, printable ASCII (percent-encode the rest). Redirects are not followed.",
+        crate::webhook::webhook_url_pattern(),
+        8,
+        crate::webhook::MAX_WEBHOOK_URL_BYTES,
+    )
+    .examples(["https://backend.example.com/herald/webhooks"])
+    .build()
+    .into()
+}
+
 /// [`user_id`] as a schema (a member's `userId`).
 pub fn user_id_schema() -> Schema {
     user_id().build().into()

@@ -36,6 +36,7 @@ pub mod sse;
 pub mod store;
 pub mod supervise;
 pub mod tracking;
+pub mod webhooks;
 
 #[cfg(test)]
 mod redis_test_server;
