@@ -233,11 +233,12 @@ fn is_ipv4(host: &str) -> bool {
 /// Labels of letters, digits and `-`, the last starting with a letter.
 fn is_dns_name(host: &str) -> bool {
     let labels: Vec<&str> = host.split('.').collect();
-    labels.iter().all(|l| {
-        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    }) && labels
-        .last()
-        .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()))
+    labels
+        .iter()
+        .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && labels
+            .last()
+            .is_some_and(|l| l.starts_with(|c: char| c.is_ascii_alphabetic()))
 }
 
 impl fmt::Display for WebhookUrl {
@@ -321,7 +322,9 @@ impl DeliveryId {
     pub fn parse(raw: &str) -> Option<Self> {
         let rest = raw.strip_prefix(DELIVERY_ID_PREFIX)?;
         (rest.len() == DELIVERY_ID_HEX_LEN
-            && rest.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
+            && rest
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)))
         .then(|| Self(raw.to_owned()))
     }
 

@@ -28,7 +28,7 @@ use crate::direct::{DirectRooms, DirectSettings, DirectTransport};
 use crate::fanout::Fanout;
 use crate::gateway::{Gateway, GatewayInner};
 use crate::keys::AdminToken;
-use crate::rest::{self, ApiError, admin, publisher, tasks};
+use crate::rest::{self, ApiError, admin, publisher, tasks, webhooks};
 use crate::revocation::{Revocation, RevocationQueue};
 use crate::store::Store;
 use crate::supervise::Supervisor;
@@ -45,6 +45,7 @@ pub struct AppInner {
     max_payload_bytes: usize,
     health: Arc<Health>,
     revocation: Arc<Revocation>,
+    webhooks: Arc<crate::webhooks::Webhooks>,
     metrics_enabled: bool,
 }
 
@@ -96,6 +97,7 @@ impl AppState {
         admin_token: AdminToken,
         health: Arc<Health>,
         revocation: Arc<Revocation>,
+        webhooks: Arc<crate::webhooks::Webhooks>,
     ) -> Self {
         Self(Arc::new(AppInner {
             gateway,
@@ -103,12 +105,17 @@ impl AppState {
             max_payload_bytes: config.max_payload_bytes,
             health,
             revocation,
+            webhooks,
             metrics_enabled: config.metrics_bind.is_some(),
         }))
     }
     /// The key revocation workflow.
     pub fn revocation(&self) -> &Revocation {
         &self.0.revocation
+    }
+    /// The webhook service (endpoints, outbox).
+    pub fn webhooks(&self) -> &crate::webhooks::Webhooks {
+        &self.0.webhooks
     }
     /// The store.
     pub fn store(&self) -> &dyn Store {
@@ -162,6 +169,8 @@ pub struct Backends {
     pub sessions: Arc<dyn crate::csr::SessionStore>,
     /// Members of presence channels.
     pub presence: Arc<dyn crate::presence::PresenceManager>,
+    /// Where webhook events are handed over (the writer takes the other end).
+    pub webhook_events: crate::webhooks::WebhookEvents,
 }
 
 /// The shared part of every request handler, both transports.
@@ -173,7 +182,10 @@ pub fn gateway(config: &ServeConfig, backends: Backends) -> anyhow::Result<Gatew
             backends.presence,
             fanout.clone(),
             config.max_presence_members.max(1),
+            backends.webhook_events.clone(),
         )),
+        occupancy: Arc::new(crate::occupancy::Occupancy::new()),
+        webhooks: backends.webhook_events,
         fanout,
         store: backends.store,
         tracker: backends.tracker,
@@ -284,6 +296,28 @@ pub fn router<A: Adapter>(
         .route(
             "/v1/admin/projects/{id}/api-keys/{key_id}",
             delete(admin::delete_api_key).patch(admin::update_api_key),
+        )
+        .route(
+            "/v1/admin/projects/{id}/webhooks",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route(
+            "/v1/admin/projects/{id}/webhooks/{webhook_id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/v1/admin/projects/{id}/webhooks/{webhook_id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/v1/admin/projects/{id}/webhooks/{webhook_id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route(
+            "/v1/admin/projects/{id}/webhooks/{webhook_id}/deliveries/{delivery_id}/retry",
+            post(webhooks::retry),
         )
         .route("/v1/tasks/api-key-events", post(tasks::api_key_event))
         .route("/", get(index))

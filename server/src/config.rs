@@ -165,6 +165,64 @@ pub struct ServeConfig {
     #[arg(long, env = "HERALD_SHUTDOWN_TIMEOUT_SECS", default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
 
+    /// Milliseconds a channel must stay without subscribers (on every instance) before the
+    /// `channel_vacated` webhook is sent; a subscriber arriving sooner sends neither
+    /// `channel_vacated` nor a second `channel_occupied`.
+    #[arg(long, env = "HERALD_WEBHOOK_VACATED_DELAY_MS", default_value_t = 3_000)]
+    pub webhook_vacated_delay_ms: u64,
+
+    /// Milliseconds one webhook attempt may take, from connecting to the end of the answer.
+    #[arg(long, env = "HERALD_WEBHOOK_TIMEOUT_MS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub webhook_timeout_ms: u64,
+
+    /// Attempts per webhook delivery before it is failed (listed under the endpoint's
+    /// deliveries, retried by hand).
+    #[arg(long, env = "HERALD_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub webhook_max_attempts: u32,
+
+    /// Milliseconds before a failed webhook's first retry; each next delay is 4 times longer,
+    /// up to `--webhook-retry-max-ms` (±20 % jitter; a longer `Retry-After` from the receiver
+    /// wins). The defaults spread 8 attempts over about an hour.
+    #[arg(long, env = "HERALD_WEBHOOK_RETRY_BASE_MS", default_value_t = 4_000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub webhook_retry_base_ms: u64,
+
+    /// Longest delay between two attempts of a webhook delivery, in milliseconds.
+    #[arg(long, env = "HERALD_WEBHOOK_RETRY_MAX_MS", default_value_t = 1_200_000,
+          value_parser = clap::value_parser!(u64).range(10..=86_400_000))]
+    pub webhook_retry_max_ms: u64,
+
+    /// Seconds a webhook's secret keeps signing next to the new one after a rotation (each
+    /// request then carries both signatures), so receivers can switch without a failure.
+    #[arg(
+        long,
+        env = "HERALD_WEBHOOK_SECRET_OVERLAP_SECS",
+        default_value_t = 86_400
+    )]
+    pub webhook_secret_overlap_secs: u64,
+
+    /// Seconds before an API key's `expiresAt` that the `api_key_expiring` webhook is sent.
+    #[arg(
+        long,
+        env = "HERALD_WEBHOOK_KEY_EXPIRING_SECS",
+        default_value_t = 86_400
+    )]
+    pub webhook_key_expiring_secs: u64,
+
+    /// Pending deliveries one webhook endpoint may have (a receiver that is down collects
+    /// them); further events for it are refused and counted
+    /// (`herald_webhook_events_refused_total{reason="outbox_full"}`).
+    #[arg(long, env = "HERALD_WEBHOOK_MAX_PENDING", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub webhook_max_pending: u64,
+
+    /// Webhook attempts in flight at once on this instance (at most one per endpoint).
+    #[arg(long, env = "HERALD_WEBHOOK_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub webhook_concurrency: u64,
+
     /// Log output format (stderr). `auto`: human-readable lines, coloured only when stderr is
     /// a terminal and `NO_COLOR` is unset; `plain` never colours (files, journald); `color`
     /// always does (a pager with `-R`); `json`: one JSON object per line. Level via
@@ -207,6 +265,23 @@ impl ServeConfig {
         s.reconcile_interval = Duration::from_secs(self.reconcile_interval_secs.max(1));
         s.job_delay = Duration::from_millis(self.revocation_job_delay_ms);
         s
+    }
+
+    /// Webhook tunables.
+    pub fn webhook_settings(&self) -> crate::webhooks::WebhookSettings {
+        crate::webhooks::WebhookSettings {
+            vacated_delay: Duration::from_millis(self.webhook_vacated_delay_ms),
+            attempt_timeout: Duration::from_millis(self.webhook_timeout_ms),
+            max_attempts: self.webhook_max_attempts,
+            retry_base: Duration::from_millis(self.webhook_retry_base_ms),
+            retry_max: Duration::from_millis(
+                self.webhook_retry_max_ms.max(self.webhook_retry_base_ms),
+            ),
+            secret_overlap: Duration::from_secs(self.webhook_secret_overlap_secs),
+            key_expiring: Duration::from_secs(self.webhook_key_expiring_secs),
+            max_pending: self.webhook_max_pending as usize,
+            concurrency: self.webhook_concurrency as usize,
+        }
     }
 
     /// Largest accepted HTTP body or WebSocket message: payload limit plus the envelope.

@@ -71,6 +71,11 @@ pub struct GatewayInner {
     pub recovery: Option<Arc<crate::csr::Recovery>>,
     /// Presence channels' members and their announcements.
     pub presence: Arc<Presences>,
+    /// This instance's subscriptions per room (the `channel_occupied`/`channel_vacated`
+    /// webhooks).
+    pub occupancy: Arc<crate::occupancy::Occupancy>,
+    /// Where webhook events are handed over (client events).
+    pub webhooks: crate::webhooks::WebhookEvents,
 }
 
 impl GatewayInner {
@@ -907,7 +912,7 @@ async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> ListenOutc
         }
         let newly = channels.insert(channel.clone(), grant.clone()).is_none();
         if newly {
-            subscription_gauge(channel.kind()).increment(1.0);
+            subscribed(gw, channel.kind(), &room);
             s.join(&room);
         }
         newly
@@ -922,7 +927,7 @@ async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> ListenOutc
             if let Some(p) = backend_faults().check(&"listen_tracking") {
                 tracing::warn!(socket_id = %sid, error = %e, suppressed = p.suppressed, "tracking failed; listen undone");
             }
-            leave(s, &session, &channel, &room);
+            leave(s, gw, &session, &channel, &room);
             return Err(fail(Refusal::new(
                 ErrorCode::Unavailable,
                 "connection tracking is unavailable, try again shortly",
@@ -936,14 +941,14 @@ async fn listen_checked<P: Peer>(s: &P, gw: &Gateway, body: Value) -> ListenOutc
         // A revocation racing this listen: either its local pass saw the socket in the room
         // (and removed it), or the revoked mark, written before that pass, is visible here.
         if key_revoked(gw, key).await || !key_still_signs(gw, key).await {
-            leave(s, &session, &channel, &room);
+            leave(s, gw, &session, &channel, &room);
             let _ = gw.tracker.remove(&sid, &room).await;
             return Err(fail(revoked_refusal()));
         }
         // Likewise a rotation of the project's secret racing this listen: its local pass saw
         // the socket, or the new secret is visible here.
         if !secret_still_current(gw, &session.project, grant.secret).await {
-            leave(s, &session, &channel, &room);
+            leave(s, gw, &session, &channel, &room);
             let _ = gw.tracker.remove(&sid, &room).await;
             return Err(fail(Refusal::new(
                 ErrorCode::TokenBadSignature,
@@ -986,7 +991,7 @@ async fn presence_join<P: Peer>(
                     // The join may have happened before the members read failed.
                     gw.presence.leave(room, channel, s.sid()).await;
                 }
-                leave(s, session, channel, room);
+                leave(s, gw, session, channel, room);
                 let _ = gw.tracker.remove(&s.sid().to_string(), room).await;
                 Err(refusal)
             }
@@ -1022,13 +1027,14 @@ fn refused_listen_log() -> &'static LogThrottle<Sid> {
 /// Takes the socket out of a channel's room and its session; whether it was in the session.
 fn leave<P: Peer + ?Sized>(
     s: &P,
+    gw: &GatewayInner,
     session: &Session,
     channel: &ChannelName,
     room: &RoomName,
 ) -> bool {
     let was_in = session.channels.lock().remove(channel).is_some();
     if was_in {
-        subscription_gauge(channel.kind()).decrement(1.0);
+        unsubscribed(gw, channel.kind(), room);
     }
     s.leave(room);
     session.drop_sub(room);
@@ -1037,6 +1043,18 @@ fn leave<P: Peer + ?Sized>(
 
 fn subscription_gauge(kind: ChannelKind) -> metrics::Gauge {
     metrics::gauge!(m::SUBSCRIPTIONS, "kind" => kind.as_str())
+}
+
+/// A socket's channel entered its session: the gauge, and the room's occupancy.
+fn subscribed(gw: &GatewayInner, kind: ChannelKind, room: &RoomName) {
+    subscription_gauge(kind).increment(1.0);
+    gw.occupancy.joined(room);
+}
+
+/// A socket's channel left its session: the gauge, and the room's occupancy.
+fn unsubscribed(gw: &GatewayInner, kind: ChannelKind, room: &RoomName) {
+    subscription_gauge(kind).decrement(1.0);
+    gw.occupancy.left(room);
 }
 
 async fn on_remove<A: Adapter>(
@@ -1055,7 +1073,7 @@ pub async fn remove<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> Outcom
     let req = RemoveRequest::parse(&body.unwrap_or(Value::Null)).map_err(|r| (r, None))?;
     let channel = req.channel_name;
     let room = RoomName::channel(&session.project, &channel);
-    if leave(s, &session, &channel, &room) && channel.is_presence() {
+    if leave(s, gw, &session, &channel, &room) && channel.is_presence() {
         gw.presence.leave(&room, &channel, s.sid()).await;
     }
     if channel.needs_token()
@@ -1123,6 +1141,26 @@ pub async fn client_event<P: Peer>(s: &P, gw: &Gateway, body: Option<Value>) -> 
         tracing::warn!(socket_id = %s.sid(), error = %e, suppressed = p.suppressed, "client event relay incomplete");
     }
     metrics::counter!(m::CLIENT_EVENTS).increment(1);
+    let user_id = session
+        .channels
+        .lock()
+        .get(&channel)
+        .and_then(|g| g.as_ref())
+        .and_then(|g| g.member.as_ref())
+        .map(|m| m.user_id.as_str().to_owned());
+    let mut data = serde_json::json!({
+        "channelName": channel.as_str(),
+        "socketId": s.sid().as_str(),
+        "payload": event.payload,
+    });
+    if let Some(user_id) = user_id {
+        data["userId"] = Value::String(user_id);
+    }
+    gw.webhooks.emit(
+        &session.project,
+        herald_protocol::webhook::WebhookEventType::ClientEvent,
+        data,
+    );
     Ok(SystemMessage::success(
         format!("event sent to {channel}"),
         &channel,
@@ -1241,9 +1279,9 @@ pub async fn disconnected(gw: &Gateway, sid: Sid, session: Option<Arc<Session>>,
     if let Some(session) = session {
         let channels: Vec<ChannelName> = session.channels.lock().drain().map(|(c, _)| c).collect();
         for channel in channels {
-            subscription_gauge(channel.kind()).decrement(1.0);
+            let room = RoomName::channel(&session.project, &channel);
+            unsubscribed(gw, channel.kind(), &room);
             if channel.is_presence() {
-                let room = RoomName::channel(&session.project, &channel);
                 gw.presence.leave(&room, &channel, sid_ref).await;
             }
         }
@@ -1513,7 +1551,7 @@ pub async fn apply_resume<P: Peer>(
             .insert(c.channel.clone(), grant.clone())
             .is_none()
         {
-            subscription_gauge(c.channel.kind()).increment(1.0);
+            subscribed(gw, c.channel.kind(), &room);
         }
         s.join(&room);
         if let Some(key) = &key
@@ -1606,6 +1644,7 @@ pub struct GatewaySockets<A: Adapter> {
     sse: Arc<crate::sse::SseRooms>,
     tracker: Arc<dyn ConnectionTracker>,
     presence: Arc<Presences>,
+    occupancy: Arc<crate::occupancy::Occupancy>,
 }
 
 impl<A: Adapter> GatewaySockets<A> {
@@ -1618,6 +1657,7 @@ impl<A: Adapter> GatewaySockets<A> {
             sse: gw.fanout.sse().clone(),
             tracker: gw.tracker.clone(),
             presence: gw.presence.clone(),
+            occupancy: gw.occupancy.clone(),
         }
     }
 
@@ -1649,8 +1689,9 @@ impl<A: Adapter> GatewaySockets<A> {
                 .collect();
             for c in &gone {
                 channels.remove(c);
-                subscription_gauge(c.kind()).decrement(1.0);
                 let room = RoomName::channel(&session.project, c);
+                subscription_gauge(c.kind()).decrement(1.0);
+                self.occupancy.left(&room);
                 s.leave(&room);
                 session.drop_sub(&room);
             }
@@ -1821,12 +1862,16 @@ pub(crate) fn test_gateway(dir: &std::path::Path) -> Gateway {
     let store = Arc::new(EmbeddedStore::open(dir).expect("store"));
     let queue = Arc::new(EmbeddedQueue::open(store.database()).expect("queue"));
     let fanout = Arc::new(Fanout::new(Arc::new(DirectRooms::new())));
+    let webhooks = crate::webhooks::WebhookEvents::channel().0;
     Gateway::new(GatewayInner {
         presence: Arc::new(Presences::new(
             Arc::new(crate::presence::memory::MemoryPresence::new()),
             fanout.clone(),
             1000,
+            webhooks.clone(),
         )),
+        occupancy: Arc::new(crate::occupancy::Occupancy::new()),
+        webhooks,
         store,
         tracker: Arc::new(crate::tracking::memory::MemoryTracker::new()),
         tokens: ChannelTokens::new(

@@ -27,6 +27,7 @@ pub mod keys;
 pub mod listen;
 pub mod log_throttle;
 pub mod metrics;
+pub mod occupancy;
 pub mod openapi;
 pub mod presence;
 pub mod redis;
@@ -75,7 +76,9 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
     let queue =
         Arc::new(EmbeddedQueue::open(store.database()).context("opening the revocation queue")?);
     let tracker = Arc::new(MemoryTracker::new());
+    let (webhook_events, webhook_intake) = webhooks::WebhookEvents::channel();
     let backends = Backends {
+        webhook_events: webhook_events.clone(),
         store: store.clone(),
         tracker: tracker.clone(),
         revocations: queue.clone(),
@@ -92,6 +95,24 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
     let local: Arc<dyn revocation::LocalSockets> =
         Arc::new(gateway::GatewaySockets::new(io, &gateway));
     let health = Arc::new(app::Health::new(true));
+    let webhook_settings = config.webhook_settings();
+    gateway.occupancy.start(
+        Arc::new(occupancy::memory::MemoryOccupancy::new()),
+        webhook_events.clone(),
+        webhook_settings.vacated_delay,
+        health.tasks(),
+    );
+    let webhooks = webhooks::Webhooks::start(
+        Arc::new(
+            webhooks::embedded::EmbeddedWebhooks::open(store.database())
+                .context("opening the webhook outbox")?,
+        ),
+        webhook_settings,
+        webhook_intake,
+        webhook_events.clone(),
+        store.clone(),
+        health.tasks(),
+    )?;
     let revocation = revocation::start(
         queue,
         store,
@@ -100,9 +121,10 @@ pub fn build_embedded(config: &ServeConfig, admin: AdminToken) -> anyhow::Result
         Arc::new(revocation::LocalNotifier(local)),
         config.revocation_settings("embedded"),
         Arc::default(),
+        webhook_events,
         health.tasks(),
     );
-    let state = app::AppState::new(config, gateway, admin, health, revocation);
+    let state = app::AppState::new(config, gateway, admin, health, revocation, webhooks);
     let router = app::router(config, state.clone(), io_layer);
     Ok(EmbeddedServer {
         state,

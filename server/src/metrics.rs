@@ -135,6 +135,19 @@ pub const CSR_SESSIONS_SAVED: &str = "herald_csr_sessions_saved_total";
 pub const CSR_SESSIONS_REFUSED: &str = "herald_csr_sessions_refused_total";
 /// Counter: history appends that failed (the publish is answered `unavailable`).
 pub const HISTORY_ERRORS: &str = "herald_history_errors_total";
+/// Counter: webhook events not recorded, by `reason`: `intake_full` (the in-memory hand-over
+/// to the outbox, 16,384 events, was full), `outbox_full` (the endpoint has
+/// `--webhook-max-pending` pending deliveries), `unavailable` (the outbox could not be written).
+pub const WEBHOOK_REFUSED: &str = "herald_webhook_events_refused_total";
+/// Counter: webhook deliveries recorded in the outbox (one per event per endpoint).
+pub const WEBHOOK_QUEUED: &str = "herald_webhook_deliveries_queued_total";
+/// Counter: webhook attempts by `outcome`: `delivered` (2xx), `retry` (failed, another attempt
+/// is due), `failed` (failed, no attempt left: dead-lettered).
+pub const WEBHOOK_ATTEMPTS: &str = "herald_webhook_attempts_total";
+/// Histogram: duration of one webhook attempt, in seconds.
+pub const WEBHOOK_ATTEMPT_DURATION: &str = "herald_webhook_attempt_duration_seconds";
+/// Gauge: webhook attempts in flight on this instance.
+pub const WEBHOOK_IN_FLIGHT: &str = "herald_webhook_attempts_in_flight";
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
@@ -145,6 +158,11 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
                 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                 0.5, 1.0,
             ],
+        )
+        .context("configuring histogram buckets")?
+        .set_buckets_for_metric(
+            Matcher::Full(WEBHOOK_ATTEMPT_DURATION.to_owned()),
+            &[0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
         )
         .context("configuring histogram buckets")?
         .install_recorder()

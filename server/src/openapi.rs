@@ -317,6 +317,14 @@ impl<T: ToSchema> SchemaRef for T {
         crate::rest::admin::list_api_keys,
         crate::rest::admin::update_api_key,
         crate::rest::admin::delete_api_key,
+        crate::rest::webhooks::create,
+        crate::rest::webhooks::list,
+        crate::rest::webhooks::get,
+        crate::rest::webhooks::update,
+        crate::rest::webhooks::delete,
+        crate::rest::webhooks::rotate_secret,
+        crate::rest::webhooks::deliveries,
+        crate::rest::webhooks::retry,
         crate::rest::tasks::api_key_event,
         crate::app::livez,
         crate::app::healthz,
@@ -332,6 +340,11 @@ impl<T: ToSchema> SchemaRef for T {
         herald_protocol::presence::PresenceMembers, herald_protocol::presence::PresenceCount,
         herald_protocol::presence::Member, herald_protocol::openapi::PresenceChannelName,
         herald_protocol::HistorySettings, herald_protocol::ChannelOffset, herald_protocol::Epoch,
+        herald_protocol::webhook::CreateWebhookRequest, herald_protocol::webhook::UpdateWebhookRequest,
+        herald_protocol::webhook::Webhook, herald_protocol::webhook::CreatedWebhook,
+        herald_protocol::webhook::WebhookDelivery, herald_protocol::webhook::DeliveryAttempt,
+        herald_protocol::webhook::DeliveryStatus, herald_protocol::webhook::WebhookEventType,
+        herald_protocol::webhook::WebhookPayload,
     )),
     modifiers(&Common),
 )]
@@ -419,7 +432,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 20);
+        assert_eq!(checked, 28);
     }
 
     /// The history endpoint's query bounds are the protocol's (`since` up to

@@ -466,12 +466,16 @@ mod tests {
         let queue = Arc::new(EmbeddedQueue::open(store.database()).expect("queue"));
         let tracker = Arc::new(MemoryTracker::new());
         let fanout = Arc::new(Fanout::new(Arc::new(DirectRooms::new())));
+        let webhooks = crate::webhooks::WebhookEvents::channel().0;
         let gateway = Gateway::new(GatewayInner {
             presence: Arc::new(crate::presence::Presences::new(
                 Arc::new(crate::presence::memory::MemoryPresence::new()),
                 fanout.clone(),
                 1000,
+                webhooks.clone(),
             )),
+            occupancy: Arc::new(crate::occupancy::Occupancy::new()),
+            webhooks,
             store,
             tracker: tracker.clone(),
             tokens: ChannelTokens::new(

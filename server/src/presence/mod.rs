@@ -104,15 +104,23 @@ pub struct Presences {
     fanout: Arc<Fanout>,
     /// `--max-presence-members`: users per presence channel.
     pub max_members: usize,
+    /// The `member_added` / `member_removed` webhooks.
+    webhooks: crate::webhooks::WebhookEvents,
 }
 
 impl Presences {
     /// Presence over `manager`, announcing through `fanout`.
-    pub fn new(manager: Arc<dyn PresenceManager>, fanout: Arc<Fanout>, max_members: usize) -> Self {
+    pub fn new(
+        manager: Arc<dyn PresenceManager>,
+        fanout: Arc<Fanout>,
+        max_members: usize,
+        webhooks: crate::webhooks::WebhookEvents,
+    ) -> Self {
         Self {
             manager,
             fanout,
             max_members,
+            webhooks,
         }
     }
 
@@ -228,6 +236,23 @@ impl Presences {
         except: Option<Sid>,
     ) {
         metrics::counter!(m::PRESENCE_TRANSITIONS, "action" => action.as_str()).increment(1);
+        if let Ok((project, _)) = RoomName::parse_channel(room.as_str()) {
+            let mut data = match serde_json::to_value(&t.member) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => serde_json::Map::new(),
+            };
+            data.insert("channelName".into(), channel.as_str().into());
+            let event_type = match action {
+                PresenceAction::MemberAdded => {
+                    herald_protocol::webhook::WebhookEventType::MemberAdded
+                }
+                PresenceAction::MemberRemoved => {
+                    herald_protocol::webhook::WebhookEventType::MemberRemoved
+                }
+            };
+            self.webhooks
+                .emit(&project, event_type, serde_json::Value::Object(data));
+        }
         let event = PresenceEvent {
             channel_name: channel.clone(),
             action,

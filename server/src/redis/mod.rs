@@ -33,6 +33,7 @@ use crate::app::{self, AppState, Backends, Health};
 use crate::config::ServeConfig;
 use crate::gateway;
 use crate::keys::AdminToken;
+use crate::occupancy::redis::RedisOccupancy;
 use crate::presence::Presences;
 use crate::presence::redis::RedisPresence;
 use crate::revocation::redis::RedisQueue;
@@ -187,9 +188,11 @@ pub fn start(
         prefix,
         Duration::from_secs(config.revocation_stale_secs.max(1)),
     ));
+    let (webhook_events, webhook_intake) = crate::webhooks::WebhookEvents::channel();
     let gateway = app::gateway(
         config,
         Backends {
+            webhook_events: webhook_events.clone(),
             store: store.clone(),
             tracker: tracker.clone(),
             revocations: queue.clone(),
@@ -253,11 +256,31 @@ pub fn start(
         };
         tasks.spawn("probe", move || probe.clone().run());
     }
+    let webhook_settings = config.webhook_settings();
+    let occupancy_backend = Arc::new(RedisOccupancy::new(
+        client.clone(),
+        prefix,
+        instance_id.clone(),
+    ));
+    gateway.occupancy.start(
+        occupancy_backend.clone(),
+        webhook_events.clone(),
+        webhook_settings.vacated_delay,
+        &tasks,
+    );
     {
         let (tracker, presences) = (tracker.clone(), gateway.presence.clone());
         let ttl = Duration::from_secs(config.instance_ttl_secs.max(1));
+        let delay = webhook_settings.vacated_delay;
         tasks.spawn("heartbeat", move || {
-            heartbeat(tracker.clone(), presence.clone(), presences.clone(), ttl)
+            heartbeat(
+                tracker.clone(),
+                presence.clone(),
+                presences.clone(),
+                occupancy_backend.clone(),
+                delay,
+                ttl,
+            )
         });
     }
 
@@ -290,8 +313,9 @@ pub fn start(
     let sockets = Arc::new(gateway::GatewaySockets::new(io, &gateway));
     {
         let (client, sockets) = (client.clone(), sockets.clone());
+        let occupancy = gateway.occupancy.clone();
         tasks.spawn("presence_reassert", move || {
-            reassert_presence_on_reconnect(client.clone(), sockets.clone())
+            reassert_presence_on_reconnect(client.clone(), sockets.clone(), occupancy.clone())
         });
     }
     let local: Arc<dyn LocalSockets> = sockets;
@@ -308,8 +332,20 @@ pub fn start(
         notifier.clone(),
         config.revocation_settings(&instance_id),
         kick.clone(),
+        webhook_events.clone(),
         &tasks,
     );
+    let webhooks = crate::webhooks::Webhooks::start(
+        Arc::new(crate::webhooks::redis::RedisWebhooks::new(
+            client.clone(),
+            prefix,
+        )),
+        webhook_settings,
+        webhook_intake,
+        webhook_events,
+        gateway.store.clone(),
+        &tasks,
+    )?;
     {
         let driver = driver.clone();
         let revocation = revocation.clone();
@@ -324,7 +360,7 @@ pub fn start(
         });
     }
 
-    let state = AppState::new(config, gateway, admin, health, revocation);
+    let state = AppState::new(config, gateway, admin, health, revocation, webhooks);
     let router = app::router(config, state.clone(), io_layer);
     Ok((
         state,
@@ -359,12 +395,14 @@ async fn register_namespace(io: SocketIo<HeraldAdapter>, ready: Arc<AtomicBool>)
     }
 }
 
-/// Keeps this instance's heartbeat key alive and sweeps dead instances' tracking entries and
-/// presence members (announcing each member removed).
+/// Keeps this instance's heartbeat key alive and sweeps dead instances' tracking entries,
+/// presence members (announcing each member removed) and channel occupancy.
 async fn heartbeat(
     tracker: Arc<RedisTracker>,
     presence: Arc<RedisPresence>,
     presences: Arc<Presences>,
+    occupancy: Arc<RedisOccupancy>,
+    vacated_delay: Duration,
     ttl: Duration,
 ) {
     let (beat_every, sweep_every) = heartbeat_timing(ttl);
@@ -393,6 +431,10 @@ async fn heartbeat(
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "presence reap failed"),
                 }
+                let due = crate::webhooks::now_ms() + vacated_delay.as_millis() as i64;
+                if let Err(e) = occupancy.reap_dead_instances(due).await {
+                    tracing::debug!(error = %e, "occupancy reap failed");
+                }
             }
         }
     }
@@ -408,16 +450,18 @@ async fn catch_up_on_resubscribe(driver: HeraldDriver, fanout: Arc<crate::fanout
 }
 
 /// After every reconnect of the command connection, re-asserts this instance's presence
-/// members (a Redis restarted without persistence forgot them); retried while Redis is still
-/// loading or away.
+/// members and occupied rooms (a Redis restarted without persistence forgot them); retried
+/// while Redis is still loading or away.
 async fn reassert_presence_on_reconnect(
     client: fred::clients::Client,
     sockets: Arc<gateway::GatewaySockets<HeraldAdapter>>,
+    occupancy: Arc<crate::occupancy::Occupancy>,
 ) {
     let mut reconnects = client.reconnect_rx();
     loop {
         match reconnects.recv().await {
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                occupancy.reassert();
                 let mut delay = Duration::from_millis(200);
                 loop {
                     match sockets.reassert_presence().await {

@@ -43,7 +43,7 @@ pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
-fn project_id(raw: &str) -> Result<ProjectId, ApiError> {
+pub(crate) fn project_id(raw: &str) -> Result<ProjectId, ApiError> {
     Ok(ProjectId::parse(raw).map_err(herald_protocol::Refusal::from)?)
 }
 
@@ -58,7 +58,7 @@ fn display_name(v: &Value) -> Result<String, ApiError> {
 }
 
 /// The body as a JSON object (every admin body is one).
-fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+pub(crate) fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let v = json_value(&body_bytes(body)?)?;
     if v.is_object() {
         Ok(v)
@@ -79,7 +79,10 @@ fn generated_project_id() -> ProjectId {
     ProjectId::parse(&id).unwrap_or_else(|_| unreachable!("alphabet is valid"))
 }
 
-async fn existing_project(state: &AppState, id: &ProjectId) -> Result<ProjectRecord, ApiError> {
+pub(crate) async fn existing_project(
+    state: &AppState,
+    id: &ProjectId,
+) -> Result<ProjectRecord, ApiError> {
     state
         .store()
         .project(id)
@@ -233,6 +236,10 @@ pub async fn delete_project(
                 format!("project {id} does not exist"),
             )
         })?;
+    if let Err(e) = state.webhooks().backend.delete_project_webhooks(&id).await {
+        tracing::warn!(project_id = %id, error = %e, "deleting a deleted project's webhooks failed");
+    }
+    state.webhooks().forget(&id);
     if let Err(e) = state.fanout().disconnect(RoomName::project(&id)).await {
         tracing::warn!(project_id = %id, error = %e, "disconnecting a deleted project's sockets failed");
     }
@@ -487,7 +494,7 @@ pub async fn delete_api_key(
 }
 
 /// Now, truncated to whole seconds so stored and listed times compare equal.
-fn now_seconds() -> OffsetDateTime {
+pub(crate) fn now_seconds() -> OffsetDateTime {
     let now = OffsetDateTime::now_utc();
     now.replace_nanosecond(0).unwrap_or(now)
 }

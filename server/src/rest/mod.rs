@@ -1,9 +1,11 @@
-//! The REST API: publisher endpoints ([`publisher`]), operator endpoints ([`admin`]) and the
+//! The REST API: publisher endpoints ([`publisher`]), operator endpoints ([`admin`],
+//! [`webhooks`]) and the
 //! plumbing they share: JSON error responses, body limits, credential headers.
 
 pub mod admin;
 pub mod publisher;
 pub mod tasks;
+pub mod webhooks;
 
 use axum::Json;
 use axum::body::Bytes;

@@ -75,7 +75,26 @@ pub enum RevocationReason {
     SecretRotated,
 }
 
+/// What a revocation job found the key holding when it began, on every instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Distinct sockets.
+    pub sockets: usize,
+    /// (socket, channel) subscriptions.
+    pub channels: usize,
+}
+
 impl RevocationReason {
+    /// The reason as the `api_key_revoked` webhook names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RevocationReason::Deleted => "deleted",
+            RevocationReason::Expired => "expired",
+            RevocationReason::NoLongerValid => "no_longer_valid",
+            RevocationReason::SecretRotated => "secret_rotated",
+        }
+    }
+
     /// The human text of the `RemovedFromChannel` message.
     pub fn message(self) -> &'static str {
         match self {
@@ -292,9 +311,11 @@ pub fn start(
     notifier: Arc<dyn RevokeNotifier>,
     settings: RevocationSettings,
     kick: Arc<Notify>,
+    webhooks: crate::webhooks::WebhookEvents,
     tasks: &Supervisor,
 ) -> Arc<Revocation> {
     let revocation = Arc::new(Revocation {
+        webhooks,
         queue,
         store,
         tracker,
@@ -315,6 +336,8 @@ pub fn start(
 
 /// The revocation workflow of one instance.
 pub struct Revocation {
+    /// The `api_key_revoked` webhook, sent by the worker that completed the job.
+    pub webhooks: crate::webhooks::WebhookEvents,
     /// Queue and revoked set.
     pub queue: Arc<dyn RevocationQueue>,
     /// Keys and projects.
@@ -404,17 +427,29 @@ impl Revocation {
         }
     }
 
-    /// One run of a job: notify until the key's tracking index is empty.
-    async fn run(&self, claimed: &Claimed) -> Result<usize, String> {
+    /// One run of a job: notify until the key's tracking index is empty. Answers the rounds
+    /// and what the key held when the run began (sockets, channel subscriptions), cluster-wide.
+    async fn run(&self, claimed: &Claimed) -> Result<(usize, Removed), String> {
         let job = &claimed.job;
         let deadline = tokio::time::Instant::now() + self.settings.run_timeout;
+        let removed = match self.tracker.by_api_key(&job.api_key_id).await {
+            Ok(held) => Removed {
+                sockets: held
+                    .iter()
+                    .map(|a| a.socket_id.as_str())
+                    .collect::<HashSet<_>>()
+                    .len(),
+                channels: held.len(),
+            },
+            Err(_) => Removed::default(),
+        };
         let mut rounds = 0usize;
         loop {
             self.notifier.notify(&job.api_key_id, job.reason).await;
             rounds += 1;
             tokio::time::sleep(Duration::from_millis(if rounds == 1 { 50 } else { 1000 })).await;
             match self.tracker.by_api_key(&job.api_key_id).await {
-                Ok(left) if left.is_empty() => return Ok(rounds),
+                Ok(left) if left.is_empty() => return Ok((rounds, removed)),
                 Ok(left) => {
                     if tokio::time::Instant::now() > deadline {
                         return Err(format!(
@@ -461,11 +496,21 @@ impl Revocation {
             }
             let started = std::time::Instant::now();
             match self.run(&claimed).await {
-                Ok(rounds) => {
+                Ok((rounds, removed)) => {
                     if let Err(e) = self.queue.complete(&claimed).await {
                         tracing::warn!(job_id = %job.id, error = %e, "could not acknowledge revocation job; it will run again");
                         continue;
                     }
+                    self.webhooks.emit(
+                        &job.project_id,
+                        crate::webhooks::WebhookEventType::ApiKeyRevoked,
+                        serde_json::json!({
+                            "apiKeyId": job.api_key_id.to_string(),
+                            "reason": job.reason.as_str(),
+                            "socketsRemoved": removed.sockets,
+                            "channelsRemoved": removed.channels,
+                        }),
+                    );
                     let done = self.stats.done.fetch_add(1, Ordering::Relaxed) + 1;
                     metrics::counter!(crate::metrics::REVOCATION_JOBS, "event" => "done")
                         .increment(1);
