@@ -259,6 +259,7 @@ export async function request(h, method, urlPath, { headers = {}, body } = {}) {
   if (parsed && typeof parsed === 'object') {
     if (typeof parsed.key === 'string') secrets.add(parsed.key);
     if (typeof parsed.token === 'string') secrets.add(parsed.token);
+    if (typeof parsed.secret === 'string') secrets.add(parsed.secret);
   }
   return { status: res.status, headers: res.headers, body: parsed };
 }
