@@ -64,6 +64,94 @@ enum AdminCommand {
     /// API keys of a project.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Webhook endpoints of a project and their deliveries.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum WebhookCommand {
+    /// Create an endpoint; prints its signing secret once.
+    Create {
+        /// Project id.
+        #[arg(long, env = "HERALD_PROJECT")]
+        project: String,
+        /// Where events are posted (http:// or https://).
+        #[arg(long)]
+        url: String,
+        /// Event types (repeat or comma-separate): channel_occupied, channel_vacated,
+        /// member_added, member_removed, client_event, api_key_revoked, api_key_expiring.
+        #[arg(long = "event", value_delimiter = ',', required = true)]
+        events: Vec<String>,
+        /// Create it paused.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List a project's endpoints (no secrets).
+    List {
+        /// Project id.
+        #[arg(long, env = "HERALD_PROJECT")]
+        project: String,
+    },
+    /// Show one endpoint.
+    Get {
+        /// Project id.
+        #[arg(long, env = "HERALD_PROJECT")]
+        project: String,
+        /// Webhook id (`wh_…`).
+        webhook_id: String,
+    },
+    /// Change an endpoint's URL, event types, or pause/resume it.
+    Update {
+        /// Project id.
+        #[arg(long, env = "HERALD_PROJECT")]
+        project: String,
+        /// Webhook id (`wh_…`).
+        webhook_id: String,
+        /// A new URL.
+        #[arg(long)]
+        url: Option<String>,
+        /// A new list of event types (replaces the old one).
+        #[arg(long = "event", value_delimiter = ',')]
+        events: Vec<String>,
+        /// Pause (`false`) or resume (`true`).
+        #[arg(long)]
+        enabled: Option<bool>,
+    },
+    /// Delete an endpoint and its delivery log.
+    Delete {
+        /// Project id.
+        #[arg(long, env = "HERALD_PROJECT")]
+        project: String,
+        /// Webhook id (`wh_…`).
+        webhook_id: String,
+    },
+    /// New signing secret (printed once); the old one keeps signing for the overlap window.
+    RotateSecret {
+        /// Project id.
+        #[arg(long, env = "HERALD_PROJECT")]
+        project: String,
+        /// Webhook id (`wh_…`).
+        webhook_id: String,
+    },
+    /// The endpoint's recent deliveries with their attempts.
+    Deliveries {
+        /// Project id.
+        #[arg(long, env = "HERALD_PROJECT")]
+        project: String,
+        /// Webhook id (`wh_…`).
+        webhook_id: String,
+    },
+    /// Send one delivery again now (a failed one gets a new series of attempts).
+    Retry {
+        /// Project id.
+        #[arg(long, env = "HERALD_PROJECT")]
+        project: String,
+        /// Webhook id (`wh_…`).
+        webhook_id: String,
+        /// Delivery id (`msg_…`).
+        delivery_id: String,
+    },
 }
 
 #[derive(Debug, Clone, Subcommand)]
@@ -315,6 +403,7 @@ async fn admin_call(url: &str, token: &str, command: AdminCommand) -> anyhow::Re
             )
             .await?
         }
+        AdminCommand::Webhook(command) => webhook_call(url, &token, command).await?,
         AdminCommand::Key(KeyCommand::Delete { project, key_id }) => {
             call(
                 url,
@@ -326,6 +415,91 @@ async fn admin_call(url: &str, token: &str, command: AdminCommand) -> anyhow::Re
             .await?
         }
     })
+}
+
+async fn webhook_call(url: &str, token: &str, command: WebhookCommand) -> anyhow::Result<Value> {
+    let base = |project: &str| format!("/v1/admin/projects/{project}/webhooks");
+    let (method, path, body) = match command {
+        WebhookCommand::Create {
+            project,
+            url: target,
+            events,
+            disabled,
+        } => (
+            Method::POST,
+            base(&project),
+            Some(json!({ "url": target, "events": events, "enabled": !disabled })),
+        ),
+        WebhookCommand::List { project } => (Method::GET, base(&project), None),
+        WebhookCommand::Get {
+            project,
+            webhook_id,
+        } => (
+            Method::GET,
+            format!("{}/{webhook_id}", base(&project)),
+            None,
+        ),
+        WebhookCommand::Update {
+            project,
+            webhook_id,
+            url: target,
+            events,
+            enabled,
+        } => {
+            let mut body = json!({});
+            if let Some(target) = target {
+                body["url"] = json!(target);
+            }
+            if !events.is_empty() {
+                body["events"] = json!(events);
+            }
+            if let Some(enabled) = enabled {
+                body["enabled"] = json!(enabled);
+            }
+            (
+                Method::PATCH,
+                format!("{}/{webhook_id}", base(&project)),
+                Some(body),
+            )
+        }
+        WebhookCommand::Delete {
+            project,
+            webhook_id,
+        } => (
+            Method::DELETE,
+            format!("{}/{webhook_id}", base(&project)),
+            None,
+        ),
+        WebhookCommand::RotateSecret {
+            project,
+            webhook_id,
+        } => (
+            Method::POST,
+            format!("{}/{webhook_id}/rotate-secret", base(&project)),
+            None,
+        ),
+        WebhookCommand::Deliveries {
+            project,
+            webhook_id,
+        } => (
+            Method::GET,
+            format!("{}/{webhook_id}/deliveries", base(&project)),
+            None,
+        ),
+        WebhookCommand::Retry {
+            project,
+            webhook_id,
+            delivery_id,
+        } => (
+            Method::POST,
+            format!(
+                "{}/{webhook_id}/deliveries/{delivery_id}/retry",
+                base(&project)
+            ),
+            None,
+        ),
+    };
+    call(url, method, &path, token, body).await
 }
 
 /// Runs `herald publish`.
