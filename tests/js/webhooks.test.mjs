@@ -4,7 +4,10 @@
 // for cluster-wide occupancy.
 
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { Webhook } from 'standardwebhooks';
@@ -271,41 +274,52 @@ describe('webhooks, embedded mode', () => {
   });
 
   it('keeps accepted deliveries across a restart while the receiver is down', T, async () => {
+    // Its own server, with retries seconds apart: the delivery is still pending at the stop.
+    const SLOW = ['--webhook-retry-base-ms', '2000', '--webhook-retry-max-ms', '2000'];
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'herald-wh-'));
+    let own = await startHerald({ extraArgs: SLOW, dataDir });
     const rx2 = await startReceiver(() => 200);
     const port = new URL(rx2.url('/')).port;
     await rx2.close();
-    const project = uid('wh');
-    await createProject(h, project);
-    const hook = await admin(h, 'POST', `/v1/admin/projects/${project}/webhooks`, {
-      url: `http://127.0.0.1:${port}/later`, events: ['channel_occupied'],
-    });
-    assert.equal(hook.status, 201);
-    const s = await connect(h, project);
-    await listen(s, 'persist');
-    await waitFor(async () => {
-      const log = (await admin(h, 'GET', `/v1/admin/projects/${project}/webhooks/${hook.body.id}/deliveries`)).body;
-      return log[0]?.attempts.length >= 1;
-    }, 10_000, 'a failed attempt');
-    const dataDir = h.dataDir;
-    await h.stop().catch(() => {});
-    // The receiver comes up on the same port; Herald restarts on the same data dir.
-    const back = http.createServer((req, res) => {
-      let body = '';
-      req.on('data', (c) => { body += c; });
-      req.on('end', () => {
-        back.got.push({ headers: req.headers, body });
-        res.end();
+    let back;
+    try {
+      const project = uid('wh');
+      await createProject(own, project);
+      const hook = await admin(own, 'POST', `/v1/admin/projects/${project}/webhooks`, {
+        url: `http://127.0.0.1:${port}/later`, events: ['channel_occupied'],
       });
-    });
-    back.got = [];
-    await new Promise((r) => back.listen(Number(port), '127.0.0.1', r));
-    h = await startHerald({ extraArgs: FAST, dataDir });
-    await waitFor(() => back.got.length >= 1, 30_000, 'delivered after the restart');
-    const verified = new Webhook(hook.body.secret).verify(back.got[0].body, back.got[0].headers);
-    assert.equal(verified.type, 'channel_occupied');
-    assert.equal(verified.data.channelName, 'persist');
-    back.closeAllConnections();
-    await new Promise((r) => back.close(r));
+      assert.equal(hook.status, 201);
+      const s = await connect(own, project);
+      await listen(s, 'persist');
+      await waitFor(async () => {
+        const log = (await admin(own, 'GET', `/v1/admin/projects/${project}/webhooks/${hook.body.id}/deliveries`)).body;
+        return log[0]?.attempts.length >= 1;
+      }, 10_000, 'a failed attempt');
+      await own.stop();
+      // The receiver comes up on the same port; Herald restarts on the same data dir.
+      back = http.createServer((req, res) => {
+        let body = '';
+        req.on('data', (c) => { body += c; });
+        req.on('end', () => {
+          back.got.push({ headers: req.headers, body });
+          res.end();
+        });
+      });
+      back.got = [];
+      await new Promise((r) => back.listen(Number(port), '127.0.0.1', r));
+      own = await startHerald({ extraArgs: SLOW, dataDir });
+      await waitFor(() => back.got.length >= 1, 30_000, 'delivered after the restart');
+      const verified = new Webhook(hook.body.secret).verify(back.got[0].body, back.got[0].headers);
+      assert.equal(verified.type, 'channel_occupied');
+      assert.equal(verified.data.channelName, 'persist');
+    } finally {
+      await own.stop();
+      rmSync(dataDir, { recursive: true, force: true });
+      if (back) {
+        back.closeAllConnections();
+        await new Promise((r) => back.close(r));
+      }
+    }
   });
 
   it('answers bad input with its own codes and keeps projects apart', T, async () => {
