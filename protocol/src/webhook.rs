@@ -367,9 +367,11 @@ pub struct CreateWebhookRequest {
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::webhook_url))]
     pub url: WebhookUrl,
     /// What it wants; at least one.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub events: Vec<WebhookEventType>,
     /// Whether events are sent (default `true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub enabled: Option<bool>,
 }
 
@@ -382,11 +384,13 @@ pub struct UpdateWebhookRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::webhook_url))]
     pub url: Option<WebhookUrl>,
-    /// A new list of types (replaces the old one).
+    /// A new list of types (replaces the old one); at least one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, nullable = false))]
     pub events: Option<Vec<WebhookEventType>>,
     /// Pause (`false`) or resume (`true`) it. Events of a paused endpoint are not recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub enabled: Option<bool>,
 }
 

@@ -258,8 +258,8 @@ pub trait WebhookBackend: Send + Sync + 'static {
         max_pending: usize,
     ) -> Result<Vec<bool>, WebhookStoreError>;
 
-    /// Takes up to `max` due deliveries (due at or before `now_ms`), oldest due first,
-    /// skipping those of the endpoints in `busy`; each taken one is due again at
+    /// Takes up to `max` due deliveries (due at or before `now_ms`), oldest due first, at most
+    /// one per endpoint, skipping those of the endpoints in `busy`; each taken one is due again at
     /// `now_ms + lease_ms` unless [`WebhookBackend::record_attempt`] moves it first.
     async fn claim(
         &self,

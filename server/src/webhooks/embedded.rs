@@ -262,7 +262,9 @@ impl WebhookBackend for EmbeddedWebhooks {
                 return Err(WebhookStoreError::TooMany);
             }
             let key = format!("{}/{}", w.project_id, w.id);
-            table.insert(key.as_str(), bytes.as_slice()).map_err(backend)?;
+            table
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(backend)?;
             Ok(())
         })
         .await
@@ -298,7 +300,9 @@ impl WebhookBackend for EmbeddedWebhooks {
             if table.get(key.as_str()).map_err(backend)?.is_none() {
                 return Ok(false);
             }
-            table.insert(key.as_str(), bytes.as_slice()).map_err(backend)?;
+            table
+                .insert(key.as_str(), bytes.as_slice())
+                .map_err(backend)?;
             Ok(true)
         })
         .await
@@ -393,7 +397,10 @@ impl WebhookBackend for EmbeddedWebhooks {
                         continue;
                     }
                     taken_endpoints.push(wid);
-                    due.push((k.value().to_owned(), k.value().rsplit('/').next().unwrap_or("").to_owned()));
+                    due.push((
+                        k.value().to_owned(),
+                        k.value().rsplit('/').next().unwrap_or("").to_owned(),
+                    ));
                 }
                 due
             };
@@ -442,7 +449,9 @@ impl WebhookBackend for EmbeddedWebhooks {
             }
             let mut deliveries = tx.open_table(DELIVERIES).map_err(backend)?;
             if logged || d.status == DeliveryStatus::Pending {
-                deliveries.insert(d.id.as_str(), bytes.as_slice()).map_err(backend)?;
+                deliveries
+                    .insert(d.id.as_str(), bytes.as_slice())
+                    .map_err(backend)?;
             } else {
                 deliveries.remove(d.id.as_str()).map_err(backend)?;
             }
@@ -481,7 +490,11 @@ impl WebhookBackend for EmbeddedWebhooks {
             let deliveries = tx.open_table(DELIVERIES).map_err(backend)?;
             let (from, to) = prefix_range(wid.as_str());
             let mut out = Vec::new();
-            for row in log.range(from.as_str()..to.as_str()).map_err(backend)?.rev() {
+            for row in log
+                .range(from.as_str()..to.as_str())
+                .map_err(backend)?
+                .rev()
+            {
                 if out.len() >= limit {
                     break;
                 }
@@ -530,5 +543,19 @@ impl WebhookBackend for EmbeddedWebhooks {
             Ok(true)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn embedded_webhooks_contract_and_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Database::create(dir.path().join("w.redb")).expect("db"));
+        let a = EmbeddedWebhooks::open(db.clone()).expect("open");
+        let b = EmbeddedWebhooks::open(db).expect("open");
+        super::super::contract::run(&a, &b).await;
     }
 }

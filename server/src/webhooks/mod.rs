@@ -31,8 +31,8 @@ pub mod embedded;
 pub mod redis;
 pub mod sign;
 
-// #[cfg(test)]
-// pub(crate) mod contract;
+#[cfg(test)]
+pub(crate) mod contract;
 
 use std::collections::HashMap;
 use std::sync::Arc;
