@@ -208,6 +208,36 @@ pub(crate) async fn run(b: &dyn WebhookBackend, reopen: &dyn WebhookBackend) {
     assert_eq!(log.len(), MAX_LISTED_DELIVERIES);
     assert_eq!(log[0].id, many.last().expect("some").id);
 
+    // Enqueueing the same delivery again (a re-sent command) adds it once.
+    let once = delivery(&w, t);
+    assert_eq!(
+        b.enqueue(&[once.clone()], usize::MAX)
+            .await
+            .expect("enqueue"),
+        vec![true]
+    );
+    b.enqueue(&[once.clone()], usize::MAX)
+        .await
+        .expect("enqueue again");
+    let log = b.deliveries(&w.id, usize::MAX).await.expect("log");
+    assert_eq!(
+        log.iter().filter(|d| d.id == once.id).count(),
+        1,
+        "listed once"
+    );
+
+    // A project may be named like an outbox key.
+    let pending = ProjectId::parse("pending").expect("valid");
+    let wp = webhook(&pending);
+    b.create_webhook(&wp, 10)
+        .await
+        .expect("create in project pending");
+    assert_eq!(
+        b.enqueue(&[delivery(&wp, t)], 10).await.expect("enqueue"),
+        vec![true]
+    );
+    assert!(b.delete_webhook(&pending, &wp.id).await.expect("delete"));
+
     // Marks: once.
     let mark = format!("m-{}", hex::encode(rand::random::<[u8; 4]>()));
     assert!(b.mark_once(&mark, 60).await.expect("mark"));

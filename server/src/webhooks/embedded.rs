@@ -343,6 +343,17 @@ impl WebhookBackend for EmbeddedWebhooks {
             let mut taken = Vec::with_capacity(list.len());
             let mut touched = Vec::new();
             for (d, bytes) in &list {
+                if tx
+                    .open_table(DELIVERIES)
+                    .map_err(backend)?
+                    .get(d.id.as_str())
+                    .map_err(backend)?
+                    .is_some()
+                {
+                    // Added already (the same call again).
+                    taken.push(true);
+                    continue;
+                }
                 let n = counts.entry(d.webhook_id.clone()).or_default();
                 if *n >= max_pending {
                     taken.push(false);

@@ -4,7 +4,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}:webhooks:{projectId}` | hash | webhook id → [`WebhookRecord`] (JSON) |
+//! | `{prefix}:project:{projectId}:webhooks` | hash | webhook id → [`WebhookRecord`] (JSON); beside the project's `…:apikeys` (never `{prefix}:webhooks:{projectId}`, which a project named `pending` would share with the outbox) |
 //! | `{prefix}:webhook-delivery:{deliveryId}` | string, TTL 7 days (renewed on each write) | [`DeliveryRecord`] (JSON) |
 //! | `{prefix}:webhooks:pending` | sorted set | `{webhookId}\|{deliveryId}`, scored by due time (ms): the outbox |
 //! | `{prefix}:webhooks:pending-count` | hash | webhook id → its pending deliveries |
@@ -64,14 +64,18 @@ return n
 );
 
 /// KEYS: pending, counts. ARGV: prefix, max pending, record TTL, log length, then per
-/// delivery: webhook id, delivery id, due (ms), JSON. Returns 1/0 per delivery.
+/// delivery: webhook id, delivery id, due (ms), JSON. Returns 1/0 per delivery; a delivery
+/// whose record exists counts as added (idempotent when fred re-sends the script).
 static ENQUEUE: LuaScript = LuaScript::new(
     r#"
 local out = {}
 for i = 5, #ARGV, 4 do
   local wid, did, due, json = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local n = tonumber(redis.call('HGET', KEYS[2], wid) or '0')
-  if n >= tonumber(ARGV[2]) then
+  if redis.call('EXISTS', ARGV[1] .. ':webhook-delivery:' .. did) == 1 then
+    -- The same script again (a command re-sent after a reconnect): added already.
+    table.insert(out, 1)
+  elseif n >= tonumber(ARGV[2]) then
     table.insert(out, 0)
   else
     redis.call('HINCRBY', KEYS[2], wid, 1)
@@ -226,7 +230,7 @@ impl RedisWebhooks {
     }
 
     fn project_key(&self, project: &ProjectId) -> String {
-        format!("{}:webhooks:{project}", self.prefix)
+        format!("{}:project:{project}:webhooks", self.prefix)
     }
 
     fn pending_key(&self) -> String {
