@@ -211,12 +211,12 @@ pub(crate) async fn run(b: &dyn WebhookBackend, reopen: &dyn WebhookBackend) {
     // Enqueueing the same delivery again (a re-sent command) adds it once.
     let once = delivery(&w, t);
     assert_eq!(
-        b.enqueue(&[once.clone()], usize::MAX)
+        b.enqueue(std::slice::from_ref(&once), usize::MAX)
             .await
             .expect("enqueue"),
         vec![true]
     );
-    b.enqueue(&[once.clone()], usize::MAX)
+    b.enqueue(std::slice::from_ref(&once), usize::MAX)
         .await
         .expect("enqueue again");
     let log = b.deliveries(&w.id, usize::MAX).await.expect("log");
